@@ -1,0 +1,5 @@
+"""``python -m icone`` (and ``torchrun -m icone``) runs the command line."""
+
+from icone.cli import main
+
+main()

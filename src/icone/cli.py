@@ -1,0 +1,176 @@
+"""The ``icone`` command: train, evaluate, embed, export, methods, data."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from icone.errors import TrainingDiverged, UserError
+
+app = typer.Typer(add_completion=False, help="Self-supervised representation learning on 2D images and 3D volumes that does not collapse at small batch sizes.")
+console = Console()
+err_console = Console(stderr=True)
+DEBUG = {"on": bool(os.environ.get("ICONE_DEBUG"))}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks.")) -> None:
+    DEBUG["on"] = DEBUG["on"] or debug
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides, e.g. train.lr=1e-4 icone.diversity=frame"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (e.g. runs/X/config.yaml)."),
+    data: Optional[str] = typer.Option(None, "--data", help="digits, synthetic3d, a .npz, a folder, a volume; or npz:/folder:/volumes:PATH."),
+    method: Optional[str] = typer.Option(None, "--method", help="Method name (see 'icone methods')."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet18, resnet50 or smallcnn (optionally -2d/-3d)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step (1 to 64 is the point)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<method>-<data>-<time>)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train an encoder; ends with kNN and RankMe of the untrained vs the trained encoder."""
+    from icone.config import build_config, load_yaml
+    from icone.runs import train_run
+
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one")
+    flags = {"data.source": data, "method": method, "model.backbone": backbone, "train.batch_size": batch_size, "train.epochs": epochs, "train.seed": seed}
+    items = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides or [])
+    values = load_yaml(config) if config is not None else None
+    cfg = build_config(values, items)
+    summary = train_run(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress)
+    if "eval" in summary:
+        _print_eval(summary["eval"], f"{cfg.method} on {cfg.data.source}")
+    if "run_dir" in summary:
+        console.print(f"run folder: [bold]{summary['run_dir']}[/bold] (backbone.pt, eval.json, metrics.jsonl, plots/)")
+
+
+def _print_eval(result: dict, title: str) -> None:
+    from icone.evaluate.report import format_table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("untrained", justify="right")
+    table.add_column("trained", justify="right")
+    for row in format_table(result):
+        table.add_row(*row)
+    console.print(table)
+    occupancy = {k: v for k, v in result.items() if k.endswith(("cluster_fraction", "cluster_share", "cluster_entropy"))}
+    if occupancy:
+        console.print("cluster occupancy: " + ", ".join(f"{k} {v:.3f}" for k, v in occupancy.items()))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT"),
+    data: Optional[str] = typer.Option(None, "--data", help="Evaluate on another source of the same kind."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
+) -> None:
+    """kNN, linear probe, RankMe and intrinsic dimension of a trained encoder (and of the untrained one)."""
+    from icone.runs import evaluate_run
+
+    result = evaluate_run(run, data)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        _print_eval(result, f"{result['method']} on {result['data']}")
+
+
+@app.command()
+def embed(
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT"),
+    data: str = typer.Option(..., "--data"),
+    out: Path = typer.Option(..., "--out", help="A .npz (features, indices, labels, splits) or .npy (records) file."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Features of every sample of a source, with indices, labels and splits."""
+    from icone.runs import embed_run
+
+    console.print(f"embeddings written to {embed_run(checkpoint, data, out, overwrite)}")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT"),
+    out: Path = typer.Option(..., "--out"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Backbone weights plus the config to rebuild them (load with icone.load_backbone)."""
+    from icone.runs import export_run
+
+    console.print(f"backbone written to {export_run(checkpoint, out, overwrite)}")
+
+
+@app.command()
+def methods() -> None:
+    """The methods, what they need from the batch and their smallest batch size."""
+    from icone.methods import registry
+
+    table = Table()
+    for column in ("name", "family", "needs from the batch", "min batch", "paper"):
+        table.add_column(column)
+    for name, cls in registry().items():
+        table.add_row(name, cls.family, cls.batch_needs, str(cls.min_batch_size), cls.paper)
+    console.print(table)
+
+
+@app.command("data")
+def data_command(source: str = typer.Argument(..., metavar="SOURCE")) -> None:
+    """Inspect a data source: kind, splits, shape, channels, classes."""
+    from icone.config import DataConfig
+    from icone.data import load_dataset, resolve
+
+    kind, _ = resolve(source)
+    dataset = load_dataset(DataConfig(source=source))
+    console.print(f"source: {source} ({kind}), {dataset.spatial_dims}D, {dataset.in_channels} channel(s), sample shape {dataset.spatial_shape}")
+    for name, split in (("train", dataset.train), ("test", dataset.test)):
+        if split is None:
+            continue
+        counts = {int(c): int((split.labels == c).sum()) for c in sorted(set(split.labels.tolist()))}
+        console.print(f"{name}: {len(split)} samples; per class: {counts if split.labelled else 'unlabelled'}")
+
+
+def main() -> None:
+    """Entry point: errors for people are one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as err:
+        if DEBUG["on"]:
+            raise
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except TrainingDiverged as err:
+        if DEBUG["on"]:
+            raise
+        err_console.print(f"training stopped: {err}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; resume with --resume --out RUN_DIR", markup=False)
+        sys.exit(130)
+    except Exception as err:
+        import click
+
+        if isinstance(err, click.exceptions.Exit):
+            sys.exit(err.exit_code)
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(2)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

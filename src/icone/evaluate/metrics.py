@@ -1,0 +1,115 @@
+"""Metrics of frozen embeddings that show collapse or its absence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(x).float()
+
+
+def rankme(embeddings: np.ndarray | torch.Tensor, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al., ICML 2023, eq. 1): ``exp(-sum_k p_k log p_k)``, ``p_k = s_k / ||s||_1 + eps``.
+
+    ``s`` are the singular values of the ``N x d`` embedding matrix; 1 means full collapse, ``min(N, d)``
+    the largest possible rank.
+    """
+    z = _tensor(embeddings)
+    if z.numel() == 0:
+        return 0.0
+    s = torch.linalg.svdvals(z.double())
+    if float(s.sum()) == 0:
+        return 0.0
+    p = s / s.sum() + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def embedding_std(embeddings: np.ndarray | torch.Tensor) -> float:
+    """Mean per-dimension std of L2-normalised embeddings, times ``sqrt(d)``.
+
+    About 1 for embeddings spread over the sphere, 0 at full collapse (Jing et al. / SimSiam §4.1).
+    """
+    z = F.normalize(_tensor(embeddings), dim=1)
+    if len(z) < 2:
+        return 0.0
+    return float(z.std(0).mean() * math.sqrt(z.shape[1]))
+
+
+def twonn_dimension(embeddings: np.ndarray | torch.Tensor, max_points: int = 5000, seed: int = 0) -> float:
+    """TwoNN intrinsic dimension (Facco et al., Sci. Rep. 2017) by maximum likelihood.
+
+    ``mu_i = r2_i / r1_i`` (second over first nearest-neighbour distance) is Pareto with exponent
+    ``d``; the estimate is ``(n - 1) / sum_i log mu_i`` (Denti et al.'s unbiased form), on
+    L2-normalised embeddings, skipping points with duplicate neighbours. 0 when undefined.
+    """
+    z = F.normalize(_tensor(embeddings), dim=1)
+    if len(z) > max_points:
+        z = z[torch.from_numpy(np.random.default_rng(seed).choice(len(z), max_points, replace=False))]
+    if len(z) < 3:
+        return 0.0
+    dist = torch.cdist(z.double(), z.double())
+    dist.fill_diagonal_(float("inf"))
+    r = dist.topk(2, dim=1, largest=False).values
+    keep = r[:, 0] > 1e-9
+    mu = r[keep, 1] / r[keep, 0]
+    logs = mu.log()
+    if len(logs) < 3 or float(logs.sum()) <= 0:
+        return 0.0
+    return float((len(logs) - 1) / logs.sum())
+
+
+def knn_predict(
+    train: np.ndarray | torch.Tensor, train_labels: np.ndarray, test: np.ndarray | torch.Tensor, k: int = 20, temperature: float = 0.07
+) -> np.ndarray:
+    """Weighted kNN on cosine similarity (Wu et al., CVPR 2018; DINO's evaluation).
+
+    Each of the ``k`` most similar training samples votes for its class with weight ``exp(s / T)``.
+    """
+    train_n, test_n = F.normalize(_tensor(train), dim=1), F.normalize(_tensor(test), dim=1)
+    labels = torch.as_tensor(train_labels).long()
+    classes = int(labels.max()) + 1
+    k = min(k, len(train_n))
+    predictions = []
+    for chunk in test_n.split(1024):
+        sims, idx = (chunk @ train_n.t()).topk(k, dim=1)
+        votes = torch.zeros(len(chunk), classes).scatter_add_(1, labels[idx], (sims / temperature).exp())
+        predictions.append(votes.argmax(1))
+    return torch.cat(predictions).numpy()
+
+
+def linear_probe(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Logistic regression on standardised frozen features: accuracy, balanced accuracy, macro-F1."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(train_labels)) < 2:
+        return {}
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    probe.fit(np.asarray(train, np.float64), train_labels)
+    predicted = probe.predict(np.asarray(test, np.float64))
+    return {
+        "linear_accuracy": float(accuracy_score(test_labels, predicted)),
+        "linear_balanced_accuracy": float(balanced_accuracy_score(test_labels, predicted)),
+        "linear_macro_f1": float(f1_score(test_labels, predicted, average="macro")),
+    }
+
+
+def cluster_occupancy(assignments: np.ndarray | torch.Tensor, num_clusters: int) -> dict[str, float]:
+    """Occupancy of ``K`` clusters: empty fraction, largest/smallest share, normalised entropy."""
+    counts = torch.bincount(torch.as_tensor(assignments).long().reshape(-1), minlength=num_clusters).double()
+    shares = counts / counts.sum().clamp(min=1)
+    nonzero = shares[shares > 0]
+    entropy = float(-(nonzero * nonzero.log()).sum())
+    return {
+        "empty_cluster_fraction": float((counts == 0).double().mean()),
+        "largest_cluster_share": float(shares.max()),
+        "smallest_cluster_share": float(shares.min()),
+        "cluster_entropy": entropy / math.log(num_clusters) if num_clusters > 1 else 0.0,
+    }

@@ -1,0 +1,57 @@
+"""Exported backbones: weights plus what is needed to rebuild them, and ``load_backbone``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from icone.config import Config, build_config
+from icone.errors import UserError
+from icone.methods import Method
+from icone.nets import BackboneSpec, build_backbone
+from icone.train.checkpoint import atomic_save, load_checkpoint
+from icone.train.setup import backbone_spec, build_method
+
+
+def export_backbone(backbone: nn.Module, config: Config, path: str | Path) -> Path:
+    """Write ``backbone.pt``: ``state_dict``, ``backbone`` (the spec) and the resolved ``config``."""
+    path = Path(path)
+    atomic_save(
+        {
+            "format": "icone-backbone-1",
+            "backbone": dataclasses.asdict(backbone_spec(config)),
+            "feature_dim": int(backbone.feature_dim),
+            "state_dict": backbone.state_dict(),
+            "config": config.to_dict(),
+        },
+        path,
+    )
+    return path
+
+
+def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A ready backbone (eval mode) from an export, a checkpoint or a run folder."""
+    item = load_checkpoint(path)
+    if item.get("format") == "icone-backbone-1":
+        backbone = build_backbone(BackboneSpec(**item["backbone"]))
+        backbone.load_state_dict(item["state_dict"])
+    else:
+        backbone = method_from_checkpoint(item).backbone
+    return backbone.to(device).eval()
+
+
+def method_from_checkpoint(checkpoint: dict[str, Any]) -> Method:
+    """Rebuild a trained method from a training checkpoint."""
+    if "model" not in checkpoint:
+        raise UserError(f"'{checkpoint['path']}' is a backbone export, not a training checkpoint; give checkpoints/last.pt or the run folder")
+    config = build_config(checkpoint["config"])
+    method = build_method(config, num_instances=int(checkpoint["num_instances"]))
+    try:
+        method.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        raise UserError(f"checkpoint '{checkpoint['path']}' does not match its config ({str(err).splitlines()[0]}); it was written by another version") from None
+    return method.eval()

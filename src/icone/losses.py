@@ -1,0 +1,113 @@
+"""Pure loss functions, one per method term, no state; coefficients are the papers' defaults.
+
+Each function takes plain tensors, so it can be checked against values computed by hand.
+Notation follows ``METHODS.md``: ``z`` are view embeddings, ``e`` instance-table rows, ``B`` the
+batch size, ``V`` the number of views, ``N`` the number of table rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# --------------------------------------------------------------------------------------------
+# IConE (Almpanakis & Kreshuk, arXiv 2603.15263; METHODS.md "IConE")
+# --------------------------------------------------------------------------------------------
+
+
+def icone_view_instance_alignment(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``L_vi = mean_{i, v} (1 - <normalize(z_{i,v}), normalize(e_i)>)``.
+
+    ``z``: ``B x V x d`` view embeddings; ``e``: ``B x d`` the table rows of the batch's instances.
+    """
+    cos = (F.normalize(z, dim=-1) * F.normalize(e, dim=-1)[:, None, :]).sum(-1)
+    return (1 - cos).mean()
+
+
+def icone_view_view_alignment(z: torch.Tensor) -> torch.Tensor:
+    """``L_vv = mean_{i, v < w} (1 - <z_{i,v}, z_{i,w}>)`` over the ``V (V-1) / 2`` view pairs."""
+    v = z.shape[1]
+    if v < 2:
+        return z.new_zeros(())
+    zn = F.normalize(z, dim=-1)
+    gram = zn @ zn.transpose(1, 2)  # B x V x V
+    rows, cols = torch.triu_indices(v, v, offset=1, device=z.device)
+    return (1 - gram[:, rows, cols]).mean()
+
+
+def _off_diagonal_cosines(
+    rows: torch.Tensor, table: torch.Tensor, rows_index: torch.Tensor | None = None, table_index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cosines of ``rows`` against ``table`` with self-pairs removed (flattened).
+
+    Without indices ``rows`` is the table itself; otherwise a pair is a self-pair where the two
+    rows' instance indices are equal.
+    """
+    cos = F.normalize(rows, dim=-1) @ F.normalize(table, dim=-1).t()
+    if rows_index is None:
+        mask = ~torch.eye(len(rows), dtype=torch.bool, device=rows.device)
+    else:
+        if table_index is None:
+            table_index = torch.arange(len(table), device=rows.device)
+        mask = rows_index[:, None] != table_index[None, :]
+    return cos[mask]
+
+
+def icone_hinge_diversity(
+    table: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    rows_index: torch.Tensor | None = None,
+    table_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``L_div = mean_{j != k} relu(<e_j, e_k>)^2`` over the table's rows.
+
+    With ``rows`` (instance indices ``rows_index``) the mean runs over pairs of each row against
+    the rows of ``table`` (instance indices ``table_index``, default ``0..len-1``), self-pairs
+    removed: with ``table`` a uniform sample of the full table this is an unbiased estimate of the
+    full-table mean at a cost independent of N.
+    """
+    cos = _off_diagonal_cosines(table if rows is None else rows, table, rows_index, table_index)
+    return F.relu(cos).pow(2).mean()
+
+
+def icone_frame_diversity(table: torch.Tensor) -> torch.Tensor:
+    """``mean_{j != k} <e_j, e_k>^2 = (||E_n^T E_n||_F^2 - N) / (N (N - 1))`` (the frame potential).
+
+    Computed from the ``d x d`` matrix ``E_n^T E_n``, so memory is O(d^2), not O(N^2).
+    """
+    n = table.shape[0]
+    en = F.normalize(table, dim=-1)
+    gram = en.t() @ en
+    return (gram.pow(2).sum() - n) / (n * (n - 1))
+
+
+def icone_uniformity(table: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """``log mean_{j != k} exp(-t ||e_j - e_k||^2)`` on normalised rows (Wang & Isola, 2020)."""
+    en = F.normalize(table, dim=-1)
+    sq = (2 - 2 * _off_diagonal_cosines(en, en)).clamp(min=0)
+    return torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())
+
+
+def icone_infonce_alignment(
+    z: torch.Tensor, table: torch.Tensor, index: torch.Tensor, negatives: torch.Tensor | None = None, temperature: float = 0.1
+) -> torch.Tensor:
+    """Cross-entropy of ``<z_v, e_j> / tau`` over table rows, the own row ``e_i`` the positive.
+
+    ``z``: ``B x V x d``; ``index``: ``B`` rows of the positives; ``negatives``: row indices used
+    as negatives (all rows when ``None``); a negative equal to the own row is masked out.
+    """
+    b, v, _ = z.shape
+    rows = torch.arange(table.shape[0], device=z.device) if negatives is None else negatives
+    candidates = torch.cat([index, rows])  # positives first
+    logits = F.normalize(z, dim=-1) @ F.normalize(table[candidates], dim=-1).t() / temperature  # B x V x (B + M)
+    own = torch.zeros(b, len(candidates), dtype=torch.bool, device=z.device)
+    own[torch.arange(b), torch.arange(b)] = True
+    # every other candidate that is the same row as the positive (or another positive) is not a negative
+    clash = (candidates[None, :] == index[:, None]) & ~own
+    clash[:, :b] = True
+    clash[torch.arange(b), torch.arange(b)] = False
+    logits = logits.masked_fill(clash[:, None, :], float("-inf"))
+    target = torch.arange(b, device=z.device)[:, None].expand(b, v)
+    return F.cross_entropy(logits.reshape(b * v, -1), target.reshape(-1))

@@ -1,0 +1,188 @@
+"""Run folders: train into one, evaluate one, embed with one. What the CLI commands do."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from icone.config import Config, build_config, load_yaml
+from icone.data import Dataset, load_dataset
+from icone.data.sources import resolve
+from icone.errors import UserError
+from icone.evaluate.embeddings import embed_samples
+from icone.evaluate.plots import plot_embeddings, plot_training
+from icone.evaluate.report import evaluate_backbone, occupancy_on_train
+from icone.export import export_backbone, load_backbone, method_from_checkpoint
+from icone.train import distributed
+from icone.train.checkpoint import load_checkpoint
+from icone.train.setup import build_method, pick_device, resolve_config
+from icone.train.trainer import Trainer
+
+RESUMABLE = {"train.epochs", "train.device", "train.log_every", "train.save_every", "data.num_workers", "eval.after_train"}
+
+
+def default_run_dir(config: Config, dataset: Dataset) -> Path:
+    """``runs/<method>-<data>-<time>``, never an existing folder."""
+    stem = f"runs/{config.method}-{dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = Path(stem), 2
+    while path.exists():
+        path, n = Path(f"{stem}-{n}"), n + 1
+    return path
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "method_options":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_resumable(saved: Config, asked: Config) -> None:
+    changed = [k for k, v in _flatten(asked.to_dict()).items() if _flatten(saved.to_dict()).get(k) != v and k not in RESUMABLE]
+    if changed:
+        raise UserError(f"--resume continues the run as it was configured, but {', '.join(changed)} differ; drop those options or start a new run with --out")
+
+
+def prepare_training(
+    config: Config, out: str | Path | None, resume: bool, overwrite: bool
+) -> tuple[Config, Dataset, Path, dict[str, Any] | None]:
+    """Check everything before touching the disk: the resolved config, the data, the run folder."""
+    run_dir = Path(out) if out is not None else None
+    checkpoint = None
+    if resume:
+        if run_dir is None:
+            raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"cannot resume: '{run_dir}' has no config.yaml; give the folder of an earlier run")
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise UserError(f"cannot resume: '{run_dir}' has no checkpoints/last.pt yet; start it again with --overwrite")
+        saved = build_config(load_yaml(run_dir / "config.yaml"))
+        _check_resumable(saved, config)
+        saved.train.epochs, saved.train.device = config.train.epochs, config.train.device
+        config = saved
+    elif run_dir is not None and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise UserError(f"run folder '{run_dir}' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out")
+    dataset = load_dataset(config.data, seed=config.train.seed)
+    config = resolve_config(config, dataset)
+    if resume:
+        checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        if checkpoint.get("method") != config.method or checkpoint.get("num_instances") != len(dataset.train):
+            raise UserError(f"checkpoint in '{run_dir}' was written by method {checkpoint.get('method')} on {checkpoint.get('num_instances')} samples; it does not fit this config")
+    if run_dir is None:
+        run_dir = default_run_dir(config, dataset)
+    return config, dataset, run_dir, checkpoint
+
+
+def train_run(config: Config, out: str | Path | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train, export ``backbone.pt``, plot, and (``eval.after_train``) evaluate against the untrained encoder."""
+    config, dataset, run_dir, checkpoint = prepare_training(config, out, resume, overwrite)
+    if overwrite and run_dir.exists() and not resume and distributed.is_main_process():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, dataset, run_dir, progress=progress)
+    if checkpoint is not None:
+        try:
+            trainer.restore(checkpoint)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise UserError(f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})") from None
+    result = trainer.fit()
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": result.epochs_done, "steps": result.steps_done}
+    if not distributed.is_main_process():
+        return summary
+    export_backbone(result.method.backbone, config, run_dir / "backbone.pt")
+    plot_training(run_dir)
+    if config.eval.after_train:
+        summary["eval"] = evaluate_method(result.method, config, dataset, run_dir, trainer.device)
+    return summary
+
+
+def evaluate_method(method: torch.nn.Module, config: Config, dataset: Dataset, run_dir: Path | None, device: torch.device) -> dict[str, Any]:
+    """Metrics of the trained backbone and (under ``baseline``) of the untrained one; writes eval.json."""
+    method = method.to(device)
+    result = evaluate_backbone(method.backbone, dataset, config.eval, device)
+    result.update(occupancy_on_train(method, dataset, device))
+    untrained = build_method(config, num_instances=len(dataset.train)).to(device)
+    result["baseline"] = evaluate_backbone(untrained.backbone, dataset, config.eval, device)
+    result["method"], result["data"] = config.method, config.data.source
+    if run_dir is not None:
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        if dataset.test is not None:
+            features = embed_samples(method.backbone, dataset.test.samples, device).numpy()
+            plot_embeddings(features, dataset.test.labels, run_dir / "plots" / "embeddings.png", f"{config.method}: test embeddings (PCA)")
+    return result
+
+
+def evaluate_run(path: str | Path, data: str | None = None) -> dict[str, Any]:
+    """``icone evaluate``: a run folder or checkpoint, on its own data or on ``data``."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("format") == "icone-backbone-1":
+        raise UserError(f"'{path}' is a backbone export; evaluate its run folder or checkpoints/last.pt instead")
+    config = build_config(checkpoint["config"])
+    method = method_from_checkpoint(checkpoint)
+    if data is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=data, imbalance_ratio=1.0))
+    dataset = load_dataset(config.data, seed=config.train.seed)
+    _check_fit(config, dataset)
+    if data is None and len(dataset.train) != int(checkpoint["num_instances"]):
+        raise UserError(f"the data of '{path}' now has {len(dataset.train)} training samples, the run had {checkpoint['num_instances']}; pass --data")
+    checkpoint_path = Path(checkpoint["path"])
+    run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" and data is None else None
+    return evaluate_method(method, config, dataset, run_dir, pick_device(config.train.device))
+
+
+def _check_fit(config: Config, dataset: Dataset) -> None:
+    if dataset.spatial_dims != config.model.spatial_dims or dataset.in_channels != config.model.in_channels:
+        raise UserError(
+            f"the backbone takes {config.model.spatial_dims}D samples with {config.model.in_channels} channel(s), but "
+            f"'{config.data.source}' has {dataset.spatial_dims}D samples with {dataset.in_channels}; use a matching source"
+        )
+
+
+def embed_run(path: str | Path, data: str, out: str | Path, overwrite: bool = False) -> Path:
+    """``icone embed``: features of every split of ``data`` to ``.npz`` (features, indices, labels, splits) or ``.npy``."""
+    out = Path(out)
+    if out.suffix not in (".npz", ".npy"):
+        raise UserError(f"--out '{out}' must end in .npz or .npy")
+    if out.exists() and not overwrite:
+        raise UserError(f"'{out}' already exists; choose another --out or pass --overwrite")
+    item = load_checkpoint(path)
+    config = build_config(item["config"])
+    resolve(data)
+    dataset = load_dataset(dataclasses.replace(config.data, source=data, imbalance_ratio=1.0))
+    _check_fit(config, dataset)
+    device = pick_device(config.train.device)
+    backbone = load_backbone(path, device)
+    parts = [("train", dataset.train)] + ([("test", dataset.test)] if dataset.test is not None else [])
+    features = torch.cat([embed_samples(backbone, split.samples, device) for _, split in parts]).numpy()
+    indices = np.concatenate([np.arange(len(split)) for _, split in parts])
+    labels = np.concatenate([split.labels for _, split in parts])
+    splits = np.concatenate([np.full(len(split), name) for name, split in parts])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        np.savez(out, features=features, indices=indices, labels=labels, splits=splits)
+    else:
+        record = np.zeros(len(features), dtype=[("index", "i8"), ("label", "i8"), ("split", "U5"), ("feature", "f4", (features.shape[1],))])
+        record["index"], record["label"], record["split"], record["feature"] = indices, labels, splits, features
+        np.save(out, record)
+    return out
+
+
+def export_run(path: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """``icone export``: the backbone of a run or checkpoint, with the config to rebuild it."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"'{out}' already exists; choose another --out or pass --overwrite")
+    checkpoint = load_checkpoint(path)
+    config = build_config(checkpoint["config"])
+    backbone = load_backbone(path)
+    return export_backbone(backbone, config, out)

@@ -1,0 +1,1 @@
+"""Training: the loop, checkpoints, logging and distributed helpers."""
