@@ -8,7 +8,9 @@ and loss state. The trainer calls, and only calls:
 - ``forward(views, index)`` = ``training_step``: ``(loss, metrics)`` for one batch, where
   ``views`` is a list of ``B x C x spatial`` tensors (global crops first, then local crops);
 - ``after_optimizer_step(step, total_steps)`` for EMA teachers, queues, size estimates;
-- ``param_groups(lr, weight_decay)`` to build the optimizer;
+- ``param_groups(lr, weight_decay)`` to build the optimizer (a group may carry ``lr_scale``:
+  its lr is the scheduled lr times this, and ``weight_decay_start_scale``: its weight decay falls
+  from this multiple to 1x by a cosine over training);
 - ``adjust_views(spec, epoch, epochs)`` for view schedules (e.g. ExCB's crop scale);
 - ``epoch_metrics()`` for per-epoch monitoring (table statistics, cluster occupancy).
 

@@ -152,9 +152,9 @@ class Trainer:
         factor = lr_factor(self.step, self.total_steps, self.warmup_steps, self.config.optim.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.optim.lr * group["lr_scale"] * factor
-            schedule = group.get("weight_decay_schedule")
-            if schedule is not None:
-                group["weight_decay"] = group["base_weight_decay"] * schedule(self.step, self.total_steps)
+            start = group.get("weight_decay_start_scale")
+            if start is not None:  # weight decay from start * wd down to wd by a cosine (ExCB centroids)
+                group["weight_decay"] = group["base_weight_decay"] * lr_factor(self.step, self.total_steps, 0, 1.0 / start) * start
 
     def _train_step(self, maker: ViewMaker, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self._set_lr()

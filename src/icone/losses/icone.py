@@ -1,8 +1,7 @@
-"""Pure loss functions, one per method term, no state; coefficients are the papers' defaults.
+"""IConE loss terms (Almpanakis & Kreshuk, arXiv 2603.15263; METHODS.md "IConE").
 
-Each function takes plain tensors, so it can be checked against values computed by hand.
-Notation follows ``METHODS.md``: ``z`` are view embeddings, ``e`` instance-table rows, ``B`` the
-batch size, ``V`` the number of views, ``N`` the number of table rows.
+Notation: ``z`` view embeddings, ``e`` instance-table rows, ``B`` the batch size, ``V`` the number
+of views, ``N`` the number of table rows.
 """
 
 from __future__ import annotations
@@ -11,11 +10,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-# --------------------------------------------------------------------------------------------
-# IConE (Almpanakis & Kreshuk, arXiv 2603.15263; METHODS.md "IConE")
-# --------------------------------------------------------------------------------------------
-
 
 def icone_view_instance_alignment(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """``L_vi = mean_{i, v} (1 - <normalize(z_{i,v}), normalize(e_i)>)``.
@@ -37,7 +31,7 @@ def icone_view_view_alignment(z: torch.Tensor) -> torch.Tensor:
     return (1 - gram[:, rows, cols]).mean()
 
 
-def _off_diagonal_cosines(
+def off_diagonal_cosines(
     rows: torch.Tensor, table: torch.Tensor, rows_index: torch.Tensor | None = None, table_index: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Cosines of ``rows`` against ``table`` with self-pairs removed (flattened).
@@ -68,7 +62,7 @@ def icone_hinge_diversity(
     removed: with ``table`` a uniform sample of the full table this is an unbiased estimate of the
     full-table mean at a cost independent of N.
     """
-    cos = _off_diagonal_cosines(table if rows is None else rows, table, rows_index, table_index)
+    cos = off_diagonal_cosines(table if rows is None else rows, table, rows_index, table_index)
     return F.relu(cos).pow(2).mean()
 
 
@@ -86,7 +80,7 @@ def icone_frame_diversity(table: torch.Tensor) -> torch.Tensor:
 def icone_uniformity(table: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     """``log mean_{j != k} exp(-t ||e_j - e_k||^2)`` on normalised rows (Wang & Isola, 2020)."""
     en = F.normalize(table, dim=-1)
-    sq = (2 - 2 * _off_diagonal_cosines(en, en)).clamp(min=0)
+    sq = (2 - 2 * off_diagonal_cosines(en, en)).clamp(min=0)
     return torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())
 
 
@@ -111,3 +105,14 @@ def icone_infonce_alignment(
     logits = logits.masked_fill(clash[:, None, :], float("-inf"))
     target = torch.arange(b, device=z.device)[:, None].expand(b, v)
     return F.cross_entropy(logits.reshape(b * v, -1), target.reshape(-1))
+
+
+__all__ = [
+    "icone_frame_diversity",
+    "icone_hinge_diversity",
+    "icone_infonce_alignment",
+    "icone_uniformity",
+    "icone_view_instance_alignment",
+    "icone_view_view_alignment",
+    "off_diagonal_cosines",
+]

@@ -1,0 +1,1 @@
+"""Losses (to be filled)."""

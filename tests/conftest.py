@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny in-memory datasets and a helper that trains any method a few steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from icone.config import build_config
+from icone.data.arrays import Dataset, Split
+from icone.train.setup import resolve_config
+from icone.train.trainer import Trainer
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def tiny_dataset(spatial_dims: int = 2, n: int = 32, size: int | None = None, classes: int = 4, channels: int = 1, seed: int = 0) -> Dataset:
+    """Random samples whose class shifts the mean of one quadrant/octant (learnable, not trivial)."""
+    size = size or (16 if spatial_dims == 2 else 12)
+    rng = np.random.default_rng(seed)
+    shape = (n, channels) + (size,) * spatial_dims
+    samples = rng.normal(0, 1, shape).astype(np.float32)
+    labels = np.arange(n) % classes
+    half = size // 2
+    for i, label in enumerate(labels):
+        region = (i, slice(None)) + tuple(slice(half * ((label >> d) & 1), half * (((label >> d) & 1) + 1)) for d in range(spatial_dims))
+        samples[region] += 2.0
+    test = Split(samples[: n // 4].copy(), labels[: n // 4])
+    return Dataset(name=f"tiny{spatial_dims}d", train=Split(samples, labels), test=test)
+
+
+def train_steps(
+    method: str,
+    spatial_dims: int = 2,
+    batch_size: int = 4,
+    epochs: int = 1,
+    run_dir: Path | None = None,
+    overrides: list[str] | None = None,
+    dataset: Dataset | None = None,
+) -> tuple[Trainer, list[dict[str, Any]]]:
+    """Train ``method`` on a tiny dataset with the small CNN; returns the trainer and its step logs."""
+    import json
+    import tempfile
+
+    dataset = dataset or tiny_dataset(spatial_dims)
+    items = [
+        f"method={method}",
+        "model.backbone=smallcnn",
+        "model.width=8",
+        f"train.batch_size={batch_size}",
+        f"train.epochs={epochs}",
+        "train.log_every=1",
+        "train.monitor_samples=16",
+        "optim.warmup_epochs=0",
+    ] + list(overrides or [])
+    config = resolve_config(build_config(None, items), dataset)
+    run_dir = Path(run_dir or tempfile.mkdtemp(prefix="icone-test-"))
+    trainer = Trainer(config, dataset, run_dir, progress=False)
+    trainer.fit()
+    logs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return trainer, [r for r in logs if r["kind"] == "step"]
+
+
+@pytest.fixture
+def tiny2d() -> Dataset:
+    return tiny_dataset(2)
+
+
+@pytest.fixture
+def tiny3d() -> Dataset:
+    return tiny_dataset(3)
