@@ -72,3 +72,51 @@ def tiny2d() -> Dataset:
 @pytest.fixture
 def tiny3d() -> Dataset:
     return tiny_dataset(3)
+
+
+def write_tiny_npz(path: Path, spatial_dims: int = 2, n: int = 48, rgb: bool = False) -> Path:
+    """A MedMNIST-layout .npz of uint8 images (N x H x W [x 3]) or volumes (N x D x H x W)."""
+    dataset = tiny_dataset(spatial_dims, n=n, channels=3 if rgb else 1)
+    def to_uint8(x: np.ndarray) -> np.ndarray:
+        x = np.clip((x + 3) / 6 * 255, 0, 255).astype(np.uint8)
+        return np.moveaxis(x, 1, -1) if rgb else x[:, 0]
+    np.savez(
+        path,
+        train_images=to_uint8(dataset.train.samples),
+        train_labels=dataset.train.labels[:, None],
+        test_images=to_uint8(dataset.test.samples),
+        test_labels=dataset.test.labels[:, None],
+    )
+    return path
+
+
+@pytest.fixture
+def npz2d(tmp_path) -> Path:
+    return write_tiny_npz(tmp_path / "tiny2d.npz", 2)
+
+
+@pytest.fixture
+def npz3d(tmp_path) -> Path:
+    return write_tiny_npz(tmp_path / "tiny3d.npz", 3)
+
+
+FAST = ["--backbone", "smallcnn", "model.width=8", "train.monitor_samples=16", "--no-progress"]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``icone ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from icone.cli import main
+
+    argv = sys.argv
+    sys.argv = ["icone", *[str(a) for a in args]]
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

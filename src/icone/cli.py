@@ -41,7 +41,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train an encoder; ends with kNN and RankMe of the untrained vs the trained encoder."""
-    from icone.config import build_config, load_yaml
+    from icone.config import build_config, load_yaml, parse_overrides
     from icone.runs import train_run
 
     if resume and overwrite:
@@ -50,7 +50,8 @@ def train(
     items = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides or [])
     values = load_yaml(config) if config is not None else None
     cfg = build_config(values, items)
-    summary = train_run(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress)
+    explicit = {**(values or {}), **parse_overrides(items, cfg.method)}
+    summary = train_run(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress, explicit=explicit)
     if "eval" in summary:
         _print_eval(summary["eval"], f"{cfg.method} on {cfg.data.source}")
     if "run_dir" in summary:

@@ -40,23 +40,30 @@ def default_run_dir(config: Config, dataset: Dataset) -> Path:
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in values.items():
-        if isinstance(value, dict) and key != "method_options":
+        if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
 
 
-def _check_resumable(saved: Config, asked: Config) -> None:
-    changed = [k for k, v in _flatten(asked.to_dict()).items() if _flatten(saved.to_dict()).get(k) != v and k not in RESUMABLE]
+def _check_resumable(saved: Config, explicit: dict[str, Any]) -> None:
+    """Options given with ``--resume`` must agree with the run's config (but for RESUMABLE ones)."""
+    saved_flat = _flatten(saved.to_dict())
+    asked = _flatten(build_config(explicit).to_dict())
+    given = [k for k in _flatten(explicit) if k not in RESUMABLE]
+    changed = [k for k in given if asked.get(k) != saved_flat.get(k)]
     if changed:
         raise UserError(f"--resume continues the run as it was configured, but {', '.join(changed)} differ; drop those options or start a new run with --out")
 
 
 def prepare_training(
-    config: Config, out: str | Path | None, resume: bool, overwrite: bool
+    config: Config, out: str | Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None = None
 ) -> tuple[Config, Dataset, Path, dict[str, Any] | None]:
-    """Check everything before touching the disk: the resolved config, the data, the run folder."""
+    """Check everything before touching the disk: the resolved config, the data, the run folder.
+
+    ``explicit``: the options the user gave (nested), checked against the run's config on resume.
+    """
     run_dir = Path(out) if out is not None else None
     checkpoint = None
     if resume:
@@ -67,7 +74,7 @@ def prepare_training(
         if not (run_dir / "checkpoints" / "last.pt").is_file():
             raise UserError(f"cannot resume: '{run_dir}' has no checkpoints/last.pt yet; start it again with --overwrite")
         saved = build_config(load_yaml(run_dir / "config.yaml"))
-        _check_resumable(saved, config)
+        _check_resumable(saved, explicit or {})
         saved.train.epochs, saved.train.device = config.train.epochs, config.train.device
         config = saved
     elif run_dir is not None and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
@@ -83,9 +90,16 @@ def prepare_training(
     return config, dataset, run_dir, checkpoint
 
 
-def train_run(config: Config, out: str | Path | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def train_run(
+    config: Config,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    explicit: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train, export ``backbone.pt``, plot, and (``eval.after_train``) evaluate against the untrained encoder."""
-    config, dataset, run_dir, checkpoint = prepare_training(config, out, resume, overwrite)
+    config, dataset, run_dir, checkpoint = prepare_training(config, out, resume, overwrite, explicit)
     if overwrite and run_dir.exists() and not resume and distributed.is_main_process():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,7 @@ class Trainer:
         self.config = config
         self.dataset = dataset
         self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         self.device = pick_device(config.train.device)
         distributed.init_from_env(self.device)
@@ -184,8 +185,10 @@ class Trainer:
         features = embed_samples(self.method.backbone, self.train_set.samples[self.monitor_rows], self.device)
         return {"monitor_rankme": rankme(features), "monitor_std": embedding_std(features)}
 
-    def fit(self) -> TrainResult:
+    def fit(self, until_epoch: int | None = None) -> TrainResult:
+        """Train to ``train.epochs`` (or stop after ``until_epoch``, as an interruption would)."""
         config = self.config
+        last_epoch = config.train.epochs if until_epoch is None else min(until_epoch, config.train.epochs)
         if self.step == 0:
             if distributed.is_main_process():
                 save_config(config, self.run_dir / "config.yaml")
@@ -195,7 +198,7 @@ class Trainer:
         progress = _progress(self.progress and distributed.is_main_process())
         with progress:
             task = progress.add_task(f"{config.method} epoch {self.epoch + 1}/{config.train.epochs}", total=self.total_steps, completed=self.step)
-            while self.epoch < config.train.epochs:
+            while self.epoch < last_epoch:
                 seed_everything(config.train.seed * 1_000_003 + self.epoch)
                 maker = ViewMaker(self.method.adjust_views(base_spec, self.epoch, config.train.epochs))
                 self.model.train()
