@@ -25,6 +25,7 @@ class ViewSpec:
     local_crops: int = 0
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
+    aspect: float = 4 / 3  # largest ratio between two sides of a crop (1: no jitter)
     flip: bool = True
     rotate90: bool = True
     brightness: float = 0.4
@@ -52,14 +53,17 @@ def _orientations(batch: int, dims: int, flip: bool, rotate: bool, device: torch
     return mats
 
 
-def random_affine(batch: int, dims: int, scale: tuple[float, float], flip: bool, rotate: bool, device: torch.device) -> torch.Tensor:
+def random_affine(
+    batch: int, dims: int, scale: tuple[float, float], flip: bool, rotate: bool, device: torch.device, aspect: float = 4 / 3
+) -> torch.Tensor:
     """``B x d x (d+1)`` maps from output to input coordinates (``affine_grid`` convention).
 
-    The crop covers a fraction ``s ~ U(scale)`` of the input area/volume, with each side jittered
-    by an aspect factor in [3/4, 4/3] and the crop placed uniformly inside the input.
+    The crop covers a fraction ``s ~ U(scale)`` of the input area/volume (before clipping to the
+    input), its sides differ by up to a factor ``aspect``, and it lies uniformly inside the input.
     """
     s = torch.empty(batch, 1, device=device).uniform_(*scale)
-    log_aspect = torch.empty(batch, dims, device=device).uniform_(-0.5 * math.log(4 / 3), 0.5 * math.log(4 / 3))
+    log_aspect = torch.empty(batch, dims, device=device).uniform_(-0.5, 0.5) * math.log(aspect)
+    log_aspect = log_aspect - log_aspect.mean(1, keepdim=True)  # the jitter keeps the area
     sides = (s ** (1.0 / dims) * log_aspect.exp()).clamp(max=1.0)
     centres = (torch.rand(batch, dims, device=device) * 2 - 1) * (1 - sides)
     linear = _orientations(batch, dims, flip, rotate, device) * sides[:, None, :]
@@ -96,7 +100,7 @@ class ViewMaker:
         return self.spec.global_crops + self.spec.local_crops
 
     def _geometric(self, x: torch.Tensor, shape: tuple[int, ...], scale: tuple[float, float]) -> torch.Tensor:
-        theta = random_affine(x.shape[0], self.spec.spatial_dims, scale, self.spec.flip, self.spec.rotate90, x.device)
+        theta = random_affine(x.shape[0], self.spec.spatial_dims, scale, self.spec.flip, self.spec.rotate90, x.device, self.spec.aspect)
         grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *shape], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
