@@ -143,6 +143,37 @@ def data_command(source: str = typer.Argument(..., metavar="SOURCE")) -> None:
         console.print(f"{name}: {len(split)} samples; per class: {counts if split.labelled else 'unlabelled'}")
 
 
+@app.command()
+def bench(
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides for every cell, e.g. model.norm=batch model.width=32"),
+    data: Optional[str] = typer.Option(None, "--data", help="One source for the whole grid (default: digits)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method names, e.g. icone,excb,simclr."),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated, e.g. 1,2,4,8."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per cell (0..N-1)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget, the same for every method."),
+    imbalance: Optional[str] = typer.Option(None, "--imbalance", help="Comma-separated largest/smallest class ratios, e.g. 1,10,50."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="One backbone for every method."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Grid folder (default: bench/quick or bench/paper); run again to continue it."),
+    lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help="none (default), sqrt or linear, relative to batch size 64."),
+    quick: bool = typer.Option(False, "--quick", help="Preset: a small grid for 2 CPU cores (the default)."),
+    paper: bool = typer.Option(False, "--paper", help="Preset: the papers' methods at batch sizes 1-64, 3 seeds (for a GPU)."),
+) -> None:
+    """Grid of methods x batch sizes x seeds (x imbalance ratios): results.csv/json, summary.md, plots."""
+    import shlex
+
+    from icone.bench import build_spec, run_bench
+
+    if quick and paper:
+        raise UserError("--quick and --paper are two presets; pass one")
+    spec = build_spec(
+        preset="paper" if paper else "quick", data=data, methods=methods, batch_sizes=batch_sizes, seeds=seeds, epochs=epochs,
+        imbalance=imbalance, backbone=backbone, out=out, lr_scaling=lr_scaling, overrides=list(overrides or []),
+        command="icone " + shlex.join(sys.argv[1:]),
+    )
+    result = run_bench(spec, log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True), debug=DEBUG["on"])
+    console.print(f"bench folder: {result['out']} ({', '.join(result['files'])})", markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: errors for people are one line and exit code 2."""
     try:

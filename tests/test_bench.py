@@ -1,0 +1,169 @@
+"""``icone bench``: a tiny grid end to end (results, summary, plots), refusals, resumption, bad input."""
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli, write_tiny_npz
+from icone import bench
+from icone.errors import UserError
+from icone.methods.icone import IConE
+
+TINY = ["model.width=8", "train.monitor_samples=16", "eval.knn_k=5"]
+REQUIRED = ["method", "batch_size", "seed", "imbalance", "status", "knn_accuracy", "linear_accuracy", "linear_balanced_accuracy", "rankme",
+            "intrinsic_dimension", "empty_cluster_fraction", "train_seconds", "peak_memory_bytes", "baseline_knn_accuracy", "lr", "lr_scaling"]
+
+
+def tiny_spec(npz, out, **kwargs):
+    values = dict(data=str(npz), methods="icone", batch_sizes="1,4", seeds=1, epochs=1, imbalance="1,2", backbone="smallcnn", out=out,
+                  overrides=TINY, command="icone bench (test)")
+    return bench.build_spec(**{**values, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """icone at batch sizes 1 and 4, imbalance 1 and 2, with a fake minimum batch size of 2: two cells run, two are refused."""
+    root = tmp_path_factory.mktemp("bench")
+    npz = write_tiny_npz(root / "tiny.npz", 2)
+    lines = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(IConE, "min_batch_size", 2)
+        result = bench.run_bench(tiny_spec(npz, root / "grid"), log=lines.append)
+    return npz, root / "grid", result, lines
+
+
+def read_csv(out):
+    with (out / "results.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_results_have_one_row_per_cell_with_the_columns(grid):
+    _, out, _, _ = grid
+    rows = read_csv(out)
+    assert set(REQUIRED) <= set(rows[0])
+    assert [(r["batch_size"], r["imbalance"]) for r in rows] == [("1", "1.0"), ("4", "1.0"), ("1", "2.0"), ("4", "2.0")]
+    for row in rows:
+        if row["batch_size"] == "1":
+            assert row["status"] == "refused: below min batch (2)"
+            assert row["knn_accuracy"] == "" and row["train_seconds"] == ""
+        else:
+            assert row["status"] == "ok", row["status"]
+            for key in ("knn_accuracy", "linear_accuracy", "linear_balanced_accuracy", "rankme", "intrinsic_dimension", "baseline_knn_accuracy"):
+                assert float(row[key]) >= 0, key
+            assert row["empty_cluster_fraction"] == ""  # icone is not a clustering method
+            assert float(row["train_seconds"]) > 0 and int(row["peak_memory_bytes"]) >= 0 and row["memory_kind"] == "cpu_rss_growth"
+            assert float(row["lr"]) == pytest.approx(IConE.default_lr) and row["lr_scaling"] == "none"
+            assert row["epochs"] == "1" and int(row["steps"]) == (12 if row["imbalance"] == "1.0" else int(row["steps"])) > 0
+    document = json.loads((out / "results.json").read_text())
+    assert [r["status"] for r in document["rows"]] == [r["status"] for r in rows]
+    assert document["settings"]["lr_scaling"] == "none" and document["command"] == "icone bench (test)"
+    assert (out / "cells" / "icone-b4-r1-s0" / "eval.json").is_file() and not (out / "cells" / "icone-b1-r1-s0").exists()
+
+
+def test_cells_use_the_grid_norm_and_the_method_lr(grid):
+    _, out, _, _ = grid
+    config = (out / "cells" / "icone-b4-r2-s0" / "config.yaml").read_text()
+    assert "norm: group" in config and "imbalance_ratio: 2.0" in config and "batch_size: 4" in config
+
+
+def test_summary_and_plots(grid):
+    _, out, result, lines = grid
+    summary = (out / "summary.md").read_text()
+    for text in ("icone bench (test)", "torch", "CPUs", "| icone | 4 | 2 | 1/1 |", "refused (min 2)", "kNN accuracy by batch size", "Untrained encoder"):
+        assert text in summary, text
+    for name in ("accuracy_vs_batch_size.png", "collapse_vs_batch_size.png", "accuracy_vs_imbalance.png"):
+        assert (out / "plots" / name).stat().st_size > 1000, name
+    progress = [line for line in lines if line.startswith("[")]
+    assert len(progress) == 4 and all("kNN" in line for line in progress)
+    assert "icone b=4 r=1 s=0: ok" in progress[1] and "(trained)" in progress[1]
+    assert sorted(result["files"])[:2] == ["plots/accuracy_vs_batch_size.png", "plots/accuracy_vs_imbalance.png"]
+
+
+def test_an_interrupted_grid_continues_where_it_stopped(grid, tmp_path, monkeypatch, capsys):
+    npz, first, _, _ = grid
+    out = tmp_path / "grid"
+    shutil.copytree(first, out)
+    cells = out / "cells"
+    kept = (cells / "icone-b4-r1-s0" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    (cells / "icone-b4-r1-s0" / "eval.json").unlink()  # stopped between training and evaluation
+    shutil.rmtree(cells / "icone-b4-r2-s0")  # stopped before this cell began
+    for name in ("results.csv", "results.json", "summary.md"):
+        (out / name).unlink()
+    monkeypatch.setattr(IConE, "min_batch_size", 2)
+    import icone.runs
+
+    calls = []
+    real = icone.runs.train_run
+    monkeypatch.setattr(icone.runs, "train_run", lambda config, out, resume, **kw: calls.append((out.name, resume)) or real(config, out, resume, **kw))
+    args = ["bench", "--data", npz, "--methods", "icone", "--batch-sizes", "1,4", "--seeds", "1", "--epochs", "1", "--imbalance", "1,2",
+            "--backbone", "smallcnn", "--out", out, *TINY]
+    code, stdout, stderr = run_cli(args, capsys)
+    assert code == 0, stderr
+    assert calls == [("icone-b4-r1-s0", True), ("icone-b4-r2-s0", False)]
+    assert (cells / "icone-b4-r1-s0" / "checkpoints" / "last.pt").stat().st_mtime_ns == kept  # resumed at its end: not retrained
+    assert (cells / "icone-b4-r1-s0" / "eval.json").is_file() and (cells / "icone-b4-r2-s0" / "eval.json").is_file()
+    assert "(resumed)" in stdout and "(trained)" in stdout
+    assert [r["status"] for r in read_csv(out)] == ["refused: below min batch (2)", "ok"] * 2
+    assert "icone bench --data" in (out / "summary.md").read_text()
+    calls.clear()
+    code, stdout, _ = run_cli(args, capsys)  # everything done: read back, nothing trained
+    assert code == 0 and calls == [] and stdout.count("(read back)") == 2
+
+
+def test_unknown_method_is_one_line_exit_2(tmp_path, capsys):
+    code, _, err = run_cli(["bench", "--methods", "icone,nope", "--out", tmp_path / "b"], capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "unknown method 'nope'" in err and "icone" in err.split("choose from:")[1]
+    assert not (tmp_path / "b").exists()
+
+
+def test_bad_input_fails_before_any_cell(grid, tmp_path):
+    npz, out, _, _ = grid
+    with pytest.raises(UserError, match="use --batch-sizes"):
+        tiny_spec(npz, tmp_path / "x", overrides=["train.batch_size=8"])
+    with pytest.raises(UserError, match="unknown option"):
+        tiny_spec(npz, tmp_path / "x", overrides=["model.nope=1"])
+    with pytest.raises(UserError, match="--lr-scaling"):
+        tiny_spec(npz, tmp_path / "x", lr_scaling="cubic")
+    with pytest.raises(UserError, match="other epochs"):  # an existing grid folder with other settings
+        bench.run_bench(tiny_spec(npz, out, epochs=2), log=lambda line: None)
+
+
+def test_preset_skips_missing_methods_with_a_note(monkeypatch, tmp_path):
+    monkeypatch.setitem(bench.PRESETS, "quick", {**bench.PRESETS["quick"], "methods": ["icone", "not_written_yet"]})
+    spec = bench.build_spec(out=tmp_path / "q")
+    assert spec.methods == ["icone"] and "not_written_yet" in spec.notes[0]
+    assert bench.build_spec(preset="quick", epochs=7, out=tmp_path / "q").epochs == 7  # explicit values win
+
+
+def test_lr_scaling_rules():
+    assert bench.scaled_lr(1e-3, 16, "none") == 1e-3
+    assert bench.scaled_lr(1e-3, 16, "sqrt") == pytest.approx(5e-4)
+    assert bench.scaled_lr(1e-3, 16, "linear") == pytest.approx(2.5e-4)
+
+
+def test_a_diverged_or_failed_cell_does_not_stop_the_grid(tmp_path, monkeypatch):
+    import icone.runs
+    from icone.errors import TrainingDiverged
+
+    calls = []
+
+    def fake_train_run(config, out, resume, **kw):
+        calls.append(out.name)
+        out.mkdir(parents=True, exist_ok=True)
+        if config.train.batch_size == 2:
+            raise TrainingDiverged("the loss became nan at epoch 1, step 3; the last good checkpoint is kept")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(icone.runs, "train_run", fake_train_run)
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    spec = tiny_spec(npz, tmp_path / "grid", batch_sizes="2,4", imbalance="1")
+    result = bench.run_bench(spec, log=lambda line: None)
+    assert [r["status"] for r in result["rows"]] == ["diverged: the loss became nan at epoch 1, step 3", "failed: RuntimeError: boom"]
+    assert "## Cells that did not finish" in (tmp_path / "grid" / "summary.md").read_text()
+    assert (tmp_path / "grid" / "plots" / "accuracy_vs_batch_size.png").is_file()
+    calls.clear()
+    bench.run_bench(spec, log=lambda line: None)  # diverged cells are kept (deterministic), failed ones are tried again
+    assert calls == ["icone-b4-r1-s0"]
