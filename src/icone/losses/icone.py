@@ -31,22 +31,23 @@ def icone_view_view_alignment(z: torch.Tensor) -> torch.Tensor:
     return (1 - gram[:, rows, cols]).mean()
 
 
-def off_diagonal_cosines(
+def _cosines_and_self_pairs(
     rows: torch.Tensor, table: torch.Tensor, rows_index: torch.Tensor | None = None, table_index: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Cosines of ``rows`` against ``table`` with self-pairs removed (flattened).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines of ``rows`` against ``table`` and the mask of self-pairs.
 
-    Without indices ``rows`` is the table itself; otherwise a pair is a self-pair where the two
-    rows' instance indices are equal.
+    Without indices ``rows`` is the table itself (self-pairs: the diagonal); otherwise a pair is a
+    self-pair where the two rows' instance indices are equal. Masks avoid boolean indexing, which
+    costs a host sync and a copy of the whole matrix.
     """
     cos = F.normalize(rows, dim=-1) @ F.normalize(table, dim=-1).t()
     if rows_index is None:
-        mask = ~torch.eye(len(rows), dtype=torch.bool, device=rows.device)
+        same = torch.eye(len(rows), dtype=torch.bool, device=rows.device)
     else:
         if table_index is None:
             table_index = torch.arange(len(table), device=rows.device)
-        mask = rows_index[:, None] != table_index[None, :]
-    return cos[mask]
+        same = rows_index[:, None] == table_index[None, :]
+    return cos, same
 
 
 def icone_hinge_diversity(
@@ -62,8 +63,9 @@ def icone_hinge_diversity(
     removed: with ``table`` a uniform sample of the full table this is an unbiased estimate of the
     full-table mean at a cost independent of N.
     """
-    cos = off_diagonal_cosines(table if rows is None else rows, table, rows_index, table_index)
-    return F.relu(cos).pow(2).mean()
+    cos, same = _cosines_and_self_pairs(table if rows is None else rows, table, rows_index, table_index)
+    pairs = (same.numel() - same.sum()).clamp(min=1)
+    return F.relu(cos).pow(2).masked_fill(same, 0.0).sum() / pairs
 
 
 def icone_frame_diversity(table: torch.Tensor) -> torch.Tensor:
@@ -79,9 +81,10 @@ def icone_frame_diversity(table: torch.Tensor) -> torch.Tensor:
 
 def icone_uniformity(table: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     """``log mean_{j != k} exp(-t ||e_j - e_k||^2)`` on normalised rows (Wang & Isola, 2020)."""
-    en = F.normalize(table, dim=-1)
-    sq = (2 - 2 * off_diagonal_cosines(en, en)).clamp(min=0)
-    return torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())
+    cos, same = _cosines_and_self_pairs(table, table)
+    sq = (2 - 2 * cos).clamp(min=0)  # squared distance of unit vectors
+    pairs = same.numel() - len(table)
+    return torch.logsumexp((-t * sq).masked_fill(same, float("-inf")).reshape(-1), dim=0) - math.log(pairs)
 
 
 def icone_infonce_alignment(
@@ -114,5 +117,4 @@ __all__ = [
     "icone_uniformity",
     "icone_view_instance_alignment",
     "icone_view_view_alignment",
-    "off_diagonal_cosines",
 ]
