@@ -75,7 +75,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
+    epochs: int = 10
     batch_size: int = 16
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -3,6 +3,11 @@
 Almpanakis & Kreshuk, "IConE: Batch Independent Collapse Prevention for Self-Supervised
 Representation Learning", arXiv 2603.15263. METHODS.md gives the objective implemented here:
 ``L = w_vi L_vi + w_vv L_vv + w_div L_div``. No term uses batch statistics, so B = 1 is defined.
+
+Two defaults are ours, chosen by measurement (docs/icone.md, BENCHMARKS.md): table rows start at
+the untrained encoder's normalised embeddings (``table_init=features``) and the table learns 10x
+faster than the encoder (``table_lr_scale=10``). ``icone.table_init=normal icone.table_lr_scale=1``
+gives the public reading.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ class IConEOptions:
     diversity: str = "hinge"  # hinge | frame | uniformity
     projector: str = "none"  # none | linear | mlp (MLP with LayerNorm)
     projector_dim: int = 128
-    table_init: str = "normal"  # normal N(0, table_init_std^2) | features (untrained encoder)
+    table_init: str = "features"  # features (rows = untrained encoder's embeddings; ours) | normal N(0, std^2) (paper)
     table_init_std: float = 0.02
-    table_lr_scale: float = 1.0  # table lr = encoder lr * this
+    table_lr_scale: float = 10.0  # table lr = encoder lr * this (ours: 10; the public reading: 1)
     table_weight_decay: float | None = None  # None: the encoder's weight decay
     detach_table: bool = False  # stop-gradient of the alignment into the table (rows move by L_div only)
     w_vi: float = 1.0
