@@ -106,7 +106,7 @@ def cluster_occupancy(assignments: np.ndarray | torch.Tensor, num_clusters: int)
     counts = torch.bincount(torch.as_tensor(assignments).long().reshape(-1), minlength=num_clusters).double()
     shares = counts / counts.sum().clamp(min=1)
     nonzero = shares[shares > 0]
-    entropy = float(-(nonzero * nonzero.log()).sum())
+    entropy = max(0.0, float(-(nonzero * nonzero.log()).sum()))
     return {
         "empty_cluster_fraction": float((counts == 0).double().mean()),
         "largest_cluster_share": float(shares.max()),

@@ -49,6 +49,15 @@ def norm_layer(norm: str, channels: int, dims: int) -> nn.Module:
     raise UserError(f"model.norm={norm!r} is not valid; choose one of: {', '.join(NORMS)}")
 
 
+def replace_batch_norm(module: nn.Module, norm: str, spatial_dims: int) -> None:
+    """Swap every BatchNorm layer below ``module`` for ``norm`` (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, norm_layer(norm, child.num_features, spatial_dims))
+        else:
+            replace_batch_norm(child, norm, spatial_dims)
+
+
 @dataclass
 class BackboneSpec:
     """Everything needed to rebuild a backbone (stored with exported weights)."""
@@ -110,6 +119,8 @@ class MonaiResNet(nn.Module):
             feed_forward=False,
             norm=monai_norm(norm, width),
         )
+        if norm != "batch":  # MONAI passes `norm` to the stem only; its residual blocks keep BatchNorm
+            replace_batch_norm(self.net, norm, spatial_dims)
         self.feature_dim = 8 * width * block.expansion
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
