@@ -105,6 +105,15 @@ def excb_pairs(global_views: int, local_views: int, predictor: bool = True) -> l
     return pairs
 
 
+def excb_pair_cross_entropies(
+    targets: torch.Tensor, student: torch.Tensor, pairs: list[tuple[int, int]], temperature: float = 0.1
+) -> torch.Tensor:
+    """Cross-entropy of every matched pair, ``(P,)``: ``targets`` ``T x B x K`` teacher targets,
+    ``student`` ``S x B x K`` student similarities, ``pairs`` from :func:`excb_pairs`."""
+    log_p = F.log_softmax(student.float() / temperature, dim=-1)
+    return torch.stack([-(targets[t] * log_p[s]).sum(-1).mean() for t, s in pairs])
+
+
 def excb_loss(
     teacher_balanced: torch.Tensor,
     student: torch.Tensor,
@@ -114,12 +123,11 @@ def excb_loss(
 ) -> torch.Tensor:
     """ExCB loss: mean over matched pairs of ``CE(softmax(B(z_t)/0.04), log_softmax(z_s/0.1))``.
 
-    ``teacher_balanced``: ``T x B x K`` balanced teacher similarities; ``student``: ``S x B x K``
-    student similarities; ``pairs`` from :func:`excb_pairs`.
+    ``teacher_balanced``: ``T x B x K`` balanced teacher similarities (argmax boost included if
+    used); ``student``: ``S x B x K`` student similarities; ``pairs`` from :func:`excb_pairs`.
     """
     targets = excb_teacher_targets(teacher_balanced, teacher_temperature)
-    total = sum(excb_cross_entropy(targets[t], student[s], student_temperature) for t, s in pairs)
-    return total / len(pairs)
+    return excb_pair_cross_entropies(targets, student, pairs, student_temperature).mean()
 
 
 __all__ = [
@@ -130,6 +138,7 @@ __all__ = [
     "excb_balance_factors",
     "excb_cross_entropy",
     "excb_loss",
+    "excb_pair_cross_entropies",
     "excb_pairs",
     "excb_teacher_targets",
     "excb_update_sizes",
