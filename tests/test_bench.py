@@ -54,11 +54,11 @@ def test_results_have_one_row_per_cell_with_the_columns(grid):
                 assert float(row[key]) >= 0, key
             assert row["empty_cluster_fraction"] == ""  # icone is not a clustering method
             assert float(row["train_seconds"]) > 0 and int(row["peak_memory_bytes"]) >= 0 and row["memory_kind"] == "cpu_rss_growth"
-            assert float(row["lr"]) == pytest.approx(IConE.default_lr) and row["lr_scaling"] == "none"
+            assert float(row["lr"]) == pytest.approx(IConE.default_lr * (int(row["batch_size"]) / 64) ** 0.5) and row["lr_scaling"] == "sqrt"
             assert row["epochs"] == "1" and int(row["steps"]) == (12 if row["imbalance"] == "1.0" else int(row["steps"])) > 0
     document = json.loads((out / "results.json").read_text())
     assert [r["status"] for r in document["rows"]] == [r["status"] for r in rows]
-    assert document["settings"]["lr_scaling"] == "none" and document["command"] == "icone bench (test)"
+    assert document["settings"]["lr_scaling"] == "sqrt" and document["command"] == "icone bench (test)"
     assert (out / "cells" / "icone-b4-r1-s0" / "eval.json").is_file() and not (out / "cells" / "icone-b1-r1-s0").exists()
 
 

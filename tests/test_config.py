@@ -49,3 +49,18 @@ def test_missing_or_broken_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_yaml(tmp_path / "bad.yaml")
+
+
+def test_default_lr_follows_the_batch_size_by_the_sqrt_rule():
+    from conftest import tiny_dataset
+    from icone.methods import get_method
+    from icone.train.setup import resolve_config
+
+    default = get_method("icone").default_lr
+    for batch, expected in ((1, default / 8), (16, default / 2), (64, default)):
+        config = resolve_config(build_config(None, [f"train.batch_size={batch}"]), tiny_dataset(2, n=64))
+        assert config.optim.lr == pytest.approx(expected)
+    explicit = resolve_config(build_config(None, ["train.batch_size=1", "optim.lr=0.01"]), tiny_dataset(2, n=64))
+    assert explicit.optim.lr == 0.01
+    unscaled = resolve_config(build_config(None, ["train.batch_size=1", "optim.lr_scaling=none"]), tiny_dataset(2, n=64))
+    assert unscaled.optim.lr == default

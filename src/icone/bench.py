@@ -7,9 +7,9 @@ writes ``results.csv``/``results.json`` after every cell and ``summary.md`` plus
 Equal treatment: one source, one backbone, one norm layer (``model.norm=group`` unless overridden),
 the same augmentation settings and epoch budget for every method. The learning rate is each
 method's ``default_lr`` (or ``optim.lr`` when given), scaled with the batch size by ``lr_scaling``
-relative to :data:`REFERENCE_BATCH`: ``none`` (the default: AdamW at batch sizes 1 to 64 keeps the
-lr a method ships with, exactly what ``icone train`` uses), ``sqrt`` (lr * sqrt(B / 64), the rule
-for Adam-type optimizers) or ``linear`` (lr * B / 64, the SGD rule).
+relative to :data:`REFERENCE_BATCH`: ``sqrt`` (the default, lr * sqrt(B / 64), the rule for
+Adam-type optimizers and what ``icone train`` does with a method's default lr), ``linear``
+(lr * B / 64, the SGD rule) or ``none``.
 
 This is one module rather than a package on purpose: ``.gitignore`` ignores every ``bench/`` folder.
 """
@@ -33,9 +33,9 @@ import torch
 
 from icone.config import Config, build_config, parse_overrides, validate
 from icone.errors import TrainingDiverged, UserError
+from icone.train.setup import REFERENCE_BATCH, scaled_lr
 
 LR_SCALINGS = ("none", "sqrt", "linear")
-REFERENCE_BATCH = 64  # the batch size a method's default_lr is stated for
 DEFAULT_NORM = "group"  # batch-free, so batch-size-1 methods are not handicapped; override with model.norm=...
 PAPER_METHODS = ["icone", "excb", "simclr", "moco", "byol", "vicreg", "barlow_twins", "dino"]
 PRESETS: dict[str, dict[str, Any]] = {
@@ -70,7 +70,7 @@ class BenchSpec:
     imbalance: list[float]
     backbone: str
     out: Path
-    lr_scaling: str = "none"
+    lr_scaling: str = "sqrt"
     overrides: list[str] = field(default_factory=list)  # the preset's, then the user's KEY=VALUE
     preset: str = "quick"
     command: str = ""
@@ -143,7 +143,7 @@ def build_spec(
         imbalance=parse_list(imbalance, float, "--imbalance") or list(base["imbalance"]),
         backbone=backbone or base["backbone"],
         out=Path(out) if out is not None else Path("bench") / name,
-        lr_scaling=lr_scaling or "none",
+        lr_scaling=lr_scaling or "sqrt",
         overrides=list(base["overrides"]) + list(overrides or []),
         preset=name,
         command=command,
@@ -169,15 +169,6 @@ def build_spec(
     return spec
 
 
-def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
-    """The lr at ``batch_size`` from the lr stated for :data:`REFERENCE_BATCH` (none | sqrt | linear)."""
-    if rule == "sqrt":
-        return lr * math.sqrt(batch_size / REFERENCE_BATCH)
-    if rule == "linear":
-        return lr * batch_size / REFERENCE_BATCH
-    return lr
-
-
 def cell_config(spec: BenchSpec, cell: Cell) -> Config:
     """The run config of one cell: the grid's values, the user's overrides, the scaled lr."""
     from icone.methods import get_method, registry
@@ -193,7 +184,7 @@ def cell_config(spec: BenchSpec, cell: Cell) -> Config:
     config = build_config(values, own)
     config.eval.after_train = False  # the grid evaluates after measuring the training alone
     base = config.optim.lr if config.optim.lr is not None else get_method(cell.method).default_lr
-    config.optim.lr = scaled_lr(float(base), cell.batch_size, spec.lr_scaling)
+    config.optim.lr = scaled_lr(float(base), cell.batch_size, spec.lr_scaling)  # as icone train scales a default lr
     validate(config)
     return config
 

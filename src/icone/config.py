@@ -65,7 +65,8 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # adamw | sgd
-    lr: float | None = None  # None: the method's default
+    lr: float | None = None  # None: the method's default_lr (stated for batch 64), scaled by lr_scaling
+    lr_scaling: str = "sqrt"  # how a method's default lr follows the batch size: sqrt | linear | none
     weight_decay: float | None = None  # None: the method's default
     momentum: float = 0.9  # SGD only
     warmup_epochs: float = 1.0
@@ -248,6 +249,7 @@ CHOICES = {
     "data.normalize": ("percentile", "minmax", "zscore", "none"),
     "model.norm": ("batch", "group", "instance", "layer", None),
     "optim.name": ("adamw", "sgd"),
+    "optim.lr_scaling": ("sqrt", "linear", "none"),
     "train.precision": ("auto", "fp32", "bf16"),
 }
 

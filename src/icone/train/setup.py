@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import random
 
 import numpy as np
@@ -44,7 +45,8 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
     config.model.spatial_dims = data_dims
     config.model.in_channels = dataset.in_channels
     config.model.norm = config.model.norm or method_cls.default_norm
-    config.optim.lr = config.optim.lr if config.optim.lr is not None else method_cls.default_lr
+    if config.optim.lr is None:
+        config.optim.lr = scaled_lr(method_cls.default_lr, config.train.batch_size, config.optim.lr_scaling)
     if config.optim.weight_decay is None:
         config.optim.weight_decay = method_cls.default_weight_decay
     views = config.views
@@ -63,6 +65,18 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
     check_batch_size(config, method_cls, len(dataset.train))
     validate(config)
     return config
+
+
+REFERENCE_BATCH = 64  # the batch size a method's default_lr is stated for
+
+
+def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
+    """``lr`` (stated for :data:`REFERENCE_BATCH`) at ``batch_size``: ``sqrt`` (Adam-type), ``linear`` (SGD) or ``none``."""
+    if rule == "sqrt":
+        return lr * math.sqrt(batch_size / REFERENCE_BATCH)
+    if rule == "linear":
+        return lr * batch_size / REFERENCE_BATCH
+    return lr
 
 
 def check_batch_size(config: Config, method_cls: type[Method], num_samples: int) -> None:
