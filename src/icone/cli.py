@@ -189,7 +189,7 @@ def main() -> None:
         err_console.print(f"training stopped: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        err_console.print("interrupted; resume with --resume --out RUN_DIR", markup=False)
+        err_console.print("interrupted; the last epoch's checkpoint is kept: continue a run with 'icone train --resume --out RUN_DIR', a grid by running the same 'icone bench' command again", markup=False)
         sys.exit(130)
     except Exception as err:
         import click
