@@ -1,1 +1,73 @@
-"""Losses (to be filled)."""
+"""Redundancy-reduction / regularisation losses: VICReg and Barlow Twins.
+
+Both use statistics over the batch (variance, covariance, cross-correlation), so both need at
+least two samples. Notation: ``B`` the batch size, ``D`` the embedding width.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check_pair(z1: torch.Tensor, z2: torch.Tensor, name: str) -> None:
+    if z1.ndim != 2 or z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must both be B x D with the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if z1.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 samples (its batch statistics are undefined below), got {z1.shape[0]}")
+
+
+def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
+    """The off-diagonal entries of a square matrix, flattened."""
+    n = matrix.shape[0]
+    return matrix[~torch.eye(n, dtype=torch.bool, device=matrix.device)]
+
+
+def vicreg_variance(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg eq. 1-2: ``v(Z) = mean_j relu(1 - sqrt(Var(z_j) + eps))``, unbiased variance."""
+    std = torch.sqrt(z.var(dim=0) + eps)
+    return torch.relu(1 - std).mean()
+
+
+def vicreg_covariance(z: torch.Tensor) -> torch.Tensor:
+    """VICReg eq. 3-4: ``c(Z) = sum_{i != j} C(Z)_ij^2 / D`` with ``C(Z) = Z_c^T Z_c / (B - 1)``."""
+    b, d = z.shape
+    centred = z - z.mean(dim=0)
+    cov = centred.t() @ centred / (b - 1)
+    return off_diagonal(cov).pow(2).sum() / d
+
+
+def vicreg_loss(
+    z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0, eps: float = 1e-4
+) -> torch.Tensor:
+    """VICReg (Bardes et al. 2022, arXiv 2105.04906, eq. 6), combined as in the official code.
+
+    ``L = lambda s(Z, Z') + mu [v(Z) + v(Z')] / 2 + nu [c(Z) + c(Z')]`` with ``s`` the mean squared
+    error (eq. 5), ``v`` the variance hinge and ``c`` the covariance term (each view's variance
+    terms averaged, covariance terms summed). ``z1``, ``z2``: ``B x D``, B >= 2.
+    """
+    _check_pair(z1, z2, "vicreg_loss")
+    invariance = (z1 - z2).pow(2).mean()
+    variance = (vicreg_variance(z1, eps) + vicreg_variance(z2, eps)) / 2
+    covariance = vicreg_covariance(z1) + vicreg_covariance(z2)
+    return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
+    """Barlow Twins (Zbontar et al. 2021, arXiv 2103.03230, eq. 1-2).
+
+    Each dimension is standardised over the batch (biased variance, eps 1e-5, as a BatchNorm
+    without affine parameters); ``C = z1_n^T z2_n / B``;
+    ``L = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2``. ``z1``, ``z2``: ``B x D``, B >= 2.
+    """
+    _check_pair(z1, z2, "barlow_twins_loss")
+    b = z1.shape[0]
+    c = _standardise(z1).t() @ _standardise(z2) / b
+    on_diagonal = (1 - torch.diagonal(c)).pow(2).sum()
+    return on_diagonal + lambd * off_diagonal(c).pow(2).sum()
+
+
+def _standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    return (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + eps)
+
+
+__all__ = ["barlow_twins_loss", "vicreg_covariance", "vicreg_loss", "vicreg_variance"]

@@ -1,0 +1,75 @@
+"""BYOL: an online network predicts the projection of an EMA target network.
+
+Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning",
+NeurIPS 2020, arXiv 2006.07733. No negatives; with batch-free head norms B = 1 is defined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from icone import losses
+from icone.methods.base import Method, cosine_momentum, ema_update
+from icone.methods.common import check_head, check_unit_interval, frozen_copy, require_two_views
+from icone.nets.heads import MLP
+from icone.views import ViewSpec
+
+
+@dataclass
+class BYOLOptions:
+    hidden_dim: int = 4096  # projector feature -> 4096 -> 256, predictor 256 -> 4096 -> 256 (paper)
+    out_dim: int = 256
+    norm: str = "layer"  # head norm; ours (the paper's BatchNorm needs a batch): layer | batch | group | none
+    momentum: float = 0.996  # EMA of the target, raised to final_momentum by a cosine (paper eq. in §3.2)
+    final_momentum: float = 1.0
+
+    def validate(self) -> None:
+        check_head("byol", self.norm, hidden_dim=self.hidden_dim, out_dim=self.out_dim)
+        check_unit_interval("byol", momentum=self.momentum, final_momentum=self.final_momentum)
+
+
+class BYOL(Method):
+    """Online: backbone + projector + predictor; target: EMA of backbone + projector.
+
+    ``default_lr`` is for AdamW (ours); the paper trains with LARS, lr 0.2 x B / 256, wd 1.5e-6.
+    """
+
+    name = "byol"
+    family = "distillation"
+    batch_needs = "nothing (with batch-free head norms)"
+    paper = "Grill et al. 2020, arXiv 2006.07733"
+    min_batch_size = 1
+    default_lr = 1e-3
+    default_weight_decay = 0.05
+    default_norm = "group"
+    Options = BYOLOptions
+
+    def __init__(self, backbone: nn.Module, options: BYOLOptions, num_instances: int) -> None:
+        super().__init__(backbone, options, num_instances)
+        self.projector = MLP(self.feature_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
+        self.predictor = MLP(options.out_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
+        self.target_backbone = frozen_copy(self.backbone)
+        self.target_projector = frozen_copy(self.projector)
+
+    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
+        require_two_views(self.name, spec)
+        return spec
+
+    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        b = views[0].shape[0]
+        pair = torch.cat(views[:2])
+        p = self.predictor(self.projector(self.backbone(pair))).float()
+        with torch.no_grad():
+            z = self.target_projector(self.target_backbone(pair)).float()
+        # L + L~ (§3.1): each view's prediction regresses the target projection of the other view
+        loss = losses.byol_loss(p[:b], z[b:]) + losses.byol_loss(p[b:], z[:b])
+        return loss, {}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        momentum = cosine_momentum(self.options.momentum, step, total_steps, self.options.final_momentum)
+        ema_update(self.target_backbone, self.backbone, momentum)
+        ema_update(self.target_projector, self.projector, momentum)

@@ -1,0 +1,138 @@
+"""DINO: self-distillation with no labels; a student matches a centred, sharpened EMA teacher.
+
+Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021,
+arXiv 2104.14294. The only batch statistic is the centre, an EMA of the teacher's batch means,
+so B = 1 is defined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from icone import losses
+from icone.methods.base import Method, cosine_momentum, ema_update
+from icone.methods.common import check_head, check_positive, check_unit_interval, frozen_copy, require_two_or_more_views, scaled_to_data
+from icone.nets.heads import MLP, CentroidLayer
+from icone.train import distributed
+from icone.views import ViewSpec
+
+MAX_PROTOTYPES = 65536  # the paper's K (ImageNet)
+
+
+def default_num_prototypes(num_instances: int) -> int:
+    """``K = clip(N // 4, 8, 65536)`` (ours): about four training samples per output."""
+    return scaled_to_data(num_instances, divisor=4, low=8, high=MAX_PROTOTYPES)
+
+
+@dataclass
+class DINOOptions:
+    num_prototypes: int | None = None  # K; None: clip(N // 4, 8, 65536)
+    hidden_dim: int = 2048  # head: feature -> 2048 -> 2048 -> 256, L2-normalise, weight-normalised K outputs (paper)
+    bottleneck_dim: int = 256
+    head_layers: int = 3
+    norm: str = "none"  # head norm: none (paper) | batch | layer | group
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04  # after the warm-up
+    warmup_teacher_temp: float = 0.04  # the warm-up starts here (paper default: no warm-up, 0.04 -> 0.04)
+    warmup_fraction: float = 0.3  # share of training steps for the linear warm-up (ours; the paper: 30 epochs)
+    center_momentum: float = 0.9
+    momentum: float = 0.996  # teacher EMA, raised to final_momentum by a cosine
+    final_momentum: float = 1.0
+
+    def validate(self) -> None:
+        check_head("dino", self.norm, num_prototypes=self.num_prototypes, hidden_dim=self.hidden_dim, bottleneck_dim=self.bottleneck_dim, head_layers=self.head_layers)
+        check_positive("dino", student_temp=self.student_temp, teacher_temp=self.teacher_temp, warmup_teacher_temp=self.warmup_teacher_temp)
+        check_unit_interval("dino", warmup_fraction=self.warmup_fraction, center_momentum=self.center_momentum, momentum=self.momentum, final_momentum=self.final_momentum)
+
+
+class DINOHead(nn.Module):
+    """MLP to a bottleneck, then K cosine outputs (L2-normalised input, weight-normalised rows, gain 1)."""
+
+    def __init__(self, in_dim: int, options: DINOOptions, num_prototypes: int) -> None:
+        super().__init__()
+        self.mlp = MLP(in_dim, options.hidden_dim, options.bottleneck_dim, layers=options.head_layers, norm=options.norm)
+        self.last_layer = CentroidLayer(options.bottleneck_dim, num_prototypes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(self.mlp(x))
+
+
+class DINO(Method):
+    """Student: backbone + head on every view; teacher: EMA copy on the global views.
+
+    ``L`` = mean over (teacher global view, other student view) pairs of the cross-entropy
+    (``losses.dino_loss``). ``default_lr`` is ours for small data; the paper uses AdamW with lr
+    5e-4 x B / 256 after a warm-up and weight decay rising 0.04 -> 0.4 (ours: fixed 0.04).
+    Local crops: 2 by default (ours; the paper uses 6-10).
+    """
+
+    name = "dino"
+    family = "distillation"
+    batch_needs = "nothing (the centre is an EMA of teacher batch means)"
+    paper = "Caron et al. 2021, arXiv 2104.14294"
+    min_batch_size = 1
+    default_lr = 5e-4
+    default_weight_decay = 0.04
+    default_norm = "group"
+    default_local_crops = 2
+    Options = DINOOptions
+
+    def __init__(self, backbone: nn.Module, options: DINOOptions, num_instances: int) -> None:
+        super().__init__(backbone, options, num_instances)
+        self.num_prototypes = options.num_prototypes or default_num_prototypes(num_instances)
+        self.head = DINOHead(self.feature_dim, options, self.num_prototypes)
+        self.teacher_backbone = frozen_copy(self.backbone)
+        self.teacher_head = frozen_copy(self.head)
+        self.register_buffer("center", torch.zeros(self.num_prototypes))
+        self.register_buffer("progress", torch.zeros(()))  # step / total_steps, for the temperature warm-up
+        self.global_crops = 2
+        self._progress: float | None = None  # host copy of ``progress`` (no device sync in the step)
+        self._batch_center: torch.Tensor | None = None
+
+    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
+        require_two_or_more_views(self.name, spec)
+        self.global_crops = spec.global_crops
+        return spec
+
+    def teacher_temp(self) -> float:
+        """Linear warm-up from ``warmup_teacher_temp`` to ``teacher_temp`` over ``warmup_fraction`` of training."""
+        opts = self.options
+        if opts.warmup_fraction <= 0:
+            return opts.teacher_temp
+        if self._progress is None:  # once, after construction or a checkpoint restore
+            self._progress = float(self.progress)
+        ramp = min(self._progress / opts.warmup_fraction, 1.0)
+        return opts.warmup_teacher_temp + ramp * (opts.teacher_temp - opts.warmup_teacher_temp)
+
+    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        globals_ = min(self.global_crops, len(views))
+        b = views[0].shape[0]
+        student = [self.head(self.backbone(torch.cat(views[:globals_]))).float().reshape(globals_, b, -1)]
+        if len(views) > globals_:  # local crops: a second pass at their own size
+            locals_ = len(views) - globals_
+            student.append(self.head(self.backbone(torch.cat(views[globals_:]))).float().reshape(locals_, b, -1))
+        with torch.no_grad():
+            teacher = self.teacher_head(self.teacher_backbone(torch.cat(views[:globals_]))).float().reshape(globals_, b, -1)
+        temp = self.teacher_temp()
+        loss = losses.dino_loss(torch.cat(student), teacher, self.center, student_temp=self.options.student_temp, teacher_temp=temp)
+        self._batch_center = teacher.mean(dim=(0, 1))
+        with torch.no_grad():
+            targets = torch.softmax((teacher - self.center) / temp, dim=-1)
+            entropy = -(targets * targets.clamp(min=1e-12).log()).sum(-1).mean()
+        return loss, {"teacher_entropy": entropy, "teacher_temp": torch.tensor(temp)}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        opts = self.options
+        momentum = cosine_momentum(opts.momentum, step, total_steps, opts.final_momentum)
+        ema_update(self.teacher_backbone, self.backbone, momentum)
+        ema_update(self.teacher_head, self.head, momentum)
+        if self._batch_center is not None:  # c <- m c + (1 - m) mean of teacher outputs over all processes (eq. 4)
+            batch_center = distributed.all_reduce_mean(self._batch_center)
+            self.center.mul_(opts.center_momentum).add_(batch_center, alpha=1 - opts.center_momentum)
+            self._batch_center = None
+        self._progress = min(step / max(total_steps, 1), 1.0)
+        self.progress.fill_(self._progress)

@@ -1,0 +1,114 @@
+"""MoCo v2: InfoNCE against a FIFO queue of keys from a momentum (EMA) key encoder.
+
+He, Fan, Wu, Xie & Girshick, "Momentum Contrast for Unsupervised Visual Representation
+Learning", CVPR 2020, arXiv 1911.05722; Chen, Fan, Girshick & He, "Improved Baselines with
+Momentum Contrastive Learning", arXiv 2003.04297 (MLP head, stronger augmentation, tau 0.2).
+Negatives come from the queue, not the batch, so B = 1 is defined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from icone import losses
+from icone.methods.base import Method, ema_update
+from icone.methods.common import check_head, check_positive, check_unit_interval, frozen_copy, largest_power_of_two, require_two_views
+from icone.nets.heads import MLP
+from icone.train import distributed
+from icone.views import ViewSpec
+
+MAX_QUEUE = 65536  # the paper's queue length (ImageNet)
+
+
+def default_queue_size(num_instances: int) -> int:
+    """``min(65536, the largest power of two <= N)``: at most one epoch of keys (ours)."""
+    return min(MAX_QUEUE, largest_power_of_two(num_instances))
+
+
+@dataclass
+class MoCoOptions:
+    temperature: float = 0.2  # MoCo v2
+    momentum: float = 0.99  # ours (MoCo v2: 0.999, tuned for long ImageNet runs; MoCo v3 uses 0.99)
+    queue_size: int | None = None  # None: min(65536, largest power of two <= N)
+    hidden_dim: int = 2048  # MoCo v2 head: feature -> 2048 -> ReLU -> 128, no BN
+    out_dim: int = 128
+    norm: str = "none"  # head norm: none (paper) | batch | layer | group
+    symmetric: bool = True  # ours: both views are queries (MoCo v2 uses one direction)
+    mask_own_keys: bool = True  # ours: an older key of the query's own instance is not a negative
+
+    def validate(self) -> None:
+        check_head("moco", self.norm, hidden_dim=self.hidden_dim, out_dim=self.out_dim, queue_size=self.queue_size)
+        check_positive("moco", temperature=self.temperature)
+        check_unit_interval("moco", momentum=self.momentum)
+
+
+class MoCo(Method):
+    """Query encoder (backbone + MLP head) trained; key encoder = its EMA; queue of past keys.
+
+    ``default_lr`` is for AdamW (ours); MoCo v2 trains with SGD, lr 0.03 at batch 256, wd 1e-4.
+    """
+
+    name = "moco"
+    family = "contrastive"
+    batch_needs = "nothing (negatives come from the queue)"
+    paper = "He et al. 2020, arXiv 1911.05722; MoCo v2: arXiv 2003.04297"
+    min_batch_size = 1
+    default_lr = 1e-3
+    default_weight_decay = 0.05
+    default_norm = "group"
+    Options = MoCoOptions
+
+    def __init__(self, backbone: nn.Module, options: MoCoOptions, num_instances: int) -> None:
+        super().__init__(backbone, options, num_instances)
+        self.projector = MLP(self.feature_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
+        self.key_backbone = frozen_copy(self.backbone)
+        self.key_projector = frozen_copy(self.projector)
+        size = options.queue_size or default_queue_size(num_instances)
+        self.register_buffer("queue", F.normalize(torch.randn(size, options.out_dim), dim=1))  # random keys at first, as in MoCo
+        self.register_buffer("queue_index", torch.full((size,), -1, dtype=torch.long))  # -1: not a training instance
+        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
+        require_two_views(self.name, spec)
+        return spec
+
+    @torch.no_grad()
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=-1)
+
+    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        opts, b = self.options, views[0].shape[0]
+        pair = torch.cat(views[:2])
+        q = self.projector(self.backbone(pair)).float()
+        k = self.keys(pair)
+        q1, q2, k1, k2 = q[:b], q[b:], k[:b], k[b:]
+        mask = index[:, None] == self.queue_index[None, :] if opts.mask_own_keys else None
+        loss = losses.moco_infonce(q1, k2, self.queue, opts.temperature, mask=mask)
+        if opts.symmetric:
+            loss = (loss + losses.moco_infonce(q2, k1, self.queue, opts.temperature, mask=mask)) / 2
+        self._pending = (distributed.all_gather_cat(k1), distributed.all_gather_cat(index))
+        positive = (F.normalize(q1, dim=-1) * k2).sum(-1).mean()
+        return loss, {"positive_cosine": positive.detach()}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        ema_update(self.key_backbone, self.backbone, self.options.momentum)
+        ema_update(self.key_projector, self.projector, self.options.momentum)
+        if self._pending is not None:
+            self.enqueue(*self._pending)
+            self._pending = None
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor, index: torch.Tensor) -> None:
+        """FIFO: the newest keys overwrite the oldest (a ring buffer; any batch size)."""
+        size = len(self.queue)
+        keys, index = keys[-size:], index[-size:]
+        slots = (self.queue_pointer + torch.arange(len(keys), device=keys.device)) % size
+        self.queue[slots] = keys.to(self.queue.dtype)
+        self.queue_index[slots] = index
+        self.queue_pointer.copy_((self.queue_pointer + len(keys)) % size)

@@ -1,0 +1,151 @@
+"""SwAV: swapped prediction of Sinkhorn-Knopp cluster codes between views.
+
+Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments",
+NeurIPS 2020, arXiv 2006.09882. The codes of a batch are equipartitioned over the prototypes
+together with a queue of recent embeddings, so B = 1 is defined once the queue holds entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from icone import losses
+from icone.errors import UserError
+from icone.methods.base import Method
+from icone.methods.common import check_head, check_positive, check_unit_interval, require_two_or_more_views, scaled_to_data
+from icone.nets.heads import MLP, CentroidLayer
+from icone.train import distributed
+from icone.views import ViewSpec
+
+MAX_PROTOTYPES = 3000  # the paper's K (ImageNet)
+MAX_QUEUE = 3840  # the paper's queue length for small batches (ImageNet)
+
+
+def default_num_prototypes(num_instances: int) -> int:
+    """``K = clip(N // 4, 8, 3000)`` (ours)."""
+    return scaled_to_data(num_instances, divisor=4, low=8, high=MAX_PROTOTYPES)
+
+
+def default_queue_size(num_instances: int) -> int:
+    """``min(3840, N)`` (ours): at least four queued embeddings per prototype below the cap."""
+    return min(MAX_QUEUE, max(int(num_instances), 1))
+
+
+@dataclass
+class SwAVOptions:
+    num_prototypes: int | None = None  # K; None: clip(N // 4, 8, 3000)
+    queue_size: int | None = None  # embeddings kept for Sinkhorn (all processes); None: min(3840, N); 0: no queue
+    queue_start: float = 0.0  # share of training after which the queue is used (ours: at once; paper: epoch 15 of 800)
+    hidden_dim: int = 2048  # projector feature -> 2048 -> 128 (paper)
+    out_dim: int = 128
+    norm: str = "layer"  # head norm; ours (the paper's BatchNorm needs a batch): layer | batch | group | none
+    temperature: float = 0.1
+    epsilon: float = 0.05  # Sinkhorn regularisation
+    sinkhorn_iterations: int = 3
+
+    def validate(self) -> None:
+        check_head("swav", self.norm, num_prototypes=self.num_prototypes, hidden_dim=self.hidden_dim, out_dim=self.out_dim, sinkhorn_iterations=self.sinkhorn_iterations)
+        check_positive("swav", temperature=self.temperature, epsilon=self.epsilon)
+        check_unit_interval("swav", queue_start=self.queue_start)
+        if self.queue_size is not None and self.queue_size < 0:
+            raise UserError(f"swav.queue_size must be 0 (no queue) or more, got {self.queue_size}")
+
+
+class SwAV(Method):
+    """Backbone + projector + K prototypes; codes of the global views by Sinkhorn over batch + queue.
+
+    The queue holds the most recent normalised embeddings of the global views (both views, all
+    processes, one FIFO, filled from the first step); their scores are recomputed with the
+    current prototypes. It enters Sinkhorn from the second step on (as soon as it holds
+    entries), once ``queue_start`` of training has passed; the codes are those of the batch rows.
+    ``default_lr`` is for AdamW (ours); the paper uses LARS, lr 4.8 at batch 4096, wd 1e-6.
+    Local crops: 2 by default (ours; the paper uses 6).
+    """
+
+    name = "swav"
+    family = "clustering"
+    batch_needs = "nothing (Sinkhorn runs over the batch plus a queue)"
+    paper = "Caron et al. 2020, arXiv 2006.09882"
+    min_batch_size = 1
+    default_lr = 1e-3
+    default_weight_decay = 0.05
+    default_norm = "group"
+    default_local_crops = 2
+    Options = SwAVOptions
+
+    def __init__(self, backbone: nn.Module, options: SwAVOptions, num_instances: int) -> None:
+        super().__init__(backbone, options, num_instances)
+        self.num_prototypes = options.num_prototypes or default_num_prototypes(num_instances)
+        self.projector = MLP(self.feature_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
+        self.prototypes = CentroidLayer(options.out_dim, self.num_prototypes)
+        size = default_queue_size(num_instances) if options.queue_size is None else options.queue_size
+        self.register_buffer("queue", torch.zeros(size, options.out_dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+        self.global_crops = 2
+        self._use_queue = options.queue_start <= 0
+        self._filled: int | None = None  # host copy of ``queue_filled`` (no device sync in the step)
+        self._pending: torch.Tensor | None = None
+
+    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
+        require_two_or_more_views(self.name, spec)
+        self.global_crops = spec.global_crops
+        return spec
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projector(self.backbone(x)).float(), dim=-1)
+
+    @torch.no_grad()
+    def codes(self, scores: torch.Tensor) -> torch.Tensor:
+        """Sinkhorn codes (``B x K``) of this process's batch scores.
+
+        Sinkhorn runs over the queue and the batches of all processes (gathered), the same
+        computation on every process; each keeps the rows of its own batch.
+        """
+        opts, b = self.options, scores.shape[0]
+        if self._filled is None:  # once, after construction or a checkpoint restore
+            self._filled = int(self.queue_filled)
+        everyone = distributed.all_gather_cat(scores)
+        queued = self.prototypes(self.queue[: self._filled]).float() if self._use_queue and self._filled else everyone[:0]
+        q = losses.sinkhorn(torch.cat([queued, everyone]), epsilon=opts.epsilon, iterations=opts.sinkhorn_iterations)
+        start = len(queued) + distributed.rank() * b
+        return q[start : start + b]
+
+    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        globals_ = min(self.global_crops, len(views))
+        b = views[0].shape[0]
+        embeddings = [self.embed(torch.cat(views[:globals_]))]
+        if len(views) > globals_:  # local crops: a second pass at their own size
+            embeddings.append(self.embed(torch.cat(views[globals_:])))
+        z = torch.cat(embeddings)  # (V * B) x d, view-major
+        scores = self.prototypes(z).float().reshape(len(views), b, -1)
+        codes = torch.stack([self.codes(scores[i].detach()) for i in range(globals_)])
+        loss = losses.swav_loss(scores, codes, temperature=self.options.temperature)
+        self._pending = distributed.all_gather_cat(z[: globals_ * b].detach())  # global-view embeddings of all processes
+        with torch.no_grad():
+            used = torch.zeros(self.num_prototypes, device=z.device).index_fill_(0, codes.argmax(-1).flatten(), 1.0)
+        return loss, {"distinct_codes": used.sum()}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        self._use_queue = step / max(total_steps, 1) >= self.options.queue_start
+        if self._pending is not None and len(self.queue):
+            self.enqueue(self._pending)
+        self._pending = None
+
+    @torch.no_grad()
+    def enqueue(self, embeddings: torch.Tensor) -> None:
+        """FIFO ring buffer of the newest embeddings."""
+        size = len(self.queue)
+        if self._filled is None:
+            self._filled = int(self.queue_filled)
+        embeddings = embeddings[-size:]
+        slots = (self.queue_pointer + torch.arange(len(embeddings), device=embeddings.device)) % size
+        self.queue[slots] = embeddings.to(self.queue.dtype)
+        self.queue_pointer.copy_((self.queue_pointer + len(embeddings)) % size)
+        self._filled = min(self._filled + len(embeddings), size)
+        self.queue_filled.fill_(self._filled)
