@@ -124,6 +124,23 @@ def test_loss_goes_down_on_fixed_data(method):
     assert last < first - 0.05 * abs(first), (method, first, last)
 
 
+def test_queues_fill_at_batch_one():
+    """MoCo queues keys with their instance indices; SwAV's queue gives a lone sample a non-uniform code."""
+    trainer, _ = train_steps("moco", 2, batch_size=1, dataset=tiny_dataset(2, n=4), overrides=NARROW_HEADS["moco"])
+    moco = trainer.method
+    assert len(moco.queue) == 4 and sorted(moco.queue_index.tolist()) == [0, 1, 2, 3]  # queue length: largest power of two <= N
+    assert torch.allclose(moco.queue.norm(dim=1), torch.ones(4))
+
+    trainer, _ = train_steps("swav", 2, batch_size=1, dataset=tiny_dataset(2, n=4), overrides=NARROW_HEADS["swav"])
+    swav = trainer.method
+    assert int(swav.queue_filled) == len(swav.queue) == 4  # min(3840, N); full after two steps of two global views
+    with torch.no_grad():
+        lone = swav.prototypes(torch.randn(1, swav.options.out_dim, generator=torch.Generator().manual_seed(0)))
+        codes = swav.codes(lone)
+    assert codes.shape == (1, swav.num_prototypes) and torch.allclose(codes.sum(), torch.tensor(1.0))
+    assert codes.max() > 2 / swav.num_prototypes  # not the uniform code of Sinkhorn over one sample
+
+
 # ---- batch sizes the methods cannot use ---------------------------------------------------
 
 

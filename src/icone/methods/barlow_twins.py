@@ -43,7 +43,7 @@ class BarlowTwins(Method):
     batch_needs = "standardisation and cross-correlation over the batch"
     paper = "Zbontar et al. 2021, arXiv 2103.03230"
     min_batch_size = 2
-    default_lr = 1e-3
+    default_lr = 4e-4  # ours, at batch 64: on digits at B 32 (10 epochs) kNN 0.944 at lr 3e-4 against 0.905 at 7e-4
     default_weight_decay = 0.05
     default_norm = "batch"
     Options = BarlowTwinsOptions

@@ -39,7 +39,8 @@ def default_queue_size(num_instances: int) -> int:
 class SwAVOptions:
     num_prototypes: int | None = None  # K; None: clip(N // 4, 8, 3000)
     queue_size: int | None = None  # embeddings kept for Sinkhorn (all processes); None: min(3840, N); 0: no queue
-    queue_start: float = 0.0  # share of training after which the queue is used (ours: at once; paper: epoch 15 of 800)
+    queue_start: float = 0.0  # share of training after which the queue is used (ours: at once; paper: epoch 15)
+    queue_max_batch: int = 1  # the queue is used only while B x processes <= this (ours; the paper: up to 256)
     hidden_dim: int = 2048  # projector feature -> 2048 -> 128 (paper)
     out_dim: int = 128
     norm: str = "layer"  # head norm; ours (the paper's BatchNorm needs a batch): layer | batch | group | none
@@ -51,6 +52,8 @@ class SwAVOptions:
         check_head("swav", self.norm, num_prototypes=self.num_prototypes, hidden_dim=self.hidden_dim, out_dim=self.out_dim, sinkhorn_iterations=self.sinkhorn_iterations)
         check_positive("swav", temperature=self.temperature, epsilon=self.epsilon)
         check_unit_interval("swav", queue_start=self.queue_start)
+        if self.queue_max_batch < 0:
+            raise UserError(f"swav.queue_max_batch must be 0 (never use the queue) or more, got {self.queue_max_batch}")
         if self.queue_size is not None and self.queue_size < 0:
             raise UserError(f"swav.queue_size must be 0 (no queue) or more, got {self.queue_size}")
 
@@ -60,8 +63,11 @@ class SwAV(Method):
 
     The queue holds the most recent normalised embeddings of the global views (both views, all
     processes, one FIFO, filled from the first step); their scores are recomputed with the
-    current prototypes. It enters Sinkhorn from the second step on (as soon as it holds
-    entries), once ``queue_start`` of training has passed; the codes are those of the batch rows.
+    current prototypes. It enters Sinkhorn only where the batch alone cannot be equipartitioned:
+    by default at B = 1 over all processes (where Sinkhorn over one sample gives a uniform code),
+    from the second step on, once ``queue_start`` of training has passed. On small data a queue
+    made SwAV collapse at every batch size we tried (digits, B = 1, 4, 32), while B >= 4 without
+    it did not; ``swav.queue_max_batch`` extends its use to larger batches (the paper: <= 256).
     ``default_lr`` is for AdamW (ours); the paper uses LARS, lr 4.8 at batch 4096, wd 1e-6.
     Local crops: 2 by default (ours; the paper uses 6).
     """
@@ -110,7 +116,8 @@ class SwAV(Method):
         if self._filled is None:  # once, after construction or a checkpoint restore
             self._filled = int(self.queue_filled)
         everyone = distributed.all_gather_cat(scores)
-        queued = self.prototypes(self.queue[: self._filled]).float() if self._use_queue and self._filled else everyone[:0]
+        use_queue = self._use_queue and self._filled and len(everyone) <= opts.queue_max_batch
+        queued = self.prototypes(self.queue[: self._filled]).float() if use_queue else everyone[:0]
         q = losses.sinkhorn(torch.cat([queued, everyone]), epsilon=opts.epsilon, iterations=opts.sinkhorn_iterations)
         start = len(queued) + distributed.rank() * b
         return q[start : start + b]
