@@ -63,11 +63,6 @@ class VICReg(Method):
         opts, b = self.options, views[0].shape[0]
         z = self.expander(self.backbone(torch.cat(views[:2]))).float()
         z1, z2 = distributed.all_gather_cat(z[:b]), distributed.all_gather_cat(z[b:])
-        loss = losses.vicreg_loss(z1, z2, sim_coeff=opts.sim_coeff, std_coeff=opts.std_coeff, cov_coeff=opts.cov_coeff)
-        with torch.no_grad():
-            terms = {
-                "invariance": (z1 - z2).pow(2).mean(),
-                "variance": (losses.vicreg_variance(z1) + losses.vicreg_variance(z2)) / 2,
-                "covariance": losses.vicreg_covariance(z1) + losses.vicreg_covariance(z2),
-            }
-        return full_batch_gradient(loss), terms
+        terms = losses.vicreg_terms(z1, z2)
+        loss = opts.sim_coeff * terms["invariance"] + opts.std_coeff * terms["variance"] + opts.cov_coeff * terms["covariance"]
+        return full_batch_gradient(loss), {k: v.detach() for k, v in terms.items()}
