@@ -85,8 +85,44 @@ def prepare_training(
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         if checkpoint.get("method") != config.method or checkpoint.get("num_instances") != len(dataset.train):
             raise UserError(f"checkpoint in '{run_dir}' was written by method {checkpoint.get('method')} on {checkpoint.get('num_instances')} samples; it does not fit this config")
+        written_by, world = int(checkpoint.get("world_size", 1)), distributed.world_size()
+        if written_by != world:  # train.batch_size is per process: another count changes the batch and the schedule
+            raise UserError(
+                f"the run in '{run_dir}' was trained by {written_by} process(es) and this is {world}; resume it with "
+                f"{written_by} in all (torchrun --nnodes x --nproc_per_node), see docs/distributed.md"
+            )
     if run_dir is None:
         run_dir = default_run_dir(config, dataset)
+    return config, dataset, run_dir, checkpoint
+
+
+def prepare_on_main(
+    config: Config, out: str | Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None = None
+) -> tuple[Config, Dataset, Path, dict[str, Any] | None]:
+    """:func:`prepare_training` on the main process, which then clears (``--overwrite``) and makes the
+    run folder: one folder, named once. The other processes receive its resolved config, run folder
+    and checkpoint and load the data themselves. An error on any process is raised on all of them.
+    """
+    shared, message, dataset = None, None, None
+    if distributed.is_main_process():
+        try:
+            config, dataset, run_dir, checkpoint = prepare_training(config, out, resume, overwrite, explicit)
+            if overwrite and not resume and run_dir.exists():
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shared = (config, run_dir, checkpoint)
+        except UserError as err:
+            message = str(err)
+    shared = distributed.broadcast_object(shared)
+    if dataset is None and shared is not None:
+        try:
+            dataset = load_dataset(shared[0].data, seed=shared[0].train.seed)
+        except UserError as err:
+            message = str(err)
+    message = distributed.first_error(message)
+    if message is not None:
+        raise UserError(message)
+    config, run_dir, checkpoint = shared
     return config, dataset, run_dir, checkpoint
 
 
@@ -98,21 +134,28 @@ def train_run(
     progress: bool = True,
     explicit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train, export ``backbone.pt``, plot, and (``eval.after_train``) evaluate against the untrained encoder."""
-    config, dataset, run_dir, checkpoint = prepare_training(config, out, resume, overwrite, explicit)
-    if overwrite and run_dir.exists() and not resume and distributed.is_main_process():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, dataset, run_dir, progress=progress)
-    if checkpoint is not None:
-        try:
-            trainer.restore(checkpoint)
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise UserError(f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})") from None
-    result = trainer.fit()
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": result.epochs_done, "steps": result.steps_done}
+    """Train, export ``backbone.pt``, plot, and (``eval.after_train``) evaluate against the untrained encoder.
+
+    Under ``torchrun`` every process calls this (see :func:`prepare_on_main`); the processes train
+    together, then the main process exports and evaluates and the others return ``{}``.
+    """
+    was_joined = distributed.is_distributed()
+    distributed.init_from_env(distributed.process_device(pick_device(config.train.device)))
+    try:
+        config, dataset, run_dir, checkpoint = prepare_on_main(config, out, resume, overwrite, explicit)
+        trainer = Trainer(config, dataset, run_dir, progress=progress)
+        if checkpoint is not None:
+            try:
+                trainer.restore(checkpoint)
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise UserError(f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})") from None
+        result = trainer.fit()
+    finally:
+        if not was_joined:
+            distributed.shutdown()
     if not distributed.is_main_process():
-        return summary
+        return {}
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": result.epochs_done, "steps": result.steps_done}
     export_backbone(result.method.backbone, config, run_dir / "backbone.pt")
     plot_training(run_dir)
     if config.eval.after_train:

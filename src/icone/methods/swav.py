@@ -132,7 +132,9 @@ class SwAV(Method):
         scores = self.prototypes(z).float().reshape(len(views), b, -1)
         codes = torch.stack([self.codes(scores[i].detach()) for i in range(globals_)])
         loss = losses.swav_loss(scores, codes, temperature=self.options.temperature)
-        self._pending = distributed.all_gather_cat(z[: globals_ * b].detach())  # global-view embeddings of all processes
+        # global-view embeddings of all processes, view-major as one process with the whole batch holds them
+        own = z[: globals_ * b].detach().reshape(globals_, b, -1).transpose(0, 1).contiguous()  # B x G x d
+        self._pending = distributed.all_gather_cat(own).transpose(0, 1).reshape(-1, z.shape[-1])
         with torch.no_grad():
             used = torch.zeros(self.num_prototypes, device=z.device).index_fill_(0, codes.argmax(-1).flatten(), 1.0)
         return loss, {"distinct_codes": used.sum()}

@@ -15,6 +15,7 @@ from icone.data.arrays import Dataset
 from icone.errors import UserError
 from icone.methods import Method, batch_free_methods, get_method
 from icone.nets import BackboneSpec, build_backbone, parse_backbone_name
+from icone.train import distributed
 from icone.views import ViewSpec
 
 
@@ -45,8 +46,8 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
     config.model.spatial_dims = data_dims
     config.model.in_channels = dataset.in_channels
     config.model.norm = config.model.norm or method_cls.default_norm
-    if config.optim.lr is None:
-        config.optim.lr = scaled_lr(method_cls.default_lr, config.train.batch_size, config.optim.lr_scaling)
+    if config.optim.lr is None:  # for the whole batch: train.batch_size on each of the processes
+        config.optim.lr = scaled_lr(method_cls.default_lr, config.train.batch_size * distributed.world_size(), config.optim.lr_scaling)
     if config.optim.weight_decay is None:
         config.optim.weight_decay = method_cls.default_weight_decay
     views = config.views
@@ -80,14 +81,20 @@ def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
 
 
 def check_batch_size(config: Config, method_cls: type[Method], num_samples: int) -> None:
-    batch = config.train.batch_size
+    """``train.batch_size`` is per process: at least the method's minimum on each; all processes' batches fit the data."""
+    batch, world = config.train.batch_size, distributed.world_size()
     if batch < method_cls.min_batch_size:
         alternatives = ", ".join(n for n in batch_free_methods(batch) if n != method_cls.name)
         raise UserError(
             f"{method_cls.name} needs a batch size of at least {method_cls.min_batch_size} ({method_cls.batch_needs}); "
             f"use --batch-size {method_cls.min_batch_size} or more, or a method defined at batch size {batch}: {alternatives}"
         )
-    if batch > num_samples:
+    if batch * world > num_samples:
+        if world > 1:
+            raise UserError(
+                f"batch size {batch} on each of {world} processes ({batch * world} in all) is larger than the training set "
+                f"({num_samples} samples); use --batch-size {num_samples // world} or less"
+            )
         raise UserError(f"batch size {batch} is larger than the training set ({num_samples} samples); use --batch-size {num_samples} or less")
 
 

@@ -25,6 +25,7 @@ from icone.evaluate.metrics import embedding_std, rankme
 from icone.methods import Method
 from icone.train import distributed
 from icone.train.checkpoint import atomic_save
+from icone.train.optim import all_reduce_row_gradients, build_optimizer, clip_grad_norm, row_sparse_parameter_names
 from icone.train.setup import build_method, pick_device, seed_everything, view_spec
 from icone.views import ViewMaker
 
@@ -35,16 +36,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def build_optimizer(method: Method, config: Config) -> torch.optim.Optimizer:
-    groups = method.param_groups(float(config.optim.lr), float(config.optim.weight_decay))
-    for group in groups:
-        group.setdefault("lr_scale", 1.0)
-        group["base_weight_decay"] = group["weight_decay"]
-    if config.optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=config.optim.lr, momentum=config.optim.momentum)
-    return torch.optim.AdamW(groups, lr=config.optim.lr)
 
 
 class MetricsLog:
@@ -78,11 +69,13 @@ class Trainer:
         self.config = config
         self.dataset = dataset
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main_process():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
-        self.device = pick_device(config.train.device)
+        self.device = distributed.process_device(pick_device(config.train.device))
         distributed.init_from_env(self.device)
-        self.method = build_method(config, num_instances=len(dataset.train)).to(self.device)
+        method = build_method(config, num_instances=len(dataset.train)).to(self.device)
+        self.method = distributed.sync_batch_norm(method, self.device)  # before the optimizer and DDP see it
         self.optimizer = build_optimizer(self.method, config)
         self.train_set = IndexedDataset(dataset.train)
         world = distributed.world_size()
@@ -95,8 +88,8 @@ class Trainer:
         self.use_bf16 = config.train.precision == "bf16" or (config.train.precision == "auto" and self.device.type == "cuda")
         self.model: torch.nn.Module = self.method
         if distributed.is_distributed():
-            if self.device.type == "cuda":
-                self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+            # row-sparse tables are kept identical by their optimizer, which exchanges only the touched rows
+            distributed.ddp_ignore(self.method, row_sparse_parameter_names(self.method, self.optimizer))
             self.model = torch.nn.parallel.DistributedDataParallel(self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # ---- checkpoints -----------------------------------------------------------------------
@@ -110,6 +103,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "num_instances": len(self.train_set),
+            "world_size": distributed.world_size(),  # train.batch_size is per process: resume with as many
         }
 
     def save(self) -> None:
@@ -165,8 +159,9 @@ class Trainer:
             loss, metrics = self.model(views, index)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        all_reduce_row_gradients(self.optimizer)
         if self.config.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.config.optim.grad_clip)
+            clip_grad_norm(self.method.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
         self.step += 1
         self.method.after_optimizer_step(self.step, self.total_steps)
@@ -181,7 +176,10 @@ class Trainer:
 
     @torch.no_grad()
     def monitor(self) -> dict[str, float]:
-        """Collapse monitor on a fixed subset: RankMe and per-dimension std of normalised features."""
+        """Collapse monitor on a fixed subset: RankMe and per-dimension std of normalised features
+        (on the main process, which writes the log; nothing elsewhere)."""
+        if not distributed.is_main_process():
+            return {}
         features = embed_samples(self.method.backbone, self.train_set.samples[self.monitor_rows], self.device)
         return {"monitor_rankme": rankme(features), "monitor_std": embedding_std(features)}
 
@@ -199,7 +197,8 @@ class Trainer:
         with progress:
             task = progress.add_task(f"{config.method} epoch {self.epoch + 1}/{config.train.epochs}", total=self.total_steps, completed=self.step)
             while self.epoch < last_epoch:
-                seed_everything(config.train.seed * 1_000_003 + self.epoch)
+                # augmentations differ between processes (rank 0 draws what a single process draws)
+                seed_everything(config.train.seed * 1_000_003 + self.epoch + 7_919 * distributed.rank())
                 maker = ViewMaker(self.method.adjust_views(base_spec, self.epoch, config.train.epochs))
                 self.model.train()
                 started = time.perf_counter()
@@ -207,11 +206,13 @@ class Trainer:
                 for x, index, _ in self._loader(self.epoch):
                     last_loss, metrics = self._train_step(maker, x, index)
                     if self.step % config.train.log_every == 0:
+                        last_loss = distributed.all_reduce_mean(last_loss)  # every process stops together on NaN
                         self._check_finite(last_loss)
                         lr = self.optimizer.param_groups[0]["lr"]
                         self.log.write({"kind": "step", "epoch": self.epoch + 1, "step": self.step, "loss": float(last_loss), "lr": lr, **_scalars(metrics)})
                         progress.update(task, description=f"{config.method} epoch {self.epoch + 1}/{config.train.epochs} loss {float(last_loss):.4f}")
                     progress.advance(task)
+                last_loss = distributed.all_reduce_mean(last_loss)
                 self._check_finite(last_loss)
                 self.epoch += 1
                 record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": float(last_loss), "epoch_seconds": time.perf_counter() - started}
