@@ -8,6 +8,13 @@ Two defaults are ours, chosen by measurement (docs/icone.md, BENCHMARKS.md): tab
 the untrained encoder's normalised embeddings (``table_init=features``) and the table learns 10x
 faster than the encoder (``table_lr_scale=10``). ``icone.table_init=normal icone.table_lr_scale=1``
 gives the public reading.
+
+Two paths (METHODS.md "Cost"): ``dense`` (the table is an ordinary parameter; the diversity runs
+over the whole table up to ``diversity_rows`` rows) and ``sparse`` (per-step cost independent of
+N: the batch's rows against a sample of rows, or the exact ``frame`` term from a maintained
+``d x d`` matrix; the table's gradient holds only the rows used, and a row-sparse AdamW updates
+only those rows and exchanges only those across processes). ``auto`` takes ``sparse`` above
+``diversity_rows`` instances.
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ from icone import losses
 from icone.errors import UserError
 from icone.methods.base import Method, split_decay
 from icone.nets.heads import MLP
+from icone.train import distributed
 
 ALIGNMENTS = ("cosine", "infonce")
 DIVERSITIES = ("hinge", "frame", "uniformity")
 PROJECTORS = ("none", "linear", "mlp")
 TABLE_INITS = ("normal", "features")
+TABLE_PATHS = ("auto", "dense", "sparse")
+TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -47,15 +57,22 @@ class IConEOptions:
     w_div: float = 1.0
     temperature: float = 0.1  # infonce only
     negatives: int = 4096  # infonce: table rows sampled as negatives per step
-    diversity_rows: int = 8192  # full-table diversity up to this many rows; above it, batch rows vs a sample
+    diversity_rows: int = 8192  # full-table diversity up to this many rows; above it, batch rows vs a sample of this many
     uniformity_t: float = 2.0
+    table_path: str = "auto"  # auto (sparse above diversity_rows instances) | dense | sparse
+    table_dtype: str = "float32"  # float32 | bfloat16 | float16: the table and its optimizer moments
+    frame_resync_every: int = 1000  # sparse path, frame diversity: recompute the d x d matrix from the table every this many steps
 
     def validate(self) -> None:
-        for key, choices in (("alignment", ALIGNMENTS), ("diversity", DIVERSITIES), ("projector", PROJECTORS), ("table_init", TABLE_INITS)):
+        choices_of = {"alignment": ALIGNMENTS, "diversity": DIVERSITIES, "projector": PROJECTORS, "table_init": TABLE_INITS, "table_path": TABLE_PATHS, "table_dtype": tuple(TABLE_DTYPES)}
+        for key, choices in choices_of.items():
             if getattr(self, key) not in choices:
                 raise UserError(f"icone.{key}={getattr(self, key)!r} is not valid; choose one of: {', '.join(choices)}")
         if self.temperature <= 0:
             raise UserError(f"icone.temperature must be positive, got {self.temperature}")
+        for key in ("diversity_rows", "negatives", "frame_resync_every"):
+            if getattr(self, key) < 1:
+                raise UserError(f"icone.{key} must be at least 1, got {getattr(self, key)}")
 
 
 class IConE(Method):
@@ -81,7 +98,14 @@ class IConE(Method):
             self.projector = MLP(self.feature_dim, 2 * self.feature_dim, options.projector_dim, layers=2, norm="layer")
             dim = options.projector_dim
         self.embedding_dim = dim
-        self.table = nn.Parameter(torch.randn(num_instances, dim) * options.table_init_std)
+        dtype = TABLE_DTYPES[options.table_dtype]
+        self.table = nn.Parameter((torch.randn(num_instances, dim) * options.table_init_std).to(dtype))
+        self.sparse = options.table_path == "sparse" or (options.table_path == "auto" and num_instances > options.diversity_rows)
+        self.uses_gram = self.sparse and options.diversity == "frame"
+        if self.uses_gram:  # G = E_n^T E_n of the normalised rows, kept in step with the table
+            self.register_buffer("frame_gram", torch.zeros(dim, dim, dtype=torch.float64))
+        self._touched: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.frame_gram_drift = 0.0
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(x))
@@ -89,48 +113,83 @@ class IConE(Method):
     @torch.no_grad()
     def initialize(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """``table_init=features``: each row starts at its instance's untrained embedding."""
-        if self.options.table_init != "features":
-            return
-        was_training = self.training
-        self.eval()
-        for x, index in batches:
-            self.table[index] = F.normalize(self.embed(x).float(), dim=-1).to(self.table.dtype)
-        self.train(was_training)
+        if self.options.table_init == "features":
+            was_training = self.training
+            self.eval()
+            for x, index in batches:
+                self.table[index] = F.normalize(self.embed(x).float(), dim=-1).to(self.table.dtype)
+            self.train(was_training)
+        if self.uses_gram:
+            self.resync_gram()
 
-    def diversity(self, index: torch.Tensor) -> torch.Tensor:
-        opts, table = self.options, self.table
+    @torch.no_grad()
+    def resync_gram(self) -> float:
+        """Recompute ``G = E_n^T E_n`` from the whole table (O(N d^2), in chunks); returns the relative drift it removed."""
+        gram = torch.zeros_like(self.frame_gram)
+        for chunk in self.table.split(65536):
+            e = F.normalize(chunk.float(), dim=-1)
+            gram += (e.t() @ e).double()
+        drift = float((self.frame_gram - gram).norm() / gram.norm().clamp(min=1e-12))
+        self.frame_gram.copy_(gram)
+        return drift
+
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Table rows with a gradient: a sparse one (only these rows) on the sparse path."""
+        return F.embedding(ids, self.table, sparse=self.sparse).float()
+
+    def diversity(self, index: torch.Tensor, batch_rows: torch.Tensor) -> torch.Tensor:
+        """``L_div`` over the whole table, or its N-independent estimate from the batch's rows."""
+        opts, n = self.options, self.num_instances
         if opts.diversity == "frame":
-            return losses.icone_frame_diversity(table)
-        if opts.diversity == "uniformity":
-            if len(table) > opts.diversity_rows:
-                table = table[torch.randint(0, len(table), (opts.diversity_rows,), device=table.device)]
-            return losses.icone_uniformity(table, t=opts.uniformity_t)
-        if len(table) <= opts.diversity_rows:
-            return losses.icone_hinge_diversity(table)
-        sample = torch.randint(0, len(table), (opts.diversity_rows,), device=table.device)
-        return losses.icone_hinge_diversity(table[sample], rows=table[index], rows_index=index, table_index=sample)
+            if self.uses_gram:
+                return losses.icone_frame_diversity_from_gram(self.frame_gram, batch_rows, n)
+            return losses.icone_frame_diversity(self.table.float())
+        if not self.sparse and n <= opts.diversity_rows:
+            table = self.table.float()
+            return losses.icone_hinge_diversity(table) if opts.diversity == "hinge" else losses.icone_uniformity(table, t=opts.uniformity_t)
+        sample = torch.randint(0, n, (opts.diversity_rows,), device=index.device)
+        others = self.table.detach()[sample].float()
+        return losses.icone_batch_diversity(batch_rows, index, others, sample, diversity=opts.diversity, t=opts.uniformity_t)
 
     def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         opts = self.options
         b = views[0].shape[0]
         z = self.embed(torch.cat(views)).float()  # (V*B) x d, one backbone pass for all views
         z = z.reshape(len(views), b, -1).transpose(0, 1)  # B x V x d
-        table = self.table.float()
-        aligned_table = table.detach() if opts.detach_table else table
+        batch_rows = self._rows(index)
+        touched = index
         if opts.alignment == "cosine":
-            l_vi = losses.icone_view_instance_alignment(z, aligned_table[index])
+            l_vi = losses.icone_view_instance_alignment(z, batch_rows.detach() if opts.detach_table else batch_rows)
         else:
-            negatives = torch.randint(0, len(table), (min(opts.negatives, len(table)),), device=z.device)
-            l_vi = losses.icone_infonce_alignment(z, aligned_table, index, negatives, temperature=opts.temperature)
+            negatives = torch.randint(0, self.num_instances, (min(opts.negatives, self.num_instances),), device=z.device)
+            aligned_table = self.table.detach() if opts.detach_table else self.table
+            l_vi = losses.icone_infonce_alignment(z, aligned_table, index, negatives, temperature=opts.temperature, sparse_grad=self.sparse)
+            touched = torch.cat([index, negatives])
         l_vv = losses.icone_view_view_alignment(z)
-        l_div = self.diversity(index)
+        l_div = self.diversity(index, batch_rows)
+        if self.uses_gram:  # the rows this step changes on any process, as they are before it
+            with torch.no_grad():
+                touched = torch.unique(distributed.all_gather_cat(touched))
+                self._touched = (touched, F.normalize(self.table[touched].float(), dim=-1))
         loss = opts.w_vi * l_vi + opts.w_vv * l_vv + opts.w_div * l_div
         return loss, {"loss_vi": l_vi.detach(), "loss_vv": l_vv.detach(), "loss_div": l_div.detach()}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Sparse ``frame`` path: ``G += E_new^T E_new - E_old^T E_old`` over the changed rows; a full resync every ``frame_resync_every`` steps."""
+        if not self.uses_gram or self._touched is None:
+            return
+        touched, old = self._touched
+        new = F.normalize(self.table[touched].float(), dim=-1)
+        self.frame_gram += (new.t() @ new - old.t() @ old).double()
+        self._touched = None
+        if step % self.options.frame_resync_every == 0:
+            self.frame_gram_drift = self.resync_gram()
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         encoder = [(n, p) for n, p in self.named_parameters() if n != "table"]
         table_wd = weight_decay if self.options.table_weight_decay is None else self.options.table_weight_decay
-        table_group = {"params": [self.table], "lr": lr * self.options.table_lr_scale, "weight_decay": table_wd, "lr_scale": self.options.table_lr_scale}
+        table_group = {"params": [self.table], "lr": lr * self.options.table_lr_scale, "weight_decay": table_wd, "lr_scale": self.options.table_lr_scale, "row_sparse": self.sparse}
         return split_decay(encoder, lr, weight_decay) + [table_group]
 
     @torch.no_grad()
@@ -143,9 +202,12 @@ class IConE(Method):
             rows = rows[torch.randperm(len(rows), device=rows.device)[:2048]]
         cos = F.normalize(rows, dim=-1) @ F.normalize(rows, dim=-1).t()
         off = cos[~torch.eye(len(rows), dtype=torch.bool, device=rows.device)]
-        return {
+        health = {
             "table_mean_cosine": float(off.mean()) if off.numel() else 0.0,
             "table_max_cosine": float(off.max()) if off.numel() else 0.0,
             "table_rankme": rankme(rows),
         }
+        if self.uses_gram:
+            health["frame_gram_drift"] = self.frame_gram_drift
+        return health
 
