@@ -122,12 +122,8 @@ def build_spec(
     base = PRESETS[name]
     known = registry()
     notes: list[str] = []
-    asked = parse_list(methods, str, "--methods")
-    if asked is not None:
-        unknown = [m for m in asked if m not in known]
-        if unknown:
-            raise UserError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(repr(m) for m in unknown)}; choose from: {', '.join(known)}")
-    else:
+    asked = parse_methods(methods)
+    if asked is None:
         asked = [m for m in base["methods"] if m in known]
         missing = [m for m in base["methods"] if m not in known]
         if missing:
@@ -156,13 +152,7 @@ def build_spec(
             raise UserError(f"{flag} must be at least 1, got {min(values)}")
     if min(spec.imbalance) < 1:
         raise UserError(f"--imbalance ratios are largest/smallest class sizes, at least 1; got {min(spec.imbalance):g}")
-    given = parse_overrides(list(overrides or []))
-    for key, flag in OWNED.items():
-        node: Any = given
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            raise UserError(f"{key} is set by the grid; use {flag} instead of {key}=...")
+    refuse_owned(list(overrides or []), OWNED, "the grid")
     resolve(spec.data)
     for method in spec.methods:  # bad KEY=VALUE fails here, before any cell runs
         cell_config(spec, Cell(method, spec.batch_sizes[0], 0, spec.imbalance[0]))
@@ -171,22 +161,51 @@ def build_spec(
 
 def cell_config(spec: BenchSpec, cell: Cell) -> Config:
     """The run config of one cell: the grid's values, the user's overrides, the scaled lr."""
-    from icone.methods import get_method, registry
+    from icone.methods import get_method
 
-    others = set(registry()) - {cell.method}  # "simclr.temperature=..." belongs to the simclr cells only
-    own = [o for o in spec.overrides if o.split("=", 1)[0].strip().lstrip("-").split(".")[0] not in others]
     values = {
         "method": cell.method,
         "data": {"source": spec.data, "imbalance_ratio": cell.imbalance},
         "model": {"backbone": spec.backbone, "norm": DEFAULT_NORM},
         "train": {"batch_size": cell.batch_size, "epochs": spec.epochs, "seed": cell.seed},
     }
-    config = build_config(values, own)
+    config = build_config(values, overrides_for(spec.overrides, cell.method))
     config.eval.after_train = False  # the grid evaluates after measuring the training alone
     base = config.optim.lr if config.optim.lr is not None else get_method(cell.method).default_lr
     config.optim.lr = scaled_lr(float(base), cell.batch_size, spec.lr_scaling)  # as icone train scales a default lr
     validate(config)
     return config
+
+
+def parse_methods(text: str | list | None) -> list[str] | None:
+    """``--methods`` as a list of registered names (``None`` when not given); unknown names fail."""
+    from icone.methods import registry
+
+    asked = parse_list(text, str, "--methods")
+    known = registry()
+    unknown = [m for m in asked or [] if m not in known]
+    if unknown:
+        raise UserError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(repr(m) for m in unknown)}; choose from: {', '.join(known)}")
+    return asked
+
+
+def refuse_owned(overrides: list[str], owned: dict[str, str], who: str) -> None:
+    """Refuse ``KEY=VALUE`` for the options a flag sets (``owned``: key -> flag)."""
+    given = parse_overrides(overrides)
+    for key, flag in owned.items():
+        node: Any = given
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            raise UserError(f"{key} is set by {who}; use {flag} instead of {key}=...")
+
+
+def overrides_for(overrides: list[str], method: str) -> list[str]:
+    """The overrides that apply to ``method``: all but other methods' ``METHOD.option=value``."""
+    from icone.methods import registry
+
+    others = set(registry()) - {method}  # "simclr.temperature=..." belongs to simclr only
+    return [o for o in overrides if o.split("=", 1)[0].strip().lstrip("-").split(".")[0] not in others]
 
 
 def grid_cells(spec: BenchSpec) -> list[Cell]:
@@ -382,7 +401,11 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print, debug: bool =
 def machine_info(spec: BenchSpec) -> dict[str, Any]:
     from icone.train.setup import pick_device
 
-    device = pick_device(cell_config(spec, Cell(spec.methods[0], spec.batch_sizes[0], 0, spec.imbalance[0])).train.device)
+    return environment_of(pick_device(cell_config(spec, Cell(spec.methods[0], spec.batch_sizes[0], 0, spec.imbalance[0])).train.device))
+
+
+def environment_of(device: torch.device) -> dict[str, Any]:
+    """Date, platform, CPU, torch version and threads, and the training device."""
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "platform": platform.platform(),
             "python": platform.python_version(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"}

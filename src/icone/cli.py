@@ -153,25 +153,62 @@ def bench(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget, the same for every method."),
     imbalance: Optional[str] = typer.Option(None, "--imbalance", help="Comma-separated largest/smallest class ratios, e.g. 1,10,50."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="One backbone for every method."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Grid folder (default: bench/quick or bench/paper); run again to continue it."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Grid folder (default: bench/quick or bench/paper; bench/speed with --speed); run again to continue a grid."),
     lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help="none (default), sqrt or linear, relative to batch size 64."),
     quick: bool = typer.Option(False, "--quick", help="Preset: a small grid for 2 CPU cores (the default)."),
     paper: bool = typer.Option(False, "--paper", help="Preset: the papers' methods at batch sizes 1-64, 3 seeds (for a GPU)."),
+    speed: bool = typer.Option(False, "--speed", help="Time training steps against the backbone alone instead (speed.json, speed.md; docs/speed.md)."),
+    instances: Optional[str] = typer.Option(None, "--instances", help="With --speed: IConE table sizes, e.g. 1000,1000000."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="With --speed: side of the random input (default 28; --data gives the shape instead)."),
+    spatial_dims: Optional[int] = typer.Option(None, "--spatial-dims", help="With --speed: 2 or 3 (default 2, or the backbone's -2d/-3d)."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="With --speed: timed steps per record (median; default 10)."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="With --speed: untimed steps before them (default 3)."),
 ) -> None:
-    """Grid of methods x batch sizes x seeds (x imbalance ratios): results.csv/json, summary.md, plots."""
+    """Grid of methods x batch sizes x seeds (x imbalance ratios): results.csv/json, summary.md, plots; or, with --speed, step times."""
     import shlex
 
     from icone.bench import build_spec, run_bench
 
+    command = "icone " + shlex.join(sys.argv[1:])
+
+    def log(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    grid_only = {"--seeds": seeds, "--epochs": epochs, "--imbalance": imbalance, "--lr-scaling": lr_scaling, "--quick": quick or None, "--paper": paper or None}
+    speed_only = {"--instances": instances, "--input-size": input_size, "--spatial-dims": spatial_dims, "--repeats": repeats, "--warmup": warmup}
+    if speed:
+        from icone.speed import build_speed_spec, run_speed
+
+        given = [flag for flag, value in grid_only.items() if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} belong{'s' if len(given) == 1 else ''} to the accuracy grid, not to --speed; drop {'it' if len(given) == 1 else 'them'}")
+        speed_spec = build_speed_spec(
+            methods=methods, batch_sizes=batch_sizes, instances=instances, backbone=backbone, data=data, input_size=input_size,
+            spatial_dims=spatial_dims, repeats=repeats, warmup=warmup, out=out, overrides=list(overrides or []), command=command,
+        )
+        result = run_speed(speed_spec, log=log, debug=DEBUG["on"])
+        log(f"speed folder: {result['out']} ({', '.join(result['files'])})")
+        return
+    given = [flag for flag, value in speed_only.items() if value is not None]
+    if given:
+        raise UserError(f"{', '.join(given)} only go{'es' if len(given) == 1 else ''} with --speed; add --speed or drop {'it' if len(given) == 1 else 'them'}")
     if quick and paper:
         raise UserError("--quick and --paper are two presets; pass one")
     spec = build_spec(
         preset="paper" if paper else "quick", data=data, methods=methods, batch_sizes=batch_sizes, seeds=seeds, epochs=epochs,
         imbalance=imbalance, backbone=backbone, out=out, lr_scaling=lr_scaling, overrides=list(overrides or []),
-        command="icone " + shlex.join(sys.argv[1:]),
+        command=command,
     )
-    result = run_bench(spec, log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True), debug=DEBUG["on"])
-    console.print(f"bench folder: {result['out']} ({', '.join(result['files'])})", markup=False, highlight=False, soft_wrap=True)
+    result = run_bench(spec, log=log, debug=DEBUG["on"])
+    log(f"bench folder: {result['out']} ({', '.join(result['files'])})")
+
+
+def _print_error(line: str) -> None:
+    """One line on stderr; under ``torchrun`` from rank 0 only (every process raises the same error)."""
+    from icone.train.distributed import is_main_process
+
+    if is_main_process():
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:
@@ -181,12 +218,12 @@ def main() -> None:
     except UserError as err:
         if DEBUG["on"]:
             raise
-        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        _print_error(f"error: {err}")
         sys.exit(2)
     except TrainingDiverged as err:
         if DEBUG["on"]:
             raise
-        err_console.print(f"training stopped: {err}", markup=False, highlight=False, soft_wrap=True)
+        _print_error(f"training stopped: {err}")
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted; the last epoch's checkpoint is kept: continue a run with 'icone train --resume --out RUN_DIR', a grid by running the same 'icone bench' command again", markup=False)

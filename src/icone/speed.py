@@ -1,0 +1,448 @@
+"""``icone bench --speed``: how long a training step of each method takes against the backbone alone.
+
+For one backbone and input shape, at every batch size of a list, each method's real training step
+is timed (the Trainer's own ``_train_step``: views made on the device, autocast bf16 on CUDA,
+backward, gradient clipping, optimizer step, ``after_optimizer_step``), and so is the floor no
+method can beat: the backbone alone, forward + backward of the same views (same number and size,
+view making included) plus its optimizer step. ``overhead_ratio = step_seconds /
+backbone_step_seconds``. Instance-table methods (IConE) are timed at every table size N of
+``--instances`` (random samples and random indices in ``[0, N)``: no dataset of N samples needed).
+The data pipeline is timed against the step: the view maker alone, and the DataLoader + transfer +
+view maker, in samples per second. Steps after warm-up, synchronised on CUDA, median over repeats.
+
+Writes ``OUT/speed.json`` (a list of records) and ``OUT/speed.md`` (a table) after every record.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from icone.bench import DEFAULT_NORM, PAPER_METHODS, PeakMemory, environment_of, overrides_for, parse_list, parse_methods, refuse_owned
+from icone.config import Config, build_config
+from icone.data import Dataset, IndexedDataset, Split
+from icone.errors import UserError
+from icone.methods import Method, get_method
+from icone.methods.base import NoOptions
+from icone.nets import build_backbone
+from icone.train.optim import build_optimizer
+from icone.train.setup import backbone_spec, build_method, pick_device, resolve_config, seed_everything, view_spec
+from icone.train.trainer import Trainer
+from icone.views import ViewMaker, ViewSpec
+
+DEFAULT_METHODS = PAPER_METHODS
+DEFAULT_BATCH_SIZES = [1, 4, 16]
+DEFAULT_INSTANCES = [1_000, 100_000, 1_000_000]
+DEFAULT_BACKBONE = "smallcnn"
+DEFAULT_INPUT_SIZE = 28
+DEFAULT_REPEATS = 10
+DEFAULT_WARMUP = 3
+DEFAULT_OUT = Path("bench") / "speed"
+TABLE_FAMILY = "instance-table"  # methods whose cost grows with N: timed at every --instances value
+# options the flags set: give them as flags, not as KEY=VALUE
+OWNED = {"method": "--methods", "data.source": "--data", "model.backbone": "--backbone", "train.batch_size": "--batch-sizes",
+         "model.spatial_dims": "--spatial-dims"}
+
+
+@dataclass
+class SpeedSpec:
+    """What to time: methods x batch sizes (x table sizes for instance-table methods) on one input."""
+
+    methods: list[str]
+    batch_sizes: list[int]
+    instances: list[int]
+    backbone: str = DEFAULT_BACKBONE
+    data: str | None = None  # a source gives the input shape, view defaults and the DataLoader's samples
+    input_size: int = DEFAULT_INPUT_SIZE  # random input without a source: C x S x S (x S)
+    spatial_dims: int = 2
+    repeats: int = DEFAULT_REPEATS
+    warmup: int = DEFAULT_WARMUP
+    out: Path = DEFAULT_OUT
+    overrides: list[str] = field(default_factory=list)
+    command: str = ""
+
+
+def _positive(values: list[int], flag: str) -> list[int]:
+    if min(values) < 1:
+        raise UserError(f"{flag} must be at least 1, got {min(values)}")
+    return values
+
+
+def build_speed_spec(
+    methods: str | list | None = None, batch_sizes: str | list | None = None, instances: str | list | None = None,
+    backbone: str | None = None, data: str | None = None, input_size: int | None = None, spatial_dims: int | None = None,
+    repeats: int | None = None, warmup: int | None = None, out: str | Path | None = None, overrides: list[str] | None = None,
+    command: str = "",
+) -> SpeedSpec:
+    """The spec from explicit values and the defaults; every bad input fails here, before any timing."""
+    from icone.data import resolve
+    from icone.nets import parse_backbone_name
+
+    if data is not None and (input_size is not None or spatial_dims is not None):
+        raise UserError("--data gives the input shape; drop --input-size/--spatial-dims (or resize the source with data.resize=...)")
+    name = backbone or DEFAULT_BACKBONE
+    _, pinned = parse_backbone_name(name)
+    if spatial_dims not in (None, 2, 3):
+        raise UserError(f"--spatial-dims must be 2 or 3, got {spatial_dims}")
+    if pinned is not None and spatial_dims not in (None, pinned):
+        raise UserError(f"--backbone {name} is {pinned}D but --spatial-dims is {spatial_dims}; make them agree")
+    spec = SpeedSpec(
+        methods=parse_methods(methods) or list(DEFAULT_METHODS),
+        batch_sizes=_positive(parse_list(batch_sizes, int, "--batch-sizes") or list(DEFAULT_BATCH_SIZES), "--batch-sizes"),
+        instances=_positive(parse_list(instances, int, "--instances") or list(DEFAULT_INSTANCES), "--instances"),
+        backbone=name,
+        data=data,
+        input_size=_positive([input_size or DEFAULT_INPUT_SIZE], "--input-size")[0],
+        spatial_dims=spatial_dims or pinned or 2,
+        repeats=_positive([DEFAULT_REPEATS if repeats is None else repeats], "--repeats")[0],
+        warmup=DEFAULT_WARMUP if warmup is None else warmup,
+        out=Path(out) if out is not None else DEFAULT_OUT,
+        overrides=list(overrides or []),
+        command=command,
+    )
+    if spec.warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {spec.warmup}")
+    if spec.out.exists() and not spec.out.is_dir():
+        raise UserError(f"--out '{spec.out}' is a file; give a folder")
+    refuse_owned(spec.overrides, OWNED, "--speed")
+    if data is not None:
+        resolve(data)
+    for method in spec.methods:  # bad KEY=VALUE and method options fail here
+        get_method(method).make_options(method_config(spec, method, spec.batch_sizes[0]).method_options)
+    runnable = [(m, b) for m in spec.methods for b in spec.batch_sizes if b >= get_method(m).min_batch_size]
+    if not runnable:
+        needs = ", ".join(f"{m} needs {get_method(m).min_batch_size}" for m in spec.methods)
+        raise UserError(f"nothing to time: every method is below its smallest batch size ({needs}); raise --batch-sizes")
+    return spec
+
+
+def method_config(spec: SpeedSpec, method: str, batch_size: int) -> Config:
+    """The config of one method at one batch size: the bench's norm, the user's overrides."""
+    values = {"method": method, "data": {"source": spec.data or "random"}, "train": {"batch_size": batch_size},
+              "model": {"backbone": spec.backbone, "norm": DEFAULT_NORM}}
+    return build_config(values, overrides_for(spec.overrides, method))
+
+
+def input_dataset(spec: SpeedSpec, config: Config) -> Dataset:
+    """The source (``--data``) or random samples, enough for a few batches of the largest size."""
+    if spec.data is not None:
+        from icone.data import load_dataset
+
+        return load_dataset(config.data, seed=config.train.seed)
+    n = 4 * max(spec.batch_sizes)
+    shape = (n, config.model.in_channels or 1) + (spec.input_size,) * spec.spatial_dims
+    samples = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    return Dataset(name="random", train=Split(samples, np.full(n, -1)), test=None)
+
+
+# ---- timing -----------------------------------------------------------------------------------
+
+
+class BackboneFloor(Method):
+    """The backbone alone: one pass per view size (views of a size concatenated), loss = mean square
+    of the features. No name, so it is not a registered method."""
+
+    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        shapes = list(dict.fromkeys(tuple(v.shape) for v in views))
+        groups = [torch.cat([v for v in views if tuple(v.shape) == s]) for s in shapes]
+        loss = sum(self.backbone(g).float().pow(2).mean() for g in groups)
+        return loss, {}  # type: ignore[return-value]
+
+
+class StepTimer(Trainer):
+    """The Trainer's step (``_train_step``) and loader (``_loader``) on a method built here.
+
+    ``Trainer.__init__`` is not called on purpose: it needs a run folder and a dataset whose size
+    is the method's number of instances, and IConE is timed at N = 10^6 without 10^6 samples.
+    The fields set here are the ones ``_train_step``, ``_set_lr`` and ``_loader`` read.
+    """
+
+    def __init__(self, config: Config, method: Method, train_set: IndexedDataset, total_steps: int) -> None:  # noqa: D107
+        self.config = config
+        self.device = pick_device(config.train.device)
+        self.method = method.to(self.device)
+        self.model = self.method
+        self.optimizer = build_optimizer(self.method, config)
+        self.train_set = train_set
+        self.use_bf16 = config.train.precision == "bf16" or (config.train.precision == "auto" and self.device.type == "cuda")
+        self.epoch, self.step, self.total_steps, self.warmup_steps = 0, 0, total_steps, 0
+        self.method.train()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(device: torch.device, call: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones (synchronised on CUDA)."""
+    for _ in range(warmup):
+        call()
+    seconds = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        call()
+        _synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def release_memory(device: torch.device) -> None:
+    """Give freed memory back (GC, the CUDA cache, glibc's heap) so the next peak starts low."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    else:
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def describe_device(device: torch.device) -> str:
+    """``NVIDIA H100 80GB HBM3 (cuda:0)`` or ``cpu (2 threads)``."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
+
+
+def _batches(train_set: IndexedDataset, batch_size: int, instances: int, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random samples with random indices in ``[0, instances)`` (pinned on CUDA, as the loader does)."""
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        x = train_set.samples[torch.randint(0, len(train_set), (batch_size,), generator=generator)]
+        batches.append((x.pin_memory() if device.type == "cuda" else x, torch.randint(0, instances, (batch_size,), generator=generator)))
+    return batches
+
+
+def time_training(
+    spec: SpeedSpec, config: Config, build: Callable[[], Method], train_set: IndexedDataset, instances: int,
+    maker: ViewMaker | None = None, pipeline: bool = False,
+) -> tuple[dict[str, Any], ViewMaker]:
+    """Step seconds of the method ``build`` makes, at ``config``'s batch size, with its peak memory
+    (building included: IConE's table counts) and parameters; with ``pipeline`` also the view
+    maker's and the DataLoader + view maker's seconds per batch. Views: ``maker``, or the method's."""
+    device = pick_device(config.train.device)
+    batches = iter(_batches(train_set, config.train.batch_size, instances, spec.warmup + spec.repeats, device))
+    meter = PeakMemory(device)
+    with meter:
+        method = build()
+        maker = maker or ViewMaker(method.adjust_views(view_spec(config), 0, config.train.epochs))
+        timer = StepTimer(config, method, train_set, spec.warmup + spec.repeats)
+        del method
+        seconds = time_calls(device, lambda: timer._train_step(maker, *next(batches)), spec.warmup, spec.repeats)
+    result: dict[str, Any] = {"seconds": seconds, "peak_memory_bytes": meter.peak_bytes, "memory_kind": meter.kind,
+                              "precision": "bf16" if timer.use_bf16 else "fp32",
+                              "parameters": sum(p.numel() for p in timer.method.parameters() if p.requires_grad),
+                              "sparse_table": getattr(timer.method, "sparse", None)}
+    if pipeline:
+        x = _batches(train_set, config.train.batch_size, len(train_set), 1, device)[0][0].to(device)
+        result["views_seconds"] = time_calls(device, lambda: maker(x), spec.warmup, spec.repeats)
+        loader = _loader_batches(timer)
+        result["loader_seconds"] = time_calls(device, lambda: maker(next(loader).to(device, non_blocking=True)), spec.warmup, spec.repeats)
+        del loader, x
+    del timer, batches
+    release_memory(device)
+    return result, maker
+
+
+def _loader_batches(timer: StepTimer) -> Iterator[torch.Tensor]:
+    """The Trainer's DataLoader, epoch after epoch."""
+    epoch = 0
+    while True:
+        for x, _, _ in timer._loader(epoch):
+            yield x
+        epoch += 1
+
+
+def build_floor(config: Config, num_instances: int) -> Method:
+    """The backbone alone, initialised as ``build_method`` initialises the method's."""
+    seed_everything(config.train.seed)
+    return BackboneFloor(build_backbone(backbone_spec(config)), NoOptions(), num_instances)
+
+
+def view_layout(spec: ViewSpec) -> str:
+    """``2 @ 28x28 + 2 @ 12x12``: global crops, then local crops."""
+    parts = [f"{spec.global_crops} @ {'x'.join(map(str, spec.global_shape))}"]
+    if spec.local_crops:
+        parts.append(f"{spec.local_crops} @ {'x'.join(map(str, spec.local_shape))}")
+    return " + ".join(parts)
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+RECORD_KEYS = ["method", "batch_size", "instances", "status", "step_seconds", "step_seconds_min", "step_seconds_max", "backbone_step_seconds",
+               "overhead_ratio", "views_seconds", "train_samples_per_second", "views_samples_per_second", "loader_samples_per_second",
+               "peak_memory_bytes", "backbone_peak_memory_bytes", "memory_kind", "parameters", "views", "input_shape", "backbone",
+               "precision", "device", "repeats", "warmup"]
+
+
+def planned(spec: SpeedSpec) -> list[tuple[str, int, int]]:
+    """(method, batch size, instances): instance-table methods at every N, the others at the smallest."""
+    return [(m, b, n) for m in spec.methods for b in spec.batch_sizes
+            for n in (spec.instances if get_method(m).family == TABLE_FAMILY else [min(spec.instances)])]
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _median(seconds: list[float]) -> float:
+    return float(statistics.median(seconds))
+
+
+def measure(spec: SpeedSpec, method: str, batch: int, instances: int, dataset: Dataset, train_set: IndexedDataset,
+            floors: dict[tuple[str, int], dict[str, Any]], debug: bool = False) -> dict[str, Any]:
+    """One record: the method's step against the backbone's (measured once per view layout and batch size)."""
+    record: dict[str, Any] = {k: None for k in RECORD_KEYS}
+    config = method_config(spec, method, batch)
+    record.update(method=method, batch_size=batch, instances=instances, backbone=spec.backbone, repeats=spec.repeats, warmup=spec.warmup,
+                  input_shape=[dataset.in_channels, *dataset.spatial_shape], device=describe_device(pick_device(config.train.device)))
+    options = get_method(method).make_options(config.method_options)
+    if hasattr(options, "table_path"):  # IConE's dense/sparse table (when this installation has it)
+        record["table_path"] = options.table_path
+    minimum = get_method(method).min_batch_size
+    if batch < minimum:
+        record["status"] = f"refused: below min batch ({minimum})"
+        return record
+    failed = None
+    try:
+        config = resolve_config(config, dataset)
+        result, maker = time_training(spec, config, lambda: build_method(config, instances), train_set, instances)
+        key = (view_layout(maker.spec), batch)
+        if key not in floors:
+            floors[key] = time_training(spec, config, lambda: build_floor(config, len(train_set)), train_set, len(train_set), maker, pipeline=True)[0]
+        floor = floors[key]
+    except UserError as err:
+        failed = f"refused: {err}"
+    except (torch.cuda.OutOfMemoryError, MemoryError) as err:
+        failed = f"out of memory: {_first_line(err)}"
+    except Exception as err:  # noqa: BLE001 - one broken record must not end the run
+        if debug:
+            raise
+        failed = f"failed: {type(err).__name__}: {_first_line(err)}"
+    if failed is not None:  # outside the except clause, so the traceback no longer holds the method's tensors
+        release_memory(pick_device(config.train.device))
+        record["status"] = failed
+        return record
+    step, base, views, fetched = (_median(s) for s in (result["seconds"], floor["seconds"], floor["views_seconds"], floor["loader_seconds"]))
+    record.update(
+        status="ok", step_seconds=step, step_seconds_min=min(result["seconds"]), step_seconds_max=max(result["seconds"]),
+        backbone_step_seconds=base, overhead_ratio=step / base, views_seconds=views, train_samples_per_second=batch / step,
+        views_samples_per_second=batch / views, loader_samples_per_second=batch / fetched, peak_memory_bytes=result["peak_memory_bytes"],
+        backbone_peak_memory_bytes=floor["peak_memory_bytes"], memory_kind=result["memory_kind"], parameters=result["parameters"],
+        views=view_layout(maker.spec), precision=result["precision"],
+    )
+    if "table_path" in record and isinstance(result["sparse_table"], bool):
+        record["table_path_used"] = "sparse" if result["sparse_table"] else "dense"  # what "auto" chose
+    return record
+
+
+def progress_line(position: int, total: int, record: dict[str, Any]) -> str:
+    n = f" N={record['instances']:,}" if get_method(record["method"]).family == TABLE_FAMILY else ""
+    head = f"[{position}/{total}] {record['method']} b={record['batch_size']}{n}: "
+    if record["status"] != "ok":
+        return head + record["status"]
+    return (head + f"{record['step_seconds'] * 1e3:.1f} ms/step, backbone {record['backbone_step_seconds'] * 1e3:.1f} ms, "
+            f"overhead x{record['overhead_ratio']:.2f}, {record['train_samples_per_second']:.0f} samples/s "
+            f"(loader + views {record['loader_samples_per_second']:.0f}), peak {_mib(record['peak_memory_bytes'])} MiB")
+
+
+def warm_up(spec: SpeedSpec, config: Config, dataset: Dataset, train_set: IndexedDataset) -> None:
+    """Two untimed backbone steps, so that one-time costs (kernel selection, allocator arenas, lazy
+    initialisation) land in no record's time or peak memory."""
+    config = resolve_config(config, dataset)
+    time_training(dataclasses.replace(spec, warmup=1, repeats=1), config, lambda: build_floor(config, len(train_set)), train_set, len(train_set), pipeline=True)
+
+
+def run_speed(spec: SpeedSpec, log: Callable[[str], None] = print, debug: bool = False) -> dict[str, Any]:
+    """Time every planned record; write ``speed.json`` and ``speed.md`` into ``spec.out`` after each."""
+    first = method_config(spec, spec.methods[0], spec.batch_sizes[0])
+    device = pick_device(first.train.device)
+    dataset = input_dataset(spec, first)
+    train_set = IndexedDataset(dataset.train)
+    info = {**environment_of(device), "device": describe_device(device)}
+    spec.out.mkdir(parents=True, exist_ok=True)
+    plan = planned(spec)
+    source = f"source {spec.data}" if spec.data else "random samples"
+    log(f"speed: {len(spec.methods)} method(s) x {len(spec.batch_sizes)} batch size(s) = {len(plan)} record(s) on {spec.backbone}, "
+        f"input {'x'.join(map(str, [dataset.in_channels, *dataset.spatial_shape]))} ({source}), {info['device']}; "
+        f"median of {spec.repeats} steps after {spec.warmup} warm-up; into {spec.out}")
+    warm_up(spec, first, dataset, train_set)
+    floors: dict[tuple[str, int], dict[str, Any]] = {}
+    records: list[dict[str, Any]] = []
+    for position, (method, batch, instances) in enumerate(plan, 1):
+        records.append(measure(spec, method, batch, instances, dataset, train_set, floors, debug))
+        log(progress_line(position, len(plan), records[-1]))
+        write_speed(spec, records, info)
+    return {"out": str(spec.out), "records": records, "files": ["speed.json", "speed.md"]}
+
+
+# ---- reports ----------------------------------------------------------------------------------
+
+
+def write_speed(spec: SpeedSpec, records: list[dict[str, Any]], info: dict[str, Any]) -> None:
+    (spec.out / "speed.json").write_text(json.dumps(records, indent=2))
+    (spec.out / "speed.md").write_text(speed_markdown(spec, records, info))
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e3:.3g}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def speed_markdown(spec: SpeedSpec, records: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    """The table, with the command, machine, date and torch version at the top."""
+    shape = next((r["input_shape"] for r in records), None)
+    precision = next((r["precision"] for r in records if r.get("precision")), "fp32 on CPU, bf16 on CUDA")
+    memory = next((r["memory_kind"] for r in records if r.get("memory_kind")), "cuda_max_allocated or cpu_rss_growth")
+    paths = any("table_path" in r for r in records)
+    lines = [
+        "# icone bench --speed", "",
+        f"Command: `{spec.command or '(Python API)'}`", "",
+        f"Date: {info['date']}; machine: {info['platform']}, {info['cpu']}, {info['cpu_count']} CPUs; torch {info['torch']} "
+        f"({info['torch_threads']} threads); device {info['device']}; precision {precision}.", "",
+        f"Backbone `{spec.backbone}` (norm `{DEFAULT_NORM}` unless overridden), input {'x'.join(map(str, shape or []))} "
+        f"({'source `' + spec.data + '`' if spec.data else 'random samples'}), overrides `{' '.join(spec.overrides) or 'none'}`. "
+        f"Median of {spec.repeats} timed steps after {spec.warmup} warm-up steps; peak memory is {memory}.", "",
+    ]
+    head = ["method", "batch", "N"] + (["table path"] if paths else []) + ["views", "step ms", "backbone ms", "overhead", "views ms",
+                                                                           "train samples/s", "views samples/s", "loader+views samples/s",
+                                                                           "peak MiB", "backbone peak MiB", "status"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        ok = r["status"] == "ok"
+        path = r.get("table_path") or "-"
+        if r.get("table_path_used") and r["table_path_used"] != path:
+            path += f" ({r['table_path_used']})"
+        cells = [r["method"], str(r["batch_size"]), f"{r['instances']:,}"] + ([path] if paths else [])
+        cells += [r["views"] or "-", _ms(r["step_seconds"]), _ms(r["backbone_step_seconds"]),
+                  f"{r['overhead_ratio']:.2f}x" if ok else "-", _ms(r["views_seconds"]), _rate(r["train_samples_per_second"]),
+                  _rate(r["views_samples_per_second"]), _rate(r["loader_samples_per_second"]), _mib(r["peak_memory_bytes"]),
+                  _mib(r["backbone_peak_memory_bytes"]), r["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "overhead = step / backbone step: the backbone alone (forward + backward of the same views, its optimizer step, view "
+              "making included in both) is the floor no method can beat. The data pipeline keeps up when loader+views samples/s is well "
+              "above train samples/s. N: instances the method was built for (the table size for IConE). See docs/speed.md."]
+    return "\n".join(lines) + "\n"
