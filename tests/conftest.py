@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,20 @@ def _temporary_files_under_pytest(tmp_path_factory):
     tempfile.tempdir = str(tmp_path_factory.mktemp("tempfile"))
     yield
     tempfile.tempdir = previous
+
+
+def run_on_processes(worker: Callable[..., None], *args: Any, world: int = 2) -> None:
+    """Run ``worker(rank, world, *args)`` on ``world`` CPU processes joined in one gloo group."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_gloo_process, args=(world, port, worker, args), nprocs=world, join=True)
+
+
+def _gloo_process(rank: int, world: int, port: int, worker: Callable[..., None], args: tuple) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        worker(rank, world, *args)
+    finally:
+        torch.distributed.destroy_process_group()

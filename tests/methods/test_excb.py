@@ -3,12 +3,11 @@
 import dataclasses
 import json
 import math
-import socket
 
 import pytest
 import torch
 
-from conftest import tiny_dataset, train_steps
+from conftest import run_on_processes, tiny_dataset, train_steps
 from icone import losses
 from icone.errors import UserError
 from icone.evaluate.metrics import cluster_occupancy
@@ -248,28 +247,17 @@ def test_excb_trains_finite(dims, batch_size):
 # ---- distributed: sizes are all-reduced ----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _sizes_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        method = make_method(size_momentum=0.5)
-        method.sizes.copy_(skewed_sizes(8))
-        half = [v[2 * rank : 2 * rank + 2] for v in make_views(batch=4, local=1)]
-        method.training_step(half, torch.arange(2 * rank, 2 * rank + 2))
-        method.after_optimizer_step(1, 10)
-        torch.save({"sizes": method.sizes, "counts": method.epoch_counts}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+def _sizes_worker(rank: int, world: int, out_dir: str) -> None:
+    method = make_method(size_momentum=0.5)
+    method.sizes.copy_(skewed_sizes(8))
+    half = [v[2 * rank : 2 * rank + 2] for v in make_views(batch=4, local=1)]
+    method.training_step(half, torch.arange(2 * rank, 2 * rank + 2))
+    method.after_optimizer_step(1, 10)
+    torch.save({"sizes": method.sizes, "counts": method.epoch_counts}, f"{out_dir}/rank{rank}.pt")
 
 
 def test_sizes_are_all_reduced_across_processes(tmp_path):
-    torch.multiprocessing.spawn(_sizes_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_on_processes(_sizes_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     single = make_method(size_momentum=0.5)
     single.sizes.copy_(skewed_sizes(8))

@@ -1,13 +1,12 @@
 """IConE at scale: N-independent diversity estimates, the maintained frame matrix, row-sparse table updates."""
 
-import socket
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_dataset, train_steps
+from conftest import run_on_processes, tiny_dataset, train_steps
 from icone import losses
 from icone.methods.icone import IConE, IConEOptions
 from icone.nets import BackboneSpec, build_backbone
@@ -167,32 +166,21 @@ def test_sparse_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 # ---- two processes: the table stays identical and equals one process with the whole batch ---------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _two_process_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        method = _method(N, table_path="sparse", diversity="frame")
-        method.initialize([])
-        optimizer = _optimizer(method)
-        distributed.ddp_ignore(method, ["table"])
-        model = torch.nn.parallel.DistributedDataParallel(method)
-        for step in range(1, 3):
-            views, index = _views(4, seed=step), torch.arange(4) + 4 * (step - 1)
-            mine = slice(2 * rank, 2 * rank + 2)
-            _step(method, optimizer, [v[mine] for v in views], index[mine], step, model=model)
-        torch.save({k: v.detach() for k, v in method.state_dict().items()}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+def _two_process_worker(rank: int, world: int, out_dir: str) -> None:
+    method = _method(N, table_path="sparse", diversity="frame")
+    method.initialize([])
+    optimizer = _optimizer(method)
+    distributed.ddp_ignore(method, ["table"])
+    model = torch.nn.parallel.DistributedDataParallel(method)
+    for step in range(1, 3):
+        views, index = _views(4, seed=step), torch.arange(4) + 4 * (step - 1)
+        mine = slice(2 * rank, 2 * rank + 2)
+        _step(method, optimizer, [v[mine] for v in views], index[mine], step, model=model)
+    torch.save({k: v.detach() for k, v in method.state_dict().items()}, f"{out_dir}/rank{rank}.pt")
 
 
 def test_two_processes_keep_one_table_equal_to_one_process_with_the_whole_batch(tmp_path):
-    torch.multiprocessing.spawn(_two_process_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_on_processes(_two_process_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     single = _method(N, table_path="sparse", diversity="frame")
     single.initialize([])

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import FAST, tiny_dataset, write_tiny_npz
+from conftest import FAST, run_on_processes, tiny_dataset, write_tiny_npz
 from icone.config import Config, build_config
 from icone.errors import UserError
 from icone.methods import get_method, registry
@@ -84,12 +83,6 @@ def one_step(method: str, rows: slice, run_dir: Path, extra: list[str] | tuple[s
     return {"before": before, "after": {k: v.clone() for k, v in trainer.method.state_dict().items()}}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
@@ -99,9 +92,7 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def _worker(rank: int, world: int, out_dir: str) -> None:
     records = _Records()
     logging.getLogger("icone").addHandler(records)
     try:
@@ -135,14 +126,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         results["default_lr"] = defaults.optim.lr
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        logging.getLogger("icone").removeHandler(records)
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory) -> list[dict[str, Any]]:
     """What each of 2 gloo processes saw (index = rank)."""
     out = tmp_path_factory.mktemp("ddp")
-    torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    run_on_processes(_worker, str(out), world=WORLD)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
