@@ -142,3 +142,8 @@ def pick_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+
+
+def uses_bf16(config: Config, device: torch.device) -> bool:
+    """bf16 autocast: ``train.precision=bf16``, or ``auto`` on a CUDA device."""
+    return config.train.precision == "bf16" or (config.train.precision == "auto" and device.type == "cuda")

@@ -26,7 +26,7 @@ from icone.methods import Method
 from icone.train import distributed
 from icone.train.checkpoint import atomic_save
 from icone.train.optim import all_reduce_row_gradients, build_optimizer, clip_grad_norm, row_sparse_parameter_names
-from icone.train.setup import build_method, pick_device, seed_everything, view_spec
+from icone.train.setup import build_method, pick_device, seed_everything, uses_bf16, view_spec
 from icone.views import ViewMaker
 
 
@@ -85,7 +85,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.monitor_rows = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(0))[: config.train.monitor_samples]
-        self.use_bf16 = config.train.precision == "bf16" or (config.train.precision == "auto" and self.device.type == "cuda")
+        self.use_bf16 = uses_bf16(config, self.device)
         self.model: torch.nn.Module = self.method
         if distributed.is_distributed():
             # row-sparse tables are kept identical by their optimizer, which exchanges only the touched rows
