@@ -148,5 +148,6 @@ def _gloo_process(rank: int, world: int, port: int, worker: Callable[..., None],
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         worker(rank, world, *args)
+        torch.distributed.barrier()  # nobody leaves the group while another process still talks to it
     finally:
         torch.distributed.destroy_process_group()

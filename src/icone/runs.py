@@ -150,6 +150,9 @@ def train_run(
             except (RuntimeError, ValueError, KeyError) as err:
                 raise UserError(f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})") from None
         result = trainer.fit()
+        # no process leaves the group while another still talks to it: a gloo peer that vanishes
+        # mid-exchange can abort the other process ("terminate called without an active exception")
+        distributed.barrier()
     finally:
         if not was_joined:
             distributed.shutdown()

@@ -55,6 +55,12 @@ def init_from_env(device: torch.device) -> bool:
     return True
 
 
+def barrier() -> None:
+    """Wait until every process gets here (no-op in one process)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def shutdown() -> None:
     """Leave the process group (at the end of a run that joined it)."""
     if dist.is_available() and dist.is_initialized():
