@@ -548,7 +548,8 @@ def _save(fig: Any, axes: Any, path: Path) -> Path:
     if "untrained encoder" in entries:  # last, after the methods
         entries["untrained encoder"] = entries.pop("untrained encoder")
     if entries:
-        fig.legend(list(entries.values()), list(entries), loc="outside upper center", ncol=min(len(entries), 5), fontsize=9)
+        per_row = max(1, int(fig.get_figwidth() / 1.35))  # about 1.35 inches per entry, so a narrow figure wraps its legend
+        fig.legend(list(entries.values()), list(entries), loc="outside upper center", ncol=min(len(entries), per_row), fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
