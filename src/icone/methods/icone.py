@@ -57,7 +57,8 @@ class IConEOptions:
     w_div: float = 1.0
     temperature: float = 0.1  # infonce only
     negatives: int = 4096  # infonce: table rows sampled as negatives per step
-    diversity_rows: int = 8192  # full-table diversity up to this many rows; above it, batch rows vs a sample of this many
+    diversity_rows: int = 8192  # full-table diversity up to this many rows; above it (and on the sparse path) the batch's rows vs a sample
+    sample_rows: int = 1024  # rows in that sample (a uniform draw per step; the estimate is unbiased, its variance ~ 1 / this)
     uniformity_t: float = 2.0
     table_path: str = "auto"  # auto (sparse above diversity_rows instances) | dense | sparse
     table_dtype: str = "float32"  # float32 | bfloat16 | float16: the table and its optimizer moments
@@ -70,7 +71,7 @@ class IConEOptions:
                 raise UserError(f"icone.{key}={getattr(self, key)!r} is not valid; choose one of: {', '.join(choices)}")
         if self.temperature <= 0:
             raise UserError(f"icone.temperature must be positive, got {self.temperature}")
-        for key in ("diversity_rows", "negatives", "frame_resync_every"):
+        for key in ("diversity_rows", "sample_rows", "negatives", "frame_resync_every"):
             if getattr(self, key) < 1:
                 raise UserError(f"icone.{key} must be at least 1, got {getattr(self, key)}")
 
@@ -147,7 +148,7 @@ class IConE(Method):
         if not self.sparse and n <= opts.diversity_rows:
             table = self.table.float()
             return losses.icone_hinge_diversity(table) if opts.diversity == "hinge" else losses.icone_uniformity(table, t=opts.uniformity_t)
-        sample = torch.randint(0, n, (opts.diversity_rows,), device=index.device)
+        sample = torch.randint(0, n, (opts.sample_rows,), device=index.device)
         others = self.table.detach()[sample].float()
         return losses.icone_batch_diversity(batch_rows, index, others, sample, diversity=opts.diversity, t=opts.uniformity_t)
 
