@@ -81,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA) | fp32 | bf16
+    channels_last: bool = False  # channels-last memory format for backbone and views (for CUDA tensor cores; not yet measured, so off)
     log_every: int = 10  # steps between metric lines (and NaN checks)
     save_every: int = 0  # also keep checkpoints/epoch_K.pt every K epochs (0: only last.pt)
     monitor_samples: int = 512  # fixed subset for the per-epoch collapse monitor

@@ -37,7 +37,7 @@ from icone.methods import Method, get_method
 from icone.methods.base import NoOptions
 from icone.nets import build_backbone
 from icone.train.optim import build_optimizer
-from icone.train.setup import backbone_spec, build_method, pick_device, resolve_config, seed_everything, uses_bf16, view_spec
+from icone.train.setup import backbone_spec, build_method, memory_format, pick_device, resolve_config, seed_everything, uses_bf16, view_spec
 from icone.train.trainer import Trainer
 from icone.views import ViewMaker, ViewSpec
 
@@ -171,11 +171,12 @@ class StepTimer(Trainer):
     def __init__(self, config: Config, method: Method, train_set: IndexedDataset, total_steps: int) -> None:  # noqa: D107
         self.config = config
         self.device = pick_device(config.train.device)
-        self.method = method.to(self.device)
+        self.method = method.to(self.device, memory_format=memory_format(config))
         self.model = self.method
         self.optimizer = build_optimizer(self.method, config)
         self.train_set = train_set
         self.use_bf16 = uses_bf16(config, self.device)
+        self.memory_format = memory_format(config)
         self.epoch, self.step, self.total_steps, self.warmup_steps = 0, 0, total_steps, 0
         self.method.train()
 

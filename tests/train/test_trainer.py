@@ -60,3 +60,15 @@ def test_schedule_warms_up_then_decays():
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     assert factors[-1] == pytest.approx(0.01, abs=1e-3)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_channels_last_trains_like_the_default_layout(spatial_dims):
+    """``train.channels_last`` changes the memory layout only: same losses, and the weights really are channels-last."""
+    data = tiny_dataset(spatial_dims, n=8)
+    plain, plain_logs = train_steps("simclr", spatial_dims, batch_size=4, dataset=data)
+    last, last_logs = train_steps("simclr", spatial_dims, batch_size=4, dataset=data, overrides=["train.channels_last=true"])
+    fmt = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    convs = [p for p in last.method.backbone.parameters() if p.dim() == spatial_dims + 2]
+    assert convs and all(p.is_contiguous(memory_format=fmt) for p in convs)
+    assert [r["loss"] for r in last_logs] == pytest.approx([r["loss"] for r in plain_logs], rel=1e-4)

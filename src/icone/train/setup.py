@@ -147,3 +147,10 @@ def pick_device(name: str) -> torch.device:
 def uses_bf16(config: Config, device: torch.device) -> bool:
     """bf16 autocast: ``train.precision=bf16``, or ``auto`` on a CUDA device."""
     return config.train.precision == "bf16" or (config.train.precision == "auto" and device.type == "cuda")
+
+
+def memory_format(config: Config) -> torch.memory_format:
+    """``train.channels_last``: channels-last (2D) or channels-last-3d (3D); else contiguous."""
+    if not config.train.channels_last:
+        return torch.contiguous_format
+    return torch.channels_last_3d if int(config.model.spatial_dims) == 3 else torch.channels_last

@@ -26,7 +26,7 @@ from icone.methods import Method
 from icone.train import distributed
 from icone.train.checkpoint import atomic_save
 from icone.train.optim import all_reduce_row_gradients, build_optimizer, clip_grad_norm, row_sparse_parameter_names
-from icone.train.setup import build_method, pick_device, seed_everything, uses_bf16, view_spec
+from icone.train.setup import build_method, memory_format, pick_device, seed_everything, uses_bf16, view_spec
 from icone.views import ViewMaker
 
 
@@ -74,7 +74,7 @@ class Trainer:
         self.progress = progress
         self.device = distributed.process_device(pick_device(config.train.device))
         distributed.init_from_env(self.device)
-        method = build_method(config, num_instances=len(dataset.train)).to(self.device)
+        method = build_method(config, num_instances=len(dataset.train)).to(self.device, memory_format=memory_format(config))
         self.method = distributed.sync_batch_norm(method, self.device)  # before the optimizer and DDP see it
         self.optimizer = build_optimizer(self.method, config)
         self.train_set = IndexedDataset(dataset.train)
@@ -86,6 +86,7 @@ class Trainer:
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.monitor_rows = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(0))[: config.train.monitor_samples]
         self.use_bf16 = uses_bf16(config, self.device)
+        self.memory_format = memory_format(config)
         self.model: torch.nn.Module = self.method
         if distributed.is_distributed():
             # row-sparse tables are kept identical by their optimizer, which exchanges only the touched rows
@@ -154,7 +155,7 @@ class Trainer:
     def _train_step(self, maker: ViewMaker, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self._set_lr()
         x, index = x.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)
-        views = maker(x)
+        views = [v.contiguous(memory_format=self.memory_format) for v in maker(x)]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             loss, metrics = self.model(views, index)
         self.optimizer.zero_grad(set_to_none=True)
