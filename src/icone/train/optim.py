@@ -166,12 +166,12 @@ def row_sparse_parameter_names(method: torch.nn.Module, optimizer: torch.optim.O
 def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """``torch.nn.utils.clip_grad_norm_`` that also takes sparse (row) gradients; returns the total norm."""
     params = [p for p in parameters if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):  # the common case: torch's own (fused) clipping
+        return torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
     for p in params:
         if p.grad.is_sparse:
             p.grad = p.grad.coalesce()  # a sparse gradient's norm is that of its values once duplicates are summed
     grads = [p.grad.values() if p.grad.is_sparse else p.grad for p in params]
-    if not grads:
-        return torch.zeros(())
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).double() for g in grads]))
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:
