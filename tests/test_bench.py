@@ -136,6 +136,8 @@ def test_preset_skips_missing_methods_with_a_note(monkeypatch, tmp_path):
     spec = bench.build_spec(out=tmp_path / "q")
     assert spec.methods == ["icone"] and "not_written_yet" in spec.notes[0]
     assert bench.build_spec(preset="quick", epochs=7, out=tmp_path / "q").epochs == 7  # explicit values win
+    again = bench.build_spec(preset="quick", overrides=["model.width=16", "model.norm=layer"], out=tmp_path / "q")
+    assert again.overrides == ["model.width=16", "model.norm=layer"]  # the preset's own override, given again, is kept once
 
 
 def test_lr_scaling_rules():

@@ -140,7 +140,7 @@ def build_spec(
         backbone=backbone or base["backbone"],
         out=Path(out) if out is not None else Path("bench") / name,
         lr_scaling=lr_scaling or "sqrt",
-        overrides=list(base["overrides"]) + list(overrides or []),
+        overrides=list(dict.fromkeys(list(base["overrides"]) + list(overrides or []))),  # a preset's override given again is kept once
         preset=name,
         command=command,
         notes=notes,
