@@ -35,7 +35,7 @@ def test_yaml_round_trip(tmp_path):
         ("model.norm=weird", "batch, group, instance, layer"),
         ("novalue", "key.sub=value"),
         ("train=3", "is a section"),
-        ("data.imbalance_ratio=0.5", ">= 1"),
+        ("data.imbalance_ratio=0.5", "at least 1"),
     ],
 )
 def test_bad_overrides_say_what_to_do(item, pattern):

@@ -7,6 +7,7 @@ written to the run folder and reloads to the same run: ``icone train --config ru
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,28 @@ from typing import Any
 import yaml
 
 from icone.errors import UserError
+from icone.files import atomic_write_text
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Any = dataclasses.MISSING,
+    low: float | None = None,
+    high: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    hint: str = "",
+) -> Any:
+    """A dataclass field with its valid values: ``low``/``high`` inclusive bounds, ``above``/``below``
+    exclusive ones (applied to each number of a list), or ``choices``. :func:`check_options` reads them;
+    every float must also be finite."""
+    rules = {k: v for k, v in {"low": low, "high": high, "above": above, "below": below, "choices": choices}.items() if v is not None}
+    metadata = {"rules": rules, "hint": hint}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -23,31 +46,31 @@ class DataConfig:
     """Where the samples come from and how they are prepared."""
 
     source: str = "digits"
-    imbalance_ratio: float = 1.0  # largest / smallest class after long-tailed subsampling (1 = off)
-    resize: list[int] | None = None  # spatial size every sample is resized to (allows mixed sizes)
-    normalize: str = "percentile"  # percentile | minmax | zscore | none (per dataset)
-    test_fraction: float = 0.2  # held-out share when a source has no test split of its own
-    num_workers: int = 0
+    imbalance_ratio: float = option(1.0, low=1, hint="largest/smallest class; 1 = off")  # after long-tailed subsampling
+    resize: list[int] | None = option(None, low=1)  # spatial size every sample is resized to (allows mixed sizes)
+    normalize: str = option("percentile", choices=("percentile", "minmax", "zscore", "none"))  # per dataset
+    test_fraction: float = option(0.2, above=0, below=1)  # held-out share when a source has no test split of its own
+    num_workers: int = option(0, low=0)
 
 
 @dataclass
 class ViewConfig:
     """Augmentations; ``None`` means "the method's or the source's default"."""
 
-    global_crops: int = 2
-    local_crops: int | None = None
-    global_size: int | None = None  # None: the input size
-    local_size: int | None = None  # None: 3/7 of the global size (96 -> 224 in DINO)
-    global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
-    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    global_crops: int = option(2, low=1)
+    local_crops: int | None = option(None, low=0)
+    global_size: int | None = option(None, low=1)  # None: the input size
+    local_size: int | None = option(None, low=1)  # None: 3/7 of the global size (96 -> 224 in DINO)
+    global_scale: list[float] = option(factory=lambda: [0.4, 1.0], above=0, high=1)
+    local_scale: list[float] = option(factory=lambda: [0.05, 0.4], above=0, high=1)
     flip: bool | None = None
     rotate90: bool | None = None
-    brightness: float = 0.4
-    contrast: float = 0.4
-    gamma: float = 0.3
-    blur_prob: float = 0.3
-    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 1.5])
-    noise_std: float = 0.05
+    brightness: float = option(0.4, low=0)
+    contrast: float = option(0.4, low=0, high=1)
+    gamma: float = option(0.3, low=0)
+    blur_prob: float = option(0.3, low=0, high=1)
+    blur_sigma: list[float] = option(factory=lambda: [0.1, 1.5], above=0)
+    noise_std: float = option(0.05, low=0)
 
 
 @dataclass
@@ -55,43 +78,44 @@ class ModelConfig:
     """The backbone: the part that is evaluated and exported."""
 
     backbone: str = "resnet18"  # resnet18 | resnet50 | smallcnn (a -2d / -3d suffix pins the dims)
-    norm: str | None = None  # batch | group | instance | layer; None: the method's default
-    width: int = 16  # channels of the first stage (64 in the standard ResNet)
+    norm: str | None = option(None, choices=("batch", "group", "instance", "layer"))  # None: the method's default
+    width: int = option(16, low=1)  # channels of the first stage (64 in the standard ResNet)
     small_stem: bool = True  # 3x3 stride-1 stem without max-pool, for small images
-    spatial_dims: int | None = None  # 2 or 3; taken from the data when not set
-    in_channels: int | None = None  # taken from the data
+    spatial_dims: int | None = option(None, choices=(2, 3))  # taken from the data when not set
+    in_channels: int | None = option(None, low=1)  # taken from the data
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
-    lr: float | None = None  # None: the method's default_lr (stated for batch 64), scaled by lr_scaling
-    lr_scaling: str = "sqrt"  # how a method's default lr follows the batch size: sqrt | linear | none
-    weight_decay: float | None = None  # None: the method's default
-    momentum: float = 0.9  # SGD only
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01  # cosine schedule ends at lr * min_lr_ratio
-    grad_clip: float | None = 3.0
+    name: str = option("adamw", choices=("adamw", "sgd"))
+    lr: float | None = option(None, above=0)  # None: the method's default_lr (stated for batch 64), scaled by lr_scaling
+    lr_scaling: str = option("sqrt", choices=("sqrt", "linear", "none"))  # how a method's default lr follows the batch size
+    weight_decay: float | None = option(None, low=0)  # None: the method's default
+    momentum: float = option(0.9, low=0, below=1)  # SGD only
+    warmup_epochs: float = option(1.0, low=0)
+    min_lr_ratio: float = option(0.01, low=0, high=1)  # cosine schedule ends at lr * min_lr_ratio
+    grad_clip: float | None = option(3.0, low=0, hint="0 or null: no clipping")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 16
-    seed: int = 0
+    epochs: int = option(10, low=1)
+    batch_size: int = option(16, low=1)
+    seed: int = option(0, low=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA) | fp32 | bf16
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"))  # auto: bf16 on CUDA
     channels_last: bool = False  # channels-last memory format for backbone and views (for CUDA tensor cores; not yet measured, so off)
-    log_every: int = 10  # steps between metric lines (and NaN checks)
-    save_every: int = 0  # also keep checkpoints/epoch_K.pt every K epochs (0: only last.pt)
-    monitor_samples: int = 512  # fixed subset for the per-epoch collapse monitor
+    log_every: int = option(10, low=1)  # steps between metric lines (and NaN checks)
+    save_every: int = option(0, low=0)  # also keep checkpoints/epoch_K.pt every K epochs (0: only last.pt)
+    monitor_samples: int = option(512, low=1)  # fixed subset for the per-epoch collapse monitor
+    dist_timeout_minutes: float = option(30.0, above=0)  # torchrun: how long a process waits for a silent peer before failing
 
 
 @dataclass
 class EvalConfig:
-    knn_k: int = 20
+    knn_k: int = option(20, low=1)
     after_train: bool = True
-    max_train_samples: int = 50000  # embeddings used as kNN memory / probe training set
+    max_train_samples: int = option(50000, low=1)  # embeddings used as kNN memory / probe training set
 
 
 @dataclass
@@ -246,47 +270,65 @@ def build_config(values: dict[str, Any] | None = None, overrides: list[str] | No
     return config
 
 
-CHOICES = {
-    "data.normalize": ("percentile", "minmax", "zscore", "none"),
-    "model.norm": ("batch", "group", "instance", "layer", None),
-    "optim.name": ("adamw", "sgd"),
-    "optim.lr_scaling": ("sqrt", "linear", "none"),
-    "train.precision": ("auto", "fp32", "bf16"),
-}
+def _rule_text(rules: dict[str, Any]) -> str:
+    parts = []
+    if "low" in rules and "high" in rules:
+        return f"between {rules['low']:g} and {rules['high']:g}"
+    if "low" in rules:
+        parts.append(f"at least {rules['low']:g}")
+    if "above" in rules:
+        parts.append(f"greater than {rules['above']:g}")
+    if "high" in rules:
+        parts.append(f"at most {rules['high']:g}")
+    if "below" in rules:
+        parts.append(f"less than {rules['below']:g}")
+    return " and ".join(parts)
+
+
+def _check_value(key: str, value: Any, rules: dict[str, Any], hint: str) -> None:
+    suffix = f" ({hint})" if hint else ""
+    if "choices" in rules:
+        if value not in rules["choices"]:
+            raise UserError(f"{key}={value!r} is not valid; choose one of: {', '.join(str(c) for c in rules['choices'])}{suffix}")
+        return
+    numbers = value if isinstance(value, list) else [value]
+    for number in numbers:
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            continue
+        if not math.isfinite(number):
+            raise UserError(f"{key} must be a finite number, got {value}{suffix}")
+        bad = (
+            ("low" in rules and number < rules["low"])
+            or ("high" in rules and number > rules["high"])
+            or ("above" in rules and number <= rules["above"])
+            or ("below" in rules and number >= rules["below"])
+        )
+        if bad:
+            raise UserError(f"{key} must be {_rule_text(rules)}, got {value}{suffix}")
+
+
+def check_options(obj: Any, prefix: str = "") -> None:
+    """Check every field of a (nested) options dataclass against its :func:`option` rules; floats must be finite."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_options(value, f"{key}.")
+        elif value is not None:
+            _check_value(key, value, f.metadata.get("rules", {}), f.metadata.get("hint", ""))
+
+
+def _check_pair(key: str, pair: list[float]) -> None:
+    if len(pair) != 2 or not pair[0] <= pair[1]:
+        raise UserError(f"{key} must be two numbers low,high with low <= high, got {pair}")
 
 
 def validate(config: Config) -> None:
     """Reject values that are out of range, naming the valid ones."""
-    for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value not in choices:
-            valid = ", ".join(str(c) for c in choices if c is not None)
-            raise UserError(f"{key}={value!r} is not valid; choose one of: {valid}")
-    positive = {
-        "train.epochs": config.train.epochs,
-        "train.batch_size": config.train.batch_size,
-        "train.log_every": config.train.log_every,
-        "model.width": config.model.width,
-        "eval.knn_k": config.eval.knn_k,
-        "views.global_crops": config.views.global_crops,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise UserError(f"{key} must be at least 1, got {value}")
-    if config.data.imbalance_ratio < 1:
-        raise UserError(f"data.imbalance_ratio must be >= 1 (largest/smallest class), got {config.data.imbalance_ratio}")
-    if config.model.spatial_dims not in (None, 2, 3):
-        raise UserError(f"model.spatial_dims must be 2 or 3, got {config.model.spatial_dims}")
+    check_options(config)
     for key in ("global_scale", "local_scale", "blur_sigma"):
-        pair = getattr(config.views, key)
-        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
-            raise UserError(f"views.{key} must be two numbers 0 < low <= high, got {pair}")
-    if config.optim.lr is not None and config.optim.lr <= 0:
-        raise UserError(f"optim.lr must be positive, got {config.optim.lr}")
-    if not 0 < config.data.test_fraction < 1:
-        raise UserError(f"data.test_fraction must be between 0 and 1, got {config.data.test_fraction}")
+        _check_pair(f"views.{key}", getattr(config.views, key))
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from icone.config import update_dataclass
+from icone.config import check_options, update_dataclass
 from icone.views import ViewSpec
 
 
@@ -61,6 +61,7 @@ class Method(nn.Module):
         """The method's options dataclass from a dict; unknown keys name the valid ones."""
         options = cls.Options()
         update_dataclass(options, values, prefix=f"{cls.name}.")
+        check_options(options, prefix=f"{cls.name}.")
         if hasattr(options, "validate"):
             options.validate()
         return options
