@@ -11,12 +11,17 @@ import numpy as np
 class Split:
     samples: np.ndarray  # float32, N x C x spatial
     labels: np.ndarray  # int64, N; -1 where unknown
+    sources: np.ndarray | None = None  # str, N: where each sample comes from (a file, or source:row)
 
     def __post_init__(self) -> None:
         self.samples = np.ascontiguousarray(self.samples, dtype=np.float32)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if len(self.samples) != len(self.labels):
             raise ValueError(f"{len(self.samples)} samples but {len(self.labels)} labels")
+        if self.sources is not None:
+            self.sources = np.asarray(self.sources, dtype=str).reshape(-1)
+            if len(self.sources) != len(self.samples):
+                raise ValueError(f"{len(self.samples)} samples but {len(self.sources)} sources")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -25,8 +30,8 @@ class Split:
     def labelled(self) -> bool:
         return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
-    def subset(self, rows: np.ndarray) -> "Split":
-        return Split(self.samples[rows], self.labels[rows])
+    def subset(self, rows: np.ndarray) -> Split:
+        return Split(self.samples[rows], self.labels[rows], None if self.sources is None else self.sources[rows])
 
 
 @dataclass

@@ -64,6 +64,11 @@ def read_volume(path: Path) -> np.ndarray:
         if array.shape[0] > 4:
             raise UserError(f"'{path}' has shape {array.shape}; expected D x H x W or C x D x H x W with at most 4 channels")
     else:
+        if suffix(path) in (".nii", ".nii.gz", ".npy"):
+            raise UserError(
+                f"'{path}' has shape {array.shape}, not a 3D volume; icone reads 2D images from png, jpg or tif files: "
+                "save the slices as such files in a folder, or stack them into one volume"
+            )
         raise UserError(f"'{path}' has shape {array.shape}, not a 3D volume; for 2D images use folder:{path.parent}")
     return array.astype(np.float32)
 

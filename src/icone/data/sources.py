@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -10,12 +11,14 @@ import numpy as np
 
 from icone.config import DataConfig
 from icone.data.arrays import Dataset, Split, stratified_split
+from icone.data.checks import check_finite_and_varied, check_fits_in_memory, check_labels
 from icone.data.imbalance import long_tail_rows
 from icone.data.normalize import normalize_dataset
 from icone.data.readers import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_volume_file, read_image, read_volume, suffix
 from icone.data.synthetic import digits, synthetic3d
 from icone.errors import UserError
 
+log = logging.getLogger("icone")
 BUILTIN = {"digits": digits, "synthetic3d": synthetic3d}
 KINDS = ("npz", "folder", "volumes")
 SOURCE_HELP = "use digits, synthetic3d, a .npz file (MedMNIST layout), a folder of images or volumes, or a volume file"
@@ -99,9 +102,18 @@ def load_files(root: Path, kind: str, resize: list[int] | None, test_fraction: f
     if not files:
         raise UserError(f"folder '{root}' holds no {'images' if kind == 'folder' else 'volumes'}; point to a folder with data")
     labels, names = _labels_from_folders(root, files)
-    samples = _stack([reader(f) for f in files], files, resize)
+    first = reader(files[0])
+    spatial = first.shape[1:] if resize is None else tuple(resize * (first.ndim - 1) if len(resize) == 1 else resize)
+    check_fits_in_memory(len(files), (first.shape[0], *spatial), f"folder '{root}'")
+    samples = _stack([first] + [reader(f) for f in files[1:]], files, resize)
+    sources = np.asarray([str(f) for f in files])
     train, test = stratified_split(labels, test_fraction, seed=0)
-    return Dataset(name=root.name, train=Split(samples[train], labels[train]), test=Split(samples[test], labels[test]), class_names=names)
+    return Dataset(
+        name=root.name,
+        train=Split(samples[train], labels[train], sources[train]),
+        test=Split(samples[test], labels[test], sources[test]),
+        class_names=names,
+    )
 
 
 def load_single_volume(path: Path, patch: int = 32) -> Dataset:
@@ -117,13 +129,6 @@ def load_single_volume(path: Path, patch: int = 32) -> Dataset:
         for x in range(0, w - patch + 1, patch)
     ]
     return Dataset(name=path.name, train=Split(np.stack(crops), np.full(len(crops), -1)), test=None)
-
-
-def _npz_labels(labels: np.ndarray, n: int) -> np.ndarray:
-    labels = np.asarray(labels).reshape(n, -1)
-    if labels.shape[1] != 1:  # multi-label (e.g. ChestMNIST): no single class per sample
-        return np.full(n, -1, np.int64)
-    return labels[:, 0].astype(np.int64)
 
 
 def _npz_images(images: np.ndarray) -> np.ndarray:
@@ -153,11 +158,17 @@ def load_npz(path: Path, resize: list[int] | None) -> Dataset:
         if f"{prefix}_images" not in keys:
             return None
         images = _npz_images(archive[f"{prefix}_images"]).astype(np.float32)
+        n = len(images)
+        if n == 0:
+            raise UserError(f"'{path}': {prefix}_images holds no images; store at least one, or leave the array out")
         if resize is not None:
             images = np.stack([_resize(x, resize) for x in images])
-        n = len(images)
-        labels = _npz_labels(archive[f"{prefix}_labels"], n) if f"{prefix}_labels" in keys else np.full(n, -1)
-        return Split(images, labels)
+        labels = np.full(n, -1)
+        if f"{prefix}_labels" in keys:
+            labels, multi = check_labels(archive[f"{prefix}_labels"], n, f"'{path}': {prefix}_labels")
+            if multi:
+                log.warning("'%s': %s_labels has several labels per sample (multi-label); the run is evaluated without kNN and linear probe", path, prefix)
+        return Split(images, labels, np.asarray([f"{path}:{prefix}_images[{i}]" for i in range(n)]))
 
     train, test = split("train"), split("test")
     return Dataset(name=path.stem, train=train, test=test)
@@ -181,6 +192,9 @@ def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
             split.samples = np.stack([_resize(x, config.resize) for x in split.samples])
     if len(dataset.train) == 0:
         raise UserError(f"data source '{config.source}' has no training samples")
+    for name, split in (("training", dataset.train), ("test", dataset.test)):
+        if split is not None:
+            check_finite_and_varied(split.samples, name, split.sources)
     dataset = normalize_dataset(dataset, config.normalize)
     if config.imbalance_ratio != 1:
         dataset.train = dataset.train.subset(long_tail_rows(dataset.train.labels, config.imbalance_ratio, seed))
