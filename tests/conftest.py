@@ -124,6 +124,18 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def expect_error(capsys, args: list, pattern: str, code: int = 2) -> str:
+    """``icone ARGS`` fails with one line on stderr matching ``pattern``, exit code ``code``, no traceback."""
+    import re
+
+    got, out, err = run_cli(args, capsys)
+    assert got == code, (out, err)
+    line = err.strip()
+    assert "\n" not in line and "Traceback" not in line, line
+    assert re.search(pattern, line), line
+    return line
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _temporary_files_under_pytest(tmp_path_factory):
     """Run folders that tests make with tempfile go under pytest's own (self-cleaning) temp tree."""

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import icone
-from conftest import FAST, run_cli, write_tiny_npz
+from conftest import FAST, expect_error, run_cli, write_tiny_npz
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +94,6 @@ def test_module_entry_point_prints_one_line_error_without_traceback(tmp_path):
 
 
 # ---- bad input: one line, exit code 2, nothing written or lost ------------------------------
-
-
-def expect_error(capsys, args, pattern):
-    code, out, err = run_cli(args, capsys)
-    assert code == 2, (out, err)
-    line = err.strip()
-    assert "\n" not in line and "Traceback" not in line
-    assert __import__("re").search(pattern, line), line
-    return line
 
 
 def test_missing_path(capsys, tmp_path):

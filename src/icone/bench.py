@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import json
 import math
 import os
@@ -33,6 +34,8 @@ import torch
 
 from icone.config import Config, build_config, parse_overrides, validate
 from icone.errors import TrainingDiverged, UserError
+from icone.files import atomic_write_text
+from icone.run_folder import LOCK, MARKER, RunLock
 from icone.train.setup import REFERENCE_BATCH, scaled_lr
 
 LR_SCALINGS = ("none", "sqrt", "linear")
@@ -285,7 +288,8 @@ def _training_log(run_dir: Path) -> tuple[int | None, int | None, float | None]:
 # ---- running ----------------------------------------------------------------------------------
 
 
-def _prepare_out(spec: BenchSpec) -> Path:
+def _check_out(spec: BenchSpec) -> None:
+    """``--out`` is a new or empty folder, or a grid with the same settings."""
     out = spec.out
     grid_file = out / "grid.json"
     if grid_file.is_file():
@@ -294,11 +298,15 @@ def _prepare_out(spec: BenchSpec) -> Path:
         if differ:
             raise UserError(f"'{out}' holds a grid with other {', '.join(differ)} ({', '.join(f'{k}={saved.get(k)!r}' for k in differ)}); "
                             f"choose another --out or repeat those settings")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and (not out.is_dir() or any(p.name != LOCK for p in out.iterdir())):
         raise UserError(f"'{out}' exists and is not a bench folder; choose another --out")
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    grid_file.write_text(json.dumps(spec.settings(), indent=2))
-    return out
+
+
+def _prepare_out(spec: BenchSpec) -> Path:
+    _check_out(spec)  # again, under the lock
+    (spec.out / "cells").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(spec.out / "grid.json", json.dumps(spec.settings(), indent=2))
+    return spec.out
 
 
 def _metrics_row(row: dict[str, Any], result: dict[str, Any]) -> None:
@@ -349,8 +357,9 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
                 raise
             status = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         record = {"status": status, "peak_memory_bytes": meter.peak_bytes, "memory_kind": meter.kind, "lr": config.optim.lr}
-        if run_dir.is_dir():
-            record_file.write_text(json.dumps(record, indent=2))
+        run_dir.mkdir(parents=True, exist_ok=True)  # a cell that stopped before its first checkpoint left no folder
+        (run_dir / MARKER).touch()
+        atomic_write_text(record_file, json.dumps(record, indent=2))
     row["status"] = record.get("status", "ok")
     row["peak_memory_bytes"], row["memory_kind"] = record.get("peak_memory_bytes"), record.get("memory_kind")
     row["epochs"], row["steps"], row["train_seconds"] = _training_log(run_dir)
@@ -371,6 +380,15 @@ def _row_order(spec: BenchSpec) -> Callable[[dict[str, Any]], tuple]:
 
 def run_bench(spec: BenchSpec, log: Callable[[str], None] = print, debug: bool = False) -> dict[str, Any]:
     """Run (or continue) the grid in ``spec.out``; write results, summary and plots; return them."""
+    _check_out(spec)
+    lock = RunLock(spec.out).acquire()  # one grid process per folder
+    try:
+        return _run_grid(spec, log, debug)
+    finally:
+        lock.release()
+
+
+def _run_grid(spec: BenchSpec, log: Callable[[str], None], debug: bool) -> dict[str, Any]:
     out = _prepare_out(spec)
     cells = grid_cells(spec)
     for note in spec.notes:
@@ -390,7 +408,7 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print, debug: bool =
         log(progress_line(position, len(cells), row, how))
         write_results(out, spec, sorted(rows, key=_row_order(spec)), environment)
     rows.sort(key=_row_order(spec))
-    (out / "summary.md").write_text(summary_markdown(spec, rows, environment))
+    atomic_write_text(out / "summary.md", summary_markdown(spec, rows, environment))
     plots = plot_results(rows, out / "plots")
     return {"out": str(out), "rows": rows, "files": ["results.csv", "results.json", "summary.md"] + [str(p.relative_to(out)) for p in plots]}
 
@@ -422,14 +440,15 @@ def _cpu_model() -> str:
 
 
 def write_results(out: Path, spec: BenchSpec, rows: list[dict[str, Any]], environment: dict[str, Any]) -> None:
-    with (out / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: "" if r.get(k) is None else r[k] for k in COLUMNS} for r in rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: "" if r.get(k) is None else r[k] for k in COLUMNS} for r in rows)
+    atomic_write_text(out / "results.csv", table.getvalue())
     document = {"command": spec.command, **environment, "settings": {**spec.settings(), "norm_default": DEFAULT_NORM,
                 "reference_batch": REFERENCE_BATCH, "methods": spec.methods, "batch_sizes": spec.batch_sizes, "seeds": spec.seeds,
                 "imbalance": spec.imbalance, "preset": spec.preset}, "notes": spec.notes, "columns": COLUMNS, "rows": rows}
-    (out / "results.json").write_text(json.dumps(document, indent=2))
+    atomic_write_text(out / "results.json", json.dumps(document, indent=2))
 
 
 def _stats(values: list[float]) -> tuple[float, float] | None:
@@ -539,7 +558,7 @@ def _axes_style(ax: Any, xs: list, labels: list[str], base: int | float, xlabel:
 
 def _save(fig: Any, axes: Any, path: Path) -> Path:
     """One legend for the figure (methods and the untrained encoder), above the panels."""
-    import matplotlib.pyplot as plt
+    from icone.evaluate.plots import save_figure
 
     entries: dict[str, Any] = {}
     for ax in axes.flat:
@@ -550,9 +569,7 @@ def _save(fig: Any, axes: Any, path: Path) -> Path:
     if entries:
         per_row = max(1, int(fig.get_figwidth() / 1.35))  # about 1.35 inches per entry, so a narrow figure wraps its legend
         fig.legend(list(entries.values()), list(entries), loc="outside upper center", ncol=min(len(entries), per_row), fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_results(rows: list[dict[str, Any]], folder: Path) -> list[Path]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
-import shutil
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from icone.config import Config, build_config, load_yaml
+from icone.config import Config, build_config, load_yaml, validate
 from icone.data import Dataset, load_dataset
 from icone.data.sources import resolve
-from icone.errors import UserError
+from icone.errors import Interrupted, UserError
+from icone.files import atomic_write, atomic_write_text
 from icone.evaluate.embeddings import embed_samples
 from icone.evaluate.plots import plot_embeddings, plot_training
 from icone.evaluate.report import evaluate_backbone, occupancy_on_train
@@ -23,9 +25,13 @@ from icone.export import export_backbone, load_backbone, method_from_checkpoint
 from icone.train import distributed
 from icone.train.checkpoint import load_checkpoint
 from icone.train.setup import build_method, pick_device, resolve_config
+from icone.run_folder import RunFolder, RunLock, check_replaceable, has_contents
 from icone.train.trainer import Trainer
 
-RESUMABLE = {"train.epochs", "train.device", "train.log_every", "train.save_every", "data.num_workers", "eval.after_train"}
+log = logging.getLogger("icone")
+
+RESUMABLE = {"train.epochs", "train.device", "train.log_every", "train.save_every", "train.dist_timeout_minutes",
+             "data.num_workers", "eval.after_train", "optim.lr"}
 
 
 def default_run_dir(config: Config, dataset: Dataset) -> Path:
@@ -40,21 +46,40 @@ def default_run_dir(config: Config, dataset: Dataset) -> Path:
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in values.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "method_options":
             flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, dict):
+            flat.update({f"{prefix}{key}.{k}": v for k, v in value.items()})
         else:
             flat[f"{prefix}{key}"] = value
     return flat
 
 
-def _check_resumable(saved: Config, explicit: dict[str, Any]) -> None:
-    """Options given with ``--resume`` must agree with the run's config (but for RESUMABLE ones)."""
-    saved_flat = _flatten(saved.to_dict())
+def resumed_config(saved: Config, explicit: dict[str, Any]) -> Config:
+    """The run's own config with the resumable options the user gave applied; any other option
+    given must agree with the run's (``explicit``: the nested options the user gave)."""
     asked = _flatten(build_config(explicit).to_dict())
-    given = [k for k in _flatten(explicit) if k not in RESUMABLE]
-    changed = [k for k in given if asked.get(k) != saved_flat.get(k)]
+    saved_flat = _flatten(saved.to_dict())
+    given = _flatten(explicit)
+    changed = [k for k in given if k not in RESUMABLE and asked.get(k) != saved_flat.get(k)]
     if changed:
-        raise UserError(f"--resume continues the run as it was configured, but {', '.join(changed)} differ; drop those options or start a new run with --out")
+        raise UserError(
+            f"--resume continues the run as it was configured, but {', '.join(changed)} differ; drop those options "
+            f"(resumable: {', '.join(sorted(RESUMABLE))}) or start a new run with --out"
+        )
+    config = copy.deepcopy(saved)
+    for key in given:
+        if key in RESUMABLE:
+            section, name = key.split(".")
+            setattr(getattr(config, section), name, getattr(getattr(build_config(explicit), section), name))
+    validate(config)
+    return config
+
+
+def _protected_paths(config: Config) -> list[Path]:
+    """Paths that ``--overwrite`` must never delete: the data source's."""
+    kind, path = resolve(config.data.source)
+    return [path] if path is not None else []
 
 
 def prepare_training(
@@ -73,12 +98,13 @@ def prepare_training(
             raise UserError(f"cannot resume: '{run_dir}' has no config.yaml; give the folder of an earlier run")
         if not (run_dir / "checkpoints" / "last.pt").is_file():
             raise UserError(f"cannot resume: '{run_dir}' has no checkpoints/last.pt yet; start it again with --overwrite")
-        saved = build_config(load_yaml(run_dir / "config.yaml"))
-        _check_resumable(saved, explicit or {})
-        saved.train.epochs, saved.train.device = config.train.epochs, config.train.device
-        config = saved
-    elif run_dir is not None and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise UserError(f"run folder '{run_dir}' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out")
+        config = resumed_config(build_config(load_yaml(run_dir / "config.yaml")), explicit or {})
+    elif run_dir is not None and run_dir.exists() and (not run_dir.is_dir() or has_contents(run_dir)):
+        if not run_dir.is_dir():
+            raise UserError(f"--out '{run_dir}' is a file; give a folder")
+        if not overwrite:
+            raise UserError(f"run folder '{run_dir}' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out")
+        check_replaceable(run_dir, _protected_paths(config))
     dataset = load_dataset(config.data, seed=config.train.seed)
     config = resolve_config(config, dataset)
     if resume:
@@ -98,18 +124,19 @@ def prepare_training(
 
 def prepare_on_main(
     config: Config, out: str | Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None = None
-) -> tuple[Config, Dataset, Path, dict[str, Any] | None]:
-    """:func:`prepare_training` on the main process, which then clears (``--overwrite``) and makes the
-    run folder: one folder, named once. The other processes receive its resolved config, run folder
-    and checkpoint and load the data themselves. An error on any process is raised on all of them.
+) -> tuple[Config, Dataset, Path, dict[str, Any] | None, RunFolder | None]:
+    """:func:`prepare_training` on the main process, which then opens (locks, and with ``--overwrite``
+    replaces) the run folder: one folder, named once. The other processes receive its resolved
+    config, run folder and checkpoint and load the data themselves. An error on any process is
+    raised on all of them. Returns the :class:`RunFolder` on the main process, ``None`` elsewhere.
     """
-    shared, message, dataset = None, None, None
+    shared, message, dataset, folder = None, None, None, None
     if distributed.is_main_process():
         try:
             config, dataset, run_dir, checkpoint = prepare_training(config, out, resume, overwrite, explicit)
-            if overwrite and not resume and run_dir.exists():
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
+            folder = RunFolder(run_dir).open("resume" if resume else "replace" if overwrite else "new")
+            if folder.note:
+                log.warning(folder.note)
             shared = (config, run_dir, checkpoint)
         except UserError as err:
             message = str(err)
@@ -121,9 +148,22 @@ def prepare_on_main(
             message = str(err)
     message = distributed.first_error(message)
     if message is not None:
+        if folder is not None:
+            folder.failed()
+            folder.close()
         raise UserError(message)
     config, run_dir, checkpoint = shared
-    return config, dataset, run_dir, checkpoint
+    return config, dataset, run_dir, checkpoint, folder
+
+
+def _interrupted(run_dir: Path, trainer: Trainer | None) -> Interrupted:
+    where = f" at epoch {trainer.epoch + 1}, step {trainer.step}" if trainer is not None else ""
+    if trainer is not None and trainer.saved_epoch:
+        return Interrupted(
+            f"interrupted{where}; the checkpoint of epoch {trainer.saved_epoch} is kept in {run_dir / 'checkpoints' / 'last.pt'}: "
+            f"continue with 'icone train --resume --out {run_dir}'"
+        )
+    return Interrupted(f"interrupted{where}, before the first checkpoint; nothing of this run is kept")
 
 
 def train_run(
@@ -137,33 +177,47 @@ def train_run(
     """Train, export ``backbone.pt``, plot, and (``eval.after_train``) evaluate against the untrained encoder.
 
     Under ``torchrun`` every process calls this (see :func:`prepare_on_main`); the processes train
-    together, then the main process exports and evaluates and the others return ``{}``.
+    together, then the main process exports and evaluates and the others return ``{}``. The run
+    folder is locked while this runs; a run that stops before its first checkpoint leaves the disk
+    as it found it (with ``--overwrite``, the old run is put back).
     """
     was_joined = distributed.is_distributed()
-    distributed.init_from_env(distributed.process_device(pick_device(config.train.device)))
+    device = pick_device(config.train.device)
+    distributed.init_from_env(distributed.process_device(device), timeout_minutes=config.train.dist_timeout_minutes)
+    folder: RunFolder | None = None
+    trainer: Trainer | None = None
     try:
-        config, dataset, run_dir, checkpoint = prepare_on_main(config, out, resume, overwrite, explicit)
-        trainer = Trainer(config, dataset, run_dir, progress=progress)
+        config, dataset, run_dir, checkpoint, folder = prepare_on_main(config, out, resume, overwrite, explicit)
+        trainer = Trainer(config, dataset, run_dir, progress=progress, on_checkpoint=folder.started if folder else None)
         if checkpoint is not None:
             try:
                 trainer.restore(checkpoint)
             except (RuntimeError, ValueError, KeyError) as err:
                 raise UserError(f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})") from None
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except KeyboardInterrupt:
+            raise _interrupted(run_dir, trainer) from None
         # no process leaves the group while another still talks to it: a gloo peer that vanishes
         # mid-exchange can abort the other process ("terminate called without an active exception")
         distributed.barrier()
+        if not distributed.is_main_process():
+            return {}
+        summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": result.epochs_done, "steps": result.steps_done}
+        export_backbone(result.method.backbone, config, run_dir / "backbone.pt")
+        plot_training(run_dir)
+        if config.eval.after_train:
+            summary["eval"] = evaluate_method(result.method, config, dataset, run_dir, trainer.device)
+        return summary
+    except BaseException:
+        if folder is not None:
+            folder.failed()
+        raise
     finally:
+        if folder is not None:
+            folder.close()
         if not was_joined:
             distributed.shutdown()
-    if not distributed.is_main_process():
-        return {}
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": result.epochs_done, "steps": result.steps_done}
-    export_backbone(result.method.backbone, config, run_dir / "backbone.pt")
-    plot_training(run_dir)
-    if config.eval.after_train:
-        summary["eval"] = evaluate_method(result.method, config, dataset, run_dir, trainer.device)
-    return summary
 
 
 def evaluate_method(method: torch.nn.Module, config: Config, dataset: Dataset, run_dir: Path | None, device: torch.device) -> dict[str, Any]:
@@ -175,7 +229,7 @@ def evaluate_method(method: torch.nn.Module, config: Config, dataset: Dataset, r
     result["baseline"] = evaluate_backbone(untrained.backbone, dataset, config.eval, device)
     result["method"], result["data"] = config.method, config.data.source
     if run_dir is not None:
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2))
         if dataset.test is not None:
             features = embed_samples(method.backbone, dataset.test.samples, device).numpy()
             plot_embeddings(features, dataset.test.labels, run_dir / "plots" / "embeddings.png", f"{config.method}: test embeddings (PCA)")
@@ -197,7 +251,18 @@ def evaluate_run(path: str | Path, data: str | None = None) -> dict[str, Any]:
         raise UserError(f"the data of '{path}' now has {len(dataset.train)} training samples, the run had {checkpoint['num_instances']}; pass --data")
     checkpoint_path = Path(checkpoint["path"])
     run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" and data is None else None
-    return evaluate_method(method, config, dataset, run_dir, pick_device(config.train.device))
+    if run_dir is None:
+        return evaluate_method(method, config, dataset, None, pick_device(config.train.device))
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except UserError:
+        log.warning("'%s' is in use (still training?): its eval.json and plots are left as they are", run_dir)
+        return evaluate_method(method, config, dataset, None, pick_device(config.train.device))
+    try:
+        return evaluate_method(method, config, dataset, run_dir, pick_device(config.train.device))
+    finally:
+        lock.release()
 
 
 def _check_fit(config: Config, dataset: Dataset) -> None:
@@ -227,13 +292,12 @@ def embed_run(path: str | Path, data: str, out: str | Path, overwrite: bool = Fa
     indices = np.concatenate([np.arange(len(split)) for _, split in parts])
     labels = np.concatenate([split.labels for _, split in parts])
     splits = np.concatenate([np.full(len(split), name) for name, split in parts])
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
-        np.savez(out, features=features, indices=indices, labels=labels, splits=splits)
+        atomic_write(out, lambda handle: np.savez(handle, features=features, indices=indices, labels=labels, splits=splits))
     else:
         record = np.zeros(len(features), dtype=[("index", "i8"), ("label", "i8"), ("split", "U5"), ("feature", "f4", (features.shape[1],))])
         record["index"], record["label"], record["split"], record["feature"] = indices, labels, splits, features
-        np.save(out, record)
+        atomic_write(out, lambda handle: np.save(handle, record))
     return out
 
 

@@ -36,7 +36,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     trainer.method.training_step = poisoned
     trainer.config.train.epochs = 2
-    with pytest.raises(TrainingDiverged, match="nan.*last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match="nan.*checkpoint of epoch 1 is kept"):
         trainer.fit()
     kept = load_checkpoint(tmp_path)
     assert kept["epoch"] == good["epoch"] == 1

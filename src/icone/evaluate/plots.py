@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from icone.files import atomic_path
+
 
 def _pyplot():
     import matplotlib
@@ -18,9 +20,26 @@ def _pyplot():
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of ``metrics.jsonl`` (a line cut by a kill is skipped)."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """``fig.savefig`` to a temporary file, renamed to ``path`` (PNG); closes the figure."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return path
 
 
 def plot_training(run_dir: Path) -> list[Path]:
@@ -41,9 +60,7 @@ def plot_training(run_dir: Path) -> list[Path]:
         ax.set_ylabel("loss")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "loss.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "loss.png")
+        written.append(save_figure(fig, out / "loss.png"))
     monitored = [k for k in (epochs[-1] if epochs else {}) if k.startswith(("monitor_", "table_", "cluster", "empty", "largest", "smallest"))]
     if epochs and monitored:
         fig, axes = plt.subplots(1, len(monitored), figsize=(3.2 * len(monitored), 3), squeeze=False)
@@ -52,9 +69,7 @@ def plot_training(run_dir: Path) -> list[Path]:
             ax.set_title(key, fontsize=9)
             ax.set_xlabel("epoch")
         fig.tight_layout()
-        fig.savefig(out / "collapse.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "collapse.png")
+        written.append(save_figure(fig, out / "collapse.png"))
     return written
 
 
@@ -68,7 +83,4 @@ def plot_embeddings(features: np.ndarray, labels: np.ndarray, path: Path, title:
     ax.scatter(coords[:, 0], coords[:, 1], c=labels if (labels >= 0).all() else "grey", s=4, cmap="tab10")
     ax.set_title(title or "embeddings (PCA)")
     fig.tight_layout()
-    path.parent.mkdir(exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

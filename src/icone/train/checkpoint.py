@@ -1,31 +1,40 @@
-"""Checkpoints: written atomically (temp file + rename) so a crash never leaves a broken file."""
+"""Checkpoints: written atomically (temp file + rename) so a crash never leaves a broken file;
+read with ``weights_only=True``, so opening a file someone sent can never run code in it."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from icone.errors import UserError
+from icone.files import atomic_write
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temp file beside ``path``, then rename over it."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def load_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, with one-line errors."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a foreign file
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # a byte stream that is no pickle at all
+            raise UserError(f"cannot read checkpoint '{path}' (not a PyTorch file, or a corrupt one)") from None
+        raise UserError(
+            f"'{path}' holds objects other than tensors and plain containers; icone does not open files that "
+            "can run code when loaded, and its own checkpoints and exports hold none"
+        ) from None
+    except Exception as err:
+        raise UserError(f"cannot read checkpoint '{path}' ({type(err).__name__}); it is corrupt or not a PyTorch file") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -38,10 +47,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = candidate
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist; give a run folder or a .pt file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(f"cannot read checkpoint '{path}' ({type(err).__name__}); it is corrupt or not a PyTorch file") from None
+    checkpoint = load_file(path)
     if not isinstance(checkpoint, dict) or "config" not in checkpoint:
         raise UserError(f"'{path}' is not an icone checkpoint or export (no config inside)")
     checkpoint["path"] = str(path)

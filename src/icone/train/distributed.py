@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from typing import Any, TypeVar
@@ -47,11 +48,14 @@ def process_device(device: torch.device) -> torch.device:
     return device
 
 
-def init_from_env(device: torch.device) -> bool:
-    """Join the process group that ``torchrun`` describes in the environment (NCCL on CUDA, gloo on CPU)."""
+def init_from_env(device: torch.device, timeout_minutes: float = 30.0) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (NCCL on CUDA, gloo on CPU).
+
+    ``timeout_minutes``: how long a collective waits for a peer that stopped answering before it fails.
+    """
     if launched_world_size() <= 1 or dist.is_initialized():
         return is_distributed()
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
     return True
 
 

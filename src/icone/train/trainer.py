@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from torch.utils.data.distributed import DistributedSampler
 from icone.config import Config, save_config
 from icone.data import Dataset, IndexedDataset
 from icone.errors import TrainingDiverged
+from icone.files import atomic_write_text
 from icone.evaluate.embeddings import embed_samples
 from icone.evaluate.metrics import embedding_std, rankme
 from icone.methods import Method
@@ -49,6 +51,22 @@ class MetricsLog:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
+    def resume_at(self, epoch: int, step: int) -> None:
+        """Drop the records a resumed run will write again (after its checkpoint), then mark the resume."""
+        if not distributed.is_main_process():
+            return
+        kept = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if int(record.get("step", 0)) <= step:
+                    kept.append(line)
+        kept.append(json.dumps({"kind": "resume", "epoch": epoch, "step": step, "time": time.time()}))
+        atomic_write_text(self.path, "\n".join(kept) + "\n")
+
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
@@ -65,8 +83,11 @@ class TrainResult:
 class Trainer:
     """Trains ``config.method`` on ``dataset`` into ``run_dir`` (which the caller has prepared)."""
 
-    def __init__(self, config: Config, dataset: Dataset, run_dir: Path, progress: bool = True) -> None:
+    def __init__(
+        self, config: Config, dataset: Dataset, run_dir: Path, progress: bool = True, on_checkpoint: Callable[[], None] | None = None
+    ) -> None:
         self.config = config
+        self.on_checkpoint = on_checkpoint  # called after every checkpoint written (main process)
         self.dataset = dataset
         self.run_dir = Path(run_dir)
         if distributed.is_main_process():
@@ -83,6 +104,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.train.epochs
         self.warmup_steps = int(round(config.optim.warmup_epochs * self.steps_per_epoch))
         self.epoch, self.step = 0, 0
+        self.saved_epoch: int | None = None  # the epoch of the last checkpoint written or restored
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.monitor_rows = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(0))[: config.train.monitor_samples]
         self.use_bf16 = uses_bf16(config, self.device)
@@ -108,6 +130,7 @@ class Trainer:
         }
 
     def save(self) -> None:
+        self.saved_epoch = self.epoch
         if not distributed.is_main_process():
             return
         state = self.state()
@@ -115,12 +138,16 @@ class Trainer:
         every = self.config.train.save_every
         if every and self.epoch % every == 0:
             atomic_save(state, self.run_dir / "checkpoints" / f"epoch_{self.epoch}.pt")
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continue from a checkpoint written by :meth:`save` (compatibility checked by the caller)."""
         self.method.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.epoch, self.step = int(checkpoint["epoch"]), int(checkpoint["step"])
+        self.saved_epoch = self.epoch
+        self.log.resume_at(self.epoch, self.step)
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -169,11 +196,17 @@ class Trainer:
         return loss.detach(), metrics
 
     def _check_finite(self, loss: torch.Tensor) -> None:
-        if not bool(torch.isfinite(loss)):
-            raise TrainingDiverged(
-                f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {self.step}; the last good checkpoint "
-                f"is kept in {self.run_dir / 'checkpoints'}; lower optim.lr (now {self.config.optim.lr:g}) or raise the batch size"
+        if bool(torch.isfinite(loss)):
+            return
+        lower = f"optim.lr={self.config.optim.lr / 3:.3g}"
+        if self.saved_epoch is None:
+            advice = f"no checkpoint had been written, so nothing is kept; run again with a lower rate ({lower}) or a larger batch"
+        else:
+            advice = (
+                f"the checkpoint of epoch {self.saved_epoch} is kept: continue it with a lower rate, "
+                f"'icone train --resume --out {self.run_dir} {lower}', or start again with a larger batch"
             )
+        raise TrainingDiverged(f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {self.step}; {advice}")
 
     @torch.no_grad()
     def monitor(self) -> dict[str, float]:
