@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli, write_tiny_npz
+from helpers import run_cli, write_tiny_npz
 from icone import bench
 from icone.errors import UserError
 from icone.methods.icone import IConE
@@ -58,7 +58,7 @@ def test_results_have_one_row_per_cell_with_the_columns(grid):
             assert row["epochs"] == "1" and int(row["steps"]) == (12 if row["imbalance"] == "1.0" else int(row["steps"])) > 0
     document = json.loads((out / "results.json").read_text())
     assert [r["status"] for r in document["rows"]] == [r["status"] for r in rows]
-    assert document["settings"]["lr_scaling"] == "sqrt" and document["command"] == "icone bench (test)"
+    assert document["command"] == "icone bench (test)" and document["settings"]["reference_batch"] == 64
     assert (out / "cells" / "icone-b4-r1-s0" / "eval.json").is_file() and not (out / "cells" / "icone-b1-r1-s0").exists()
 
 
@@ -125,25 +125,43 @@ def test_bad_input_fails_before_any_cell(grid, tmp_path):
         tiny_spec(npz, tmp_path / "x", overrides=["train.batch_size=8"])
     with pytest.raises(UserError, match="unknown option"):
         tiny_spec(npz, tmp_path / "x", overrides=["model.nope=1"])
-    with pytest.raises(UserError, match="--lr-scaling"):
-        tiny_spec(npz, tmp_path / "x", lr_scaling="cubic")
+    with pytest.raises(UserError, match="optim.lr_scaling='cubic' is not valid"):
+        tiny_spec(npz, tmp_path / "x", overrides=["optim.lr_scaling=cubic"])
     with pytest.raises(UserError, match="other epochs"):  # an existing grid folder with other settings
         bench.run_bench(tiny_spec(npz, out, epochs=2), log=lambda line: None)
 
 
-def test_preset_skips_missing_methods_with_a_note(monkeypatch, tmp_path):
-    monkeypatch.setitem(bench.PRESETS, "quick", {**bench.PRESETS["quick"], "methods": ["icone", "not_written_yet"]})
-    spec = bench.build_spec(out=tmp_path / "q")
-    assert spec.methods == ["icone"] and "not_written_yet" in spec.notes[0]
+def test_presets_and_explicit_values(monkeypatch, tmp_path):
+    from icone.bench import grid
+
+    assert bench.build_spec(out=tmp_path / "q").methods == grid.PRESETS["quick"]["methods"]
+    monkeypatch.setitem(grid.PRESETS, "quick", {**grid.PRESETS["quick"], "methods": ["icone", "not_written_yet"]})
+    with pytest.raises(UserError, match="unknown method 'not_written_yet'"):
+        bench.build_spec(out=tmp_path / "q")
+    monkeypatch.undo()
     assert bench.build_spec(preset="quick", epochs=7, out=tmp_path / "q").epochs == 7  # explicit values win
     again = bench.build_spec(preset="quick", overrides=["model.width=16", "model.norm=layer"], out=tmp_path / "q")
     assert again.overrides == ["model.width=16", "model.norm=layer"]  # the preset's own override, given again, is kept once
 
 
 def test_lr_scaling_rules():
-    assert bench.scaled_lr(1e-3, 16, "none") == 1e-3
-    assert bench.scaled_lr(1e-3, 16, "sqrt") == pytest.approx(5e-4)
-    assert bench.scaled_lr(1e-3, 16, "linear") == pytest.approx(2.5e-4)
+    from icone.build import scaled_lr
+
+    assert scaled_lr(1e-3, 16, "none") == 1e-3
+    assert scaled_lr(1e-3, 16, "sqrt") == pytest.approx(5e-4)
+    assert scaled_lr(1e-3, 16, "linear") == pytest.approx(2.5e-4)
+
+
+def test_a_grid_honours_and_records_the_lr_rule_it_is_given(tmp_path):
+    import yaml
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    spec = tiny_spec(npz, tmp_path / "grid", batch_sizes="4", imbalance="1", overrides=TINY + ["optim.lr_scaling=linear"])
+    (row,) = bench.run_bench(spec, log=lambda line: None)["rows"]
+    linear = IConE.default_lr * 4 / 64
+    assert row["status"] == "ok" and row["lr_scaling"] == "linear" and row["lr"] == pytest.approx(linear)
+    saved = yaml.safe_load((tmp_path / "grid" / "cells" / "icone-b4-r1-s0" / "config.yaml").read_text())
+    assert saved["optim"]["lr_scaling"] == "linear" and saved["optim"]["lr"] == pytest.approx(linear)  # what the cell trained with
 
 
 def test_a_diverged_or_failed_cell_does_not_stop_the_grid(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import icone
-from conftest import FAST, expect_error, run_cli, write_tiny_npz
+from helpers import FAST, expect_error, run_cli, write_tiny_npz
 
 
 @pytest.fixture(scope="module")

@@ -52,9 +52,9 @@ def test_missing_or_broken_yaml(tmp_path):
 
 
 def test_default_lr_follows_the_batch_size_by_the_sqrt_rule():
-    from conftest import tiny_dataset
+    from helpers import tiny_dataset
+    from icone.build import resolve_config
     from icone.methods import get_method
-    from icone.train.setup import resolve_config
 
     default = get_method("icone").default_lr
     for batch, expected in ((1, default / 8), (16, default / 2), (64, default)):

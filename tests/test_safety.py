@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, expect_error, run_cli, write_tiny_npz
+from helpers import FAST, expect_error, run_cli, write_tiny_npz
 from icone.run_folder import MARKER, RunLock
 
 TRAIN = ["--epochs", "1", "--batch-size", "8", *FAST, "eval.after_train=false"]
@@ -190,8 +190,8 @@ def test_resume_keeps_the_runs_epochs_and_device(capsys, tmp_path, npz):
     code, _, err = run_cli(["train", "--out", run, "--resume", "--no-progress"], capsys)
     assert code == 0, err
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2  # not the default 10
-    from icone.runs import resumed_config
     from icone.config import build_config, load_yaml
+    from icone.runs import resumed_config
 
     saved = build_config(load_yaml(run / "config.yaml"))
     resumed = resumed_config(saved, {"train": {"epochs": 5, "log_every": 3}, "optim": {"lr": 1e-5}})

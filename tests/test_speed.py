@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from conftest import run_cli, write_tiny_npz
-from icone import speed
+from helpers import run_cli, write_tiny_npz
+from icone.bench import speed
 from icone.errors import UserError
 from icone.methods.icone import IConE
 
@@ -61,8 +61,7 @@ def test_icone_is_built_with_n_instances_and_the_floor_is_shared(timed):
         small, large = icone[(batch, 50)], icone[(batch, 300)]
         assert (large["parameters"] - small["parameters"]) % 250 == 0 and large["parameters"] > small["parameters"]
         assert small["backbone_step_seconds"] == large["backbone_step_seconds"]  # measured once per view layout and batch
-    if hasattr(IConE.Options(), "table_path"):
-        assert all("table_path" in r for r in icone.values())
+    assert {r["chose"] for r in icone.values()} == {"table_path=dense"}  # "auto" picks the dense path for 50 and 300 rows
 
 
 def test_below_minimum_batch_is_a_record_not_an_error(timed):
@@ -103,12 +102,10 @@ def test_a_broken_method_is_a_failed_record_and_the_run_goes_on(tmp_path, monkey
 
 
 def test_method_options_pass_through(tmp_path):
-    if not hasattr(IConE.Options(), "table_path"):
-        pytest.skip("this IConE has no table_path option")
     spec = tiny_spec(tmp_path, methods="icone", batch_sizes="2", instances="20", repeats=1, warmup=0,
                      overrides=TINY + ["icone.table_path=sparse", "simclr.temperature=0.5"])
     records = speed.run_speed(spec, log=lambda _: None)["records"]
-    assert records[0]["status"] == "ok" and records[0]["table_path"] == "sparse"
+    assert records[0]["status"] == "ok" and records[0]["chose"] == "table_path=sparse"
 
 
 def test_3d_input(tmp_path):
@@ -141,7 +138,7 @@ def test_cli_writes_speed_json_and_table_from_a_source(tmp_path, capsys):
     (["--spatial-dims", "3", "--backbone", "smallcnn-2d"], "is 2D but --spatial-dims is 3"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
-    code, out, err = run_cli(["bench", *SPEED_FAST, "--out", tmp_path / "s", *args], capsys)
+    code, _, err = run_cli(["bench", *SPEED_FAST, "--out", tmp_path / "s", *args], capsys)
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
 

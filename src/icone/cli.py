@@ -20,6 +20,7 @@ app = typer.Typer(add_completion=False, help="Self-supervised representation lea
 console = Console()
 err_console = Console(stderr=True)
 DEBUG = {"on": bool(os.environ.get("ICONE_DEBUG"))}
+ARGV: list[str] = []  # the arguments of this invocation (recorded in bench and speed reports)
 
 
 @app.callback()
@@ -43,15 +44,15 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train an encoder; ends with kNN and RankMe of the untrained vs the trained encoder."""
-    from icone.config import build_config, load_yaml, parse_overrides
+    from icone.config import build_config, load_yaml, merge, nest, parse_overrides
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one")
     flags = {"data.source": data, "method": method, "model.backbone": backbone, "train.batch_size": batch_size, "train.epochs": epochs, "train.seed": seed}
-    items = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides or [])
+    items = list(overrides or [])
     values = load_yaml(config) if config is not None else None
-    cfg = build_config(values, items)  # a bad option fails here, before torch is imported
-    explicit = {**(values or {}), **parse_overrides(items, cfg.method)}
+    cfg = build_config(values, items, flags)  # a bad option fails here, before torch is imported
+    explicit = merge(merge(values or {}, nest(flags)), parse_overrides(items, cfg.method))  # what the user gave
     from icone.runs import train_run
 
     summary = train_run(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress, explicit=explicit)
@@ -71,9 +72,8 @@ def _print_eval(result: dict, title: str) -> None:
     for row in format_table(result):
         table.add_row(*row)
     console.print(table)
-    occupancy = {k: v for k, v in result.items() if k.endswith(("cluster_fraction", "cluster_share", "cluster_entropy"))}
-    if occupancy:
-        console.print("cluster occupancy: " + ", ".join(f"{k} {v:.3f}" for k, v in occupancy.items()))
+    if result.get("clusters"):
+        console.print("cluster occupancy (training set): " + ", ".join(f"{k} {v:.3f}" for k, v in result["clusters"].items()))
 
 
 @app.command()
@@ -148,7 +148,7 @@ def data_command(source: str = typer.Argument(..., metavar="SOURCE")) -> None:
 
 @app.command()
 def bench(
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides for every cell, e.g. model.norm=batch model.width=32"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides for every cell, e.g. model.norm=batch optim.lr_scaling=linear"),
     data: Optional[str] = typer.Option(None, "--data", help="One source for the whole grid (default: digits)."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method names, e.g. icone,excb,simclr."),
     batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated, e.g. 1,2,4,8."),
@@ -156,54 +156,72 @@ def bench(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget, the same for every method."),
     imbalance: Optional[str] = typer.Option(None, "--imbalance", help="Comma-separated largest/smallest class ratios, e.g. 1,10,50."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="One backbone for every method."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Grid folder (default: bench/quick or bench/paper; bench/speed with --speed); run again to continue a grid."),
-    lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help="none (default), sqrt or linear, relative to batch size 64."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Grid folder (default: bench/quick or bench/paper); run again to continue a grid."),
     quick: bool = typer.Option(False, "--quick", help="Preset: a small grid for 2 CPU cores (the default)."),
     paper: bool = typer.Option(False, "--paper", help="Preset: the papers' methods at batch sizes 1-64, 3 seeds (for a GPU)."),
-    speed: bool = typer.Option(False, "--speed", help="Time training steps against the backbone alone instead (speed.json, speed.md; docs/speed.md)."),
-    instances: Optional[str] = typer.Option(None, "--instances", help="With --speed: IConE table sizes, e.g. 1000,1000000."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="With --speed: side of the random input (default 28; --data gives the shape instead)."),
-    spatial_dims: Optional[int] = typer.Option(None, "--spatial-dims", help="With --speed: 2 or 3 (default 2, or the backbone's -2d/-3d)."),
-    repeats: Optional[int] = typer.Option(None, "--repeats", help="With --speed: timed steps per record (median; default 10)."),
-    warmup: Optional[int] = typer.Option(None, "--warmup", help="With --speed: untimed steps before them (default 3)."),
+    speed: bool = typer.Option(False, "--speed", help="Time training steps instead: the same as 'icone speed' (its options go after --speed)."),
+    instances: Optional[str] = typer.Option(None, "--instances", help="With --speed: see 'icone speed --help'."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="With --speed."),
+    spatial_dims: Optional[int] = typer.Option(None, "--spatial-dims", help="With --speed."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="With --speed."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="With --speed."),
 ) -> None:
-    """Grid of methods x batch sizes x seeds (x imbalance ratios): results.csv/json, summary.md, plots; or, with --speed, step times."""
-    import shlex
-
-    from icone.bench import build_spec, run_bench
-
-    command = "icone " + shlex.join(sys.argv[1:])
-
-    def log(line: str) -> None:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-    grid_only = {"--seeds": seeds, "--epochs": epochs, "--imbalance": imbalance, "--lr-scaling": lr_scaling, "--quick": quick or None, "--paper": paper or None}
+    """Grid of methods x batch sizes x seeds (x imbalance ratios): results.csv/json, summary.md, plots."""
+    grid_only = {"--seeds": seeds, "--epochs": epochs, "--imbalance": imbalance, "--quick": quick or None, "--paper": paper or None}
     speed_only = {"--instances": instances, "--input-size": input_size, "--spatial-dims": spatial_dims, "--repeats": repeats, "--warmup": warmup}
     if speed:
-        from icone.speed import build_speed_spec, run_speed
-
         given = [flag for flag, value in grid_only.items() if value is not None]
         if given:
             raise UserError(f"{', '.join(given)} belong{'s' if len(given) == 1 else ''} to the accuracy grid, not to --speed; drop {'it' if len(given) == 1 else 'them'}")
-        speed_spec = build_speed_spec(
-            methods=methods, batch_sizes=batch_sizes, instances=instances, backbone=backbone, data=data, input_size=input_size,
-            spatial_dims=spatial_dims, repeats=repeats, warmup=warmup, out=out, overrides=list(overrides or []), command=command,
-        )
-        result = run_speed(speed_spec, log=log, debug=DEBUG["on"])
-        log(f"speed folder: {result['out']} ({', '.join(result['files'])})")
-        return
+        return speed_command(overrides, methods, batch_sizes, instances, backbone, data, input_size, spatial_dims, repeats, warmup, out)
     given = [flag for flag, value in speed_only.items() if value is not None]
     if given:
         raise UserError(f"{', '.join(given)} only go{'es' if len(given) == 1 else ''} with --speed; add --speed or drop {'it' if len(given) == 1 else 'them'}")
     if quick and paper:
         raise UserError("--quick and --paper are two presets; pass one")
+    from icone.bench import build_spec, run_bench
+
     spec = build_spec(
         preset="paper" if paper else "quick", data=data, methods=methods, batch_sizes=batch_sizes, seeds=seeds, epochs=epochs,
-        imbalance=imbalance, backbone=backbone, out=out, lr_scaling=lr_scaling, overrides=list(overrides or []),
-        command=command,
+        imbalance=imbalance, backbone=backbone, out=out, overrides=list(overrides or []), command=_command_line(),
     )
-    result = run_bench(spec, log=log, debug=DEBUG["on"])
-    log(f"bench folder: {result['out']} ({', '.join(result['files'])})")
+    result = run_bench(spec, log=_log, debug=DEBUG["on"])
+    _log(f"bench folder: {result['out']} ({', '.join(result['files'])})")
+
+
+@app.command("speed")
+def speed_command(
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides for every record."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method names (default: the papers' methods)."),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated, e.g. 1,4,16."),
+    instances: Optional[str] = typer.Option(None, "--instances", help="Table sizes for methods whose cost grows with N, e.g. 1000,1000000."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="One backbone for every method (default smallcnn)."),
+    data: Optional[str] = typer.Option(None, "--data", help="A source for the input shape and the loader (default: random samples)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Side of the random input (default 28)."),
+    spatial_dims: Optional[int] = typer.Option(None, "--spatial-dims", help="2 or 3 (default 2, or the backbone's -2d/-3d)."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed steps per record (median; default 10)."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed steps before them (default 3)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for speed.json and speed.md (default bench/speed)."),
+) -> None:
+    """Time each method's training step against the backbone alone (speed.json, speed.md; docs/speed.md)."""
+    from icone.bench import build_speed_spec, run_speed
+
+    spec = build_speed_spec(
+        methods=methods, batch_sizes=batch_sizes, instances=instances, backbone=backbone, data=data, input_size=input_size,
+        spatial_dims=spatial_dims, repeats=repeats, warmup=warmup, out=out, overrides=list(overrides or []), command=_command_line(),
+    )
+    result = run_speed(spec, log=_log, debug=DEBUG["on"])
+    _log(f"speed folder: {result['out']} ({', '.join(result['files'])})")
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "icone " + shlex.join(ARGV)
+
+
+def _log(line: str) -> None:
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _is_main_process() -> bool:
@@ -255,7 +273,9 @@ def run(argv: list[str] | None = None) -> int:
     if not any(isinstance(h, _OneLineWarnings) for h in logger.handlers):
         logger.addHandler(_OneLineWarnings())
         logger.propagate = False
+    DEBUG["on"] = bool(os.environ.get("ICONE_DEBUG"))
     args = list(sys.argv[1:] if argv is None else argv)
+    ARGV[:] = args
     leading = args[: next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))]
     debug = DEBUG["on"] or "--debug" in leading
     try:

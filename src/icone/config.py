@@ -6,6 +6,7 @@ written to the run folder and reloads to the same run: ``icone train --config ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -61,8 +62,9 @@ class ViewConfig:
     local_crops: int | None = option(None, low=0)
     global_size: int | None = option(None, low=1)  # None: the input size
     local_size: int | None = option(None, low=1)  # None: 3/7 of the global size (96 -> 224 in DINO)
-    global_scale: list[float] = option(factory=lambda: [0.4, 1.0], above=0, high=1)
+    global_scale: list[float] = option(factory=lambda: [0.4, 1.0], above=0, high=1)  # share of the area/volume a crop covers
     local_scale: list[float] = option(factory=lambda: [0.05, 0.4], above=0, high=1)
+    aspect: float = option(4 / 3, low=1)  # largest ratio between two sides of a crop (1: no jitter)
     flip: bool | None = None
     rotate90: bool | None = None
     brightness: float = option(0.4, low=0)
@@ -88,8 +90,9 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = option("adamw", choices=("adamw", "sgd"))
-    lr: float | None = option(None, above=0)  # None: the method's default_lr (stated for batch 64), scaled by lr_scaling
-    lr_scaling: str = option("sqrt", choices=("sqrt", "linear", "none"))  # how a method's default lr follows the batch size
+    lr: float | None = option(None, above=0)  # the lr itself; None: base_lr scaled to the batch size by lr_scaling
+    base_lr: float | None = option(None, above=0)  # the lr stated for batch 64; None: the method's default_lr
+    lr_scaling: str = option("sqrt", choices=("sqrt", "linear", "none"))  # how base_lr follows the batch size
     weight_decay: float | None = option(None, low=0)  # None: the method's default
     momentum: float = option(0.9, low=0, below=1)  # SGD only
     warmup_epochs: float = option(1.0, low=0)
@@ -178,10 +181,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         return int(value)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key} must be a number, got {value!r}")
         return float(value)
@@ -254,11 +255,36 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(values: dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
-    """A :class:`Config` from a nested dict (e.g. a YAML file) and command-line overrides."""
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"train.epochs": 3}`` -> ``{"train": {"epochs": 3}}`` (``None`` values left out)."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        *parents, name = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = value
+    return nested
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts merged, ``extra`` winning (a new dict; the inputs are untouched)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def build_config(values: dict[str, Any] | None = None, overrides: list[str] | None = None, flags: dict[str, Any] | None = None) -> Config:
+    """A :class:`Config` from a nested dict (e.g. a YAML file), typed flags (``{"data.source": "my scans #2"}``,
+    set as given: no YAML parsing) and ``KEY=VALUE`` overrides, in that order of precedence."""
     config = Config()
     if values:
         update_dataclass(config, values)
+    if flags:
+        update_dataclass(config, nest(flags))
     if overrides:
         method = config.method
         for item in overrides:  # the method named on the command line owns "METHOD.key" overrides

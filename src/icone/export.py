@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from icone.config import Config, build_config
+from icone.build import build_method
+from icone.config import Config, ModelConfig, build_config
 from icone.errors import UserError
 from icone.methods import Method
-from icone.nets import BackboneSpec, build_backbone
+from icone.nets import build_backbone
 from icone.train.checkpoint import atomic_save, load_checkpoint
-from icone.train.setup import backbone_spec, build_method
 
 
 def export_backbone(backbone: nn.Module, config: Config, path: str | Path) -> Path:
@@ -23,7 +23,7 @@ def export_backbone(backbone: nn.Module, config: Config, path: str | Path) -> Pa
     atomic_save(
         {
             "format": "icone-backbone-1",
-            "backbone": dataclasses.asdict(backbone_spec(config)),
+            "backbone": dataclasses.asdict(config.model),
             "feature_dim": int(backbone.feature_dim),
             "state_dict": backbone.state_dict(),
             "config": config.to_dict(),
@@ -37,10 +37,10 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> nn.Mo
     """A ready backbone (eval mode) from an export, a checkpoint or a run folder."""
     item = load_checkpoint(path)
     if item.get("format") == "icone-backbone-1":
-        backbone = build_backbone(BackboneSpec(**item["backbone"]))
+        backbone = build_backbone(ModelConfig(**item["backbone"]))
         backbone.load_state_dict(item["state_dict"])
     else:
-        backbone = method_from_checkpoint(item).backbone
+        backbone = method_from_checkpoint(item).evaluation_backbone()
     return backbone.to(device).eval()
 
 

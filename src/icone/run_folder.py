@@ -77,7 +77,7 @@ class RunLock:
         if fcntl is None:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle = open(self.folder / LOCK, "a+")
+        handle = open(self.folder / LOCK, "a+")  # noqa: SIM115 - held open: the lock lasts as long as the handle
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -13,19 +13,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from icone import distributed
+from icone.build import build_method, resolve_config, view_maker
 from icone.config import Config, build_config, load_yaml, validate
 from icone.data import Dataset, load_dataset
 from icone.data.sources import resolve
 from icone.errors import Interrupted, UserError
-from icone.files import atomic_write, atomic_write_text
 from icone.evaluate.embeddings import embed_samples
 from icone.evaluate.plots import plot_embeddings, plot_training
 from icone.evaluate.report import evaluate_backbone, occupancy_on_train
 from icone.export import export_backbone, load_backbone, method_from_checkpoint
-from icone.train import distributed
-from icone.train.checkpoint import load_checkpoint
-from icone.train.setup import build_method, pick_device, resolve_config
+from icone.files import atomic_write, atomic_write_text
 from icone.run_folder import RunFolder, RunLock, check_replaceable, has_contents
+from icone.runtime import pick_device
+from icone.train.checkpoint import load_checkpoint
 from icone.train.trainer import Trainer
 
 log = logging.getLogger("icone")
@@ -78,7 +79,7 @@ def resumed_config(saved: Config, explicit: dict[str, Any]) -> Config:
 
 def _protected_paths(config: Config) -> list[Path]:
     """Paths that ``--overwrite`` must never delete: the data source's."""
-    kind, path = resolve(config.data.source)
+    _, path = resolve(config.data.source)
     return [path] if path is not None else []
 
 
@@ -182,13 +183,18 @@ def train_run(
     as it found it (with ``--overwrite``, the old run is put back).
     """
     was_joined = distributed.is_distributed()
-    device = pick_device(config.train.device)
-    distributed.init_from_env(distributed.process_device(device), timeout_minutes=config.train.dist_timeout_minutes)
+    device = distributed.process_device(pick_device(config.train.device))
+    distributed.init_from_env(device, timeout_minutes=config.train.dist_timeout_minutes)
     folder: RunFolder | None = None
     trainer: Trainer | None = None
     try:
         config, dataset, run_dir, checkpoint, folder = prepare_on_main(config, out, resume, overwrite, explicit)
-        trainer = Trainer(config, dataset, run_dir, progress=progress, on_checkpoint=folder.started if folder else None)
+        device = distributed.process_device(pick_device(config.train.device))  # a resumed run's own device
+        method = build_method(config, num_instances=len(dataset.train))
+        trainer = Trainer(
+            config, dataset, run_dir, method, views=lambda epoch: view_maker(config, method, epoch), device=device,
+            progress=progress, on_checkpoint=folder.started if folder else None,
+        )
         if checkpoint is not None:
             try:
                 trainer.restore(checkpoint)
@@ -204,7 +210,7 @@ def train_run(
         if not distributed.is_main_process():
             return {}
         summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": result.epochs_done, "steps": result.steps_done}
-        export_backbone(result.method.backbone, config, run_dir / "backbone.pt")
+        export_backbone(result.method.evaluation_backbone(), config, run_dir / "backbone.pt")
         plot_training(run_dir)
         if config.eval.after_train:
             summary["eval"] = evaluate_method(result.method, config, dataset, run_dir, trainer.device)
@@ -223,15 +229,17 @@ def train_run(
 def evaluate_method(method: torch.nn.Module, config: Config, dataset: Dataset, run_dir: Path | None, device: torch.device) -> dict[str, Any]:
     """Metrics of the trained backbone and (under ``baseline``) of the untrained one; writes eval.json."""
     method = method.to(device)
-    result = evaluate_backbone(method.backbone, dataset, config.eval, device)
-    result.update(occupancy_on_train(method, dataset, device))
+    result = evaluate_backbone(method.evaluation_backbone(), dataset, config.eval, device)
+    clusters = occupancy_on_train(method, dataset, device)
+    if clusters:
+        result["clusters"] = clusters
     untrained = build_method(config, num_instances=len(dataset.train)).to(device)
-    result["baseline"] = evaluate_backbone(untrained.backbone, dataset, config.eval, device)
+    result["baseline"] = evaluate_backbone(untrained.evaluation_backbone(), dataset, config.eval, device)
     result["method"], result["data"] = config.method, config.data.source
     if run_dir is not None:
         atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2))
         if dataset.test is not None:
-            features = embed_samples(method.backbone, dataset.test.samples, device).numpy()
+            features = embed_samples(method.evaluation_backbone(), dataset.test.samples, device).numpy()
             plot_embeddings(features, dataset.test.labels, run_dir / "plots" / "embeddings.png", f"{config.method}: test embeddings (PCA)")
     return result
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_tiny_npz
+from helpers import write_tiny_npz
 from icone.config import DataConfig
 from icone.data import IndexedDataset, load_dataset, resolve
 from icone.data.imbalance import long_tail_counts, long_tail_rows

@@ -1,4 +1,4 @@
-"""ExCB loss terms against hand-computed values (METHODS.md "ExCB")."""
+"""ExCB loss terms against hand-computed values (docs/methods.md "ExCB")."""
 
 import math
 

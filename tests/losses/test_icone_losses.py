@@ -1,4 +1,4 @@
-"""IConE loss terms against the METHODS.md formulas, computed here with explicit loops."""
+"""IConE loss terms against the formulas of docs/methods.md, computed here with explicit loops."""
 
 import math
 

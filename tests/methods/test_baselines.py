@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_dataset, train_steps
+from helpers import tiny_dataset, train_steps
+from icone.build import build_method, check_batch_size, resolve_config
 from icone.config import build_config
 from icone.errors import UserError
 from icone.methods import get_method, registry
-from icone.train.setup import build_method, check_batch_size, resolve_config
 
 BASELINES = ["simclr", "moco", "byol", "simsiam", "vicreg", "barlow_twins", "dino", "swav"]
 FAMILIES = {"contrastive", "distillation", "clustering", "regularisation"}
@@ -128,12 +128,12 @@ def test_queues_fill_at_batch_one():
     """MoCo queues keys with their instance indices; SwAV's queue gives a lone sample a non-uniform code."""
     trainer, _ = train_steps("moco", 2, batch_size=1, dataset=tiny_dataset(2, n=4), overrides=NARROW_HEADS["moco"])
     moco = trainer.method
-    assert len(moco.queue) == 4 and sorted(moco.queue_index.tolist()) == [0, 1, 2, 3]  # queue length: largest power of two <= N
-    assert torch.allclose(moco.queue.norm(dim=1), torch.ones(4))
+    assert len(moco.queue) == 4 and sorted(moco.queue.index.tolist()) == [0, 1, 2, 3]  # queue length: largest power of two <= N
+    assert torch.allclose(moco.queue.rows.norm(dim=1), torch.ones(4))
 
     trainer, _ = train_steps("swav", 2, batch_size=1, dataset=tiny_dataset(2, n=4), overrides=NARROW_HEADS["swav"])
     swav = trainer.method
-    assert int(swav.queue_filled) == len(swav.queue) == 4  # min(3840, N); full after two steps of two global views
+    assert swav.queue.filled == int(swav.queue.count) == len(swav.queue) == 4  # min(3840, N); full after two steps of two global views
     with torch.no_grad():
         lone = swav.prototypes(torch.randn(1, swav.options.out_dim, generator=torch.Generator().manual_seed(0)))
         codes = swav.codes(lone)

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from conftest import run_on_processes, tiny_dataset, train_steps
+from helpers import run_on_processes, small_backbone, tiny_dataset, train_steps
 from icone import losses
+from icone.config import ViewConfig
 from icone.errors import UserError
 from icone.evaluate.metrics import cluster_occupancy
 from icone.evaluate.report import occupancy_on_train
-from icone.methods.excb import ExCB, crop_min_scale, default_hidden_dim, default_num_clusters, spherical_kmeans
-from icone.nets import BackboneSpec, build_backbone
-from icone.views import ViewSpec
+from icone.methods.excb import ExCB, crop_min_scale, default_hidden_dim, default_num_clusters
+from icone.methods.kmeans import spherical_kmeans
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +28,7 @@ def one_thread():
 
 def make_method(num_instances: int = 32, dims: int = 2, norm: str = "group", **options) -> ExCB:
     torch.manual_seed(0)
-    backbone = build_backbone(BackboneSpec("smallcnn", dims, 1, norm, 8, True))
+    backbone = small_backbone("smallcnn", dims, norm)
     return ExCB(backbone, ExCB.make_options({"hidden_dim": 32, "bottleneck_dim": 16, **options}), num_instances)
 
 
@@ -145,13 +145,13 @@ def test_param_groups_centroid_weight_decay_schedule():
 
 def test_crop_scale_schedule():
     method = make_method()
-    spec = ViewSpec(spatial_dims=2, global_shape=(16, 16), local_shape=(8, 8), local_crops=2)
+    spec = ViewConfig(global_size=16, local_size=8, local_crops=2, flip=True, rotate90=True)
     first = method.adjust_views(spec, 0, 10)
     assert first.global_scale == (pytest.approx(0.26), 1.0) and first.local_scale[1] == pytest.approx(0.26)
     scales = [method.adjust_views(spec, e, 10).global_scale[0] for e in range(10)]
     assert all(a > b for a, b in zip(scales, scales[1:])) and scales[-1] > 0.14
     assert crop_min_scale(10, 10) == pytest.approx(0.14)
-    assert spec.global_scale == (0.4, 1.0)  # the input spec is not modified
+    assert spec.global_scale == [0.4, 1.0]  # the input spec is not modified
     with pytest.raises(UserError, match="global crops"):
         method.adjust_views(dataclasses.replace(spec, global_crops=1), 0, 10)
 
@@ -202,6 +202,7 @@ def test_kmeans_seeds_empty_clusters_when_restarts_fail():
     base = torch.eye(3)
     x = torch.cat([base.repeat(3, 1), base[:1]])
     centroids, assign = spherical_kmeans(x, 5, iters=5, restarts=2, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(centroids.norm(dim=1), torch.ones(5))  # every centroid a unit direction, seeded ones included
     assert (torch.bincount(assign, minlength=5) > 0).all()
     with pytest.raises(UserError, match="num_clusters"):
         spherical_kmeans(torch.randn(3, 4), 5)
@@ -241,7 +242,7 @@ def test_excb_trains_finite(dims, batch_size):
     assert trainer.method.sizes.sum() == pytest.approx(1.0, abs=1e-5)
     epochs = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [0, 1] and all("empty_cluster_fraction" in r for r in epochs)
+    assert [r["epoch"] for r in epochs] == [0, 1] and all("health/empty_cluster_fraction" in r for r in epochs)
 
 
 # ---- distributed: sizes are all-reduced ----------------------------------------------------------------

@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import small_backbone
 from icone.errors import UserError
 from icone.methods import get_method
-from icone.nets import BackboneSpec, build_backbone
 
 
 def make(dims=2, n=10, **options):
     cls = get_method("icone")
-    backbone = build_backbone(BackboneSpec("smallcnn", dims, 1, "group", 8))
+    backbone = small_backbone("smallcnn", dims, "group")
     return cls(backbone, cls.make_options(options), num_instances=n)
 
 

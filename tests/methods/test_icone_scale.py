@@ -6,14 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_on_processes, tiny_dataset, train_steps
-from icone import losses
+from helpers import make_trainer, run_on_processes, small_backbone, tiny_dataset, train_steps
+from icone import distributed, losses
 from icone.methods.icone import IConE, IConEOptions
-from icone.nets import BackboneSpec, build_backbone
-from icone.train import distributed
 from icone.train.checkpoint import load_checkpoint
 from icone.train.optim import OptimizerSet, all_reduce_row_gradients, build_optimizer, clip_grad_norm
-from icone.train.trainer import Trainer
 
 N, D = 12, 5
 
@@ -69,7 +66,7 @@ def test_batch_diversity_against_every_row_doubles_the_gradient(table, diversity
 
 def _method(num_instances: int = N, **options) -> IConE:
     torch.manual_seed(0)
-    backbone = build_backbone(BackboneSpec("smallcnn", 2, 1, "group", 8, True))
+    backbone = small_backbone("smallcnn", 2, "group")
     return IConE(backbone, IConEOptions(table_init="normal", **options), num_instances)
 
 
@@ -154,9 +151,9 @@ def test_sparse_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     data = tiny_dataset(2, n=12)
     overrides = ["icone.table_path=sparse", "icone.diversity=frame", "icone.frame_resync_every=5"]
     full, _ = train_steps("icone", batch_size=3, epochs=2, run_dir=tmp_path / "full", dataset=data, overrides=overrides)
-    half = Trainer(full.config, data, tmp_path / "half", progress=False)
+    half = make_trainer(full.config, data, tmp_path / "half")
     half.fit(until_epoch=1)
-    resumed = Trainer(full.config, data, tmp_path / "half", progress=False)
+    resumed = make_trainer(full.config, data, tmp_path / "half")
     resumed.restore(load_checkpoint(tmp_path / "half"))
     resumed.fit()
     for (name, a), b in zip(full.method.state_dict().items(), resumed.method.state_dict().values()):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import train_steps
+from helpers import train_steps
 
 
 @pytest.mark.parametrize("dims", [2, 3])

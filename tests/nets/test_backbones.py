@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import small_backbone
 from icone.errors import UserError
-from icone.nets import BackboneSpec, build_backbone, parse_backbone_name
+from icone.nets import parse_backbone_name
 
 NORM_TYPES = {
     "batch": (nn.BatchNorm2d, nn.BatchNorm3d),
@@ -19,7 +20,7 @@ NORM_TYPES = {
 @pytest.mark.parametrize("norm", list(NORM_TYPES))
 @pytest.mark.parametrize("dims", [2, 3])
 def test_every_norm_layer_is_the_chosen_one(name, norm, dims):
-    backbone = build_backbone(BackboneSpec(name, dims, 1, norm, 8))
+    backbone = small_backbone(name, dims, norm)
     norms = [m for m in backbone.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm))]
     assert norms and all(isinstance(m, NORM_TYPES[norm]) for m in norms)
     if norm == "layer":
@@ -29,7 +30,7 @@ def test_every_norm_layer_is_the_chosen_one(name, norm, dims):
 @pytest.mark.parametrize("dims", [2, 3])
 def test_batch_free_backbone_output_does_not_depend_on_the_batch(dims):
     torch.manual_seed(0)
-    backbone = build_backbone(BackboneSpec("resnet18", dims, 1, "group", 8)).train()
+    backbone = small_backbone("resnet18", dims).train()
     x = torch.randn(3, 1, *([12] * dims))
     with torch.no_grad():
         together = backbone(x)

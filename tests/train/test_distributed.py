@@ -20,14 +20,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import FAST, run_on_processes, tiny_dataset, write_tiny_npz
+from helpers import FAST, make_trainer, run_on_processes, tiny_dataset, write_tiny_npz
+from icone import distributed
+from icone.build import build_method, resolve_config
 from icone.config import Config, build_config
 from icone.errors import UserError
 from icone.methods import get_method, registry
-from icone.train import distributed
 from icone.train.checkpoint import load_checkpoint
-from icone.train.setup import build_method, resolve_config
-from icone.train.trainer import Trainer
 
 WORLD = 2  # processes
 B = 2  # batch per process; the single process takes WORLD * B
@@ -47,7 +46,7 @@ SMALL: dict[str, list[str]] = {
 }
 BATCH_NORM = ["model.norm=batch", "simclr.norm=batch"]  # SimCLR as the paper has it: BatchNorm in backbone and head
 # methods with state kept identical across processes by a reduction, trained a few steps with fit()
-STATEFUL = {"icone": "table", "excb": "sizes", "moco": "queue", "swav": "queue", "dino": "center"}
+STATEFUL = {"icone": "table", "excb": "sizes", "moco": "queue.rows", "swav": "queue.rows", "dino": "center"}
 FIT = ["optim.name=adamw", "optim.lr=1e-3", "optim.grad_clip=3.0"]  # the defaults' optimizer, with clipping
 TOLERANCE = 1e-4  # per tensor, relative to the largest update of that tensor in the single-process step
 
@@ -75,11 +74,11 @@ def fixed_views(method: str) -> list[torch.Tensor]:
 def one_step(method: str, rows: slice, run_dir: Path, extra: list[str] | tuple[str, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
     """The trainer's step (DDP when the process group is up) on the fixed views' ``rows``; states before and after."""
     batch = len(range(WORLD * B)[rows])
-    trainer = Trainer(make_config(method, batch, extra), tiny_dataset(2, n=N), run_dir, progress=False)
+    trainer = make_trainer(make_config(method, batch, extra), tiny_dataset(2, n=N), run_dir)
     before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
     views = [v[rows] for v in fixed_views(method)]
     index = torch.arange(WORLD * B)[rows]
-    trainer._train_step(lambda _: views, views[0], index)  # fixed views instead of the view maker's
+    trainer.train_step(views[0], index, lambda _: views)  # fixed views instead of the view maker's
     return {"before": before, "after": {k: v.clone() for k, v in trainer.method.state_dict().items()}}
 
 
@@ -106,15 +105,15 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         kinds = {type(m).__name__ for m in converted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
         results["sync_batch_norm"] = {"same_module": converted is method, "kinds": kinds, "same_parameters": params == [id(p) for p in converted.parameters()]}
         for name in STATEFUL:  # a few real steps: sampler, augmentation (different on each process), init
-            trainer = Trainer(make_config(name, B, FIT), tiny_dataset(2, n=N), Path(out_dir) / f"fit-{name}", progress=False)
+            trainer = make_trainer(make_config(name, B, FIT), tiny_dataset(2, n=N), Path(out_dir) / f"fit-{name}")
             trainer.fit()
             results[f"fit-{name}"] = {"steps": trainer.step, "state": {k: v.clone() for k, v in trainer.method.state_dict().items()}}
         config = make_config("moco", B, [*FIT, "train.epochs=2"])  # resume: interrupted after epoch 1 = uninterrupted
-        full = Trainer(config, tiny_dataset(2, n=N), Path(out_dir) / "full", progress=False)
+        full = make_trainer(config, tiny_dataset(2, n=N), Path(out_dir) / "full")
         full.fit()
-        Trainer(config, tiny_dataset(2, n=N), Path(out_dir) / "half", progress=False).fit(until_epoch=1)
+        make_trainer(config, tiny_dataset(2, n=N), Path(out_dir) / "half").fit(until_epoch=1)
         dist.barrier()  # rank 0 has written the checkpoint
-        resumed = Trainer(config, tiny_dataset(2, n=N), Path(out_dir) / "half", progress=False)
+        resumed = make_trainer(config, tiny_dataset(2, n=N), Path(out_dir) / "half")
         resumed.restore(load_checkpoint(Path(out_dir) / "half"))
         resumed.fit()
         results["resume"] = {"steps": (full.step, resumed.step), "same": [k for k, v in full.method.state_dict().items() if torch.equal(v, resumed.method.state_dict()[k])]}

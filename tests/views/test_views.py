@@ -3,13 +3,15 @@
 import pytest
 import torch
 
-from icone.views import ViewMaker, ViewSpec, gaussian_blur, random_affine
+from icone.config import ViewConfig
+from icone.views import ViewMaker, gaussian_blur, random_affine
 
 
 def spec(dims, **kw):
-    base = dict(spatial_dims=dims, global_shape=(12,) * dims, local_shape=(6,) * dims)
+    """Resolved view options and the view maker's dimensionality: ``ViewMaker(*spec(dims))``."""
+    base = dict(global_size=12, local_size=6, local_crops=0, flip=True, rotate90=True)
     base.update(kw)
-    return ViewSpec(**base)
+    return ViewConfig(**base), dims
 
 
 PLAIN = dict(global_scale=(1.0, 1.0), aspect=1.0, flip=False, rotate90=False, brightness=0, contrast=0, gamma=0, blur_prob=0, noise_std=0)
@@ -17,7 +19,7 @@ PLAIN = dict(global_scale=(1.0, 1.0), aspect=1.0, flip=False, rotate90=False, br
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_shapes_of_global_and_local_views(dims):
-    maker = ViewMaker(spec(dims, local_crops=3))
+    maker = ViewMaker(*spec(dims, local_crops=3))
     views = maker(torch.randn(5, 2, *([12] * dims)))
     assert maker.num_views == 5 and len(views) == 5
     assert all(v.shape == (5, 2, *([12] * dims)) for v in views[:2])
@@ -29,14 +31,14 @@ def test_shapes_of_global_and_local_views(dims):
 def test_full_crop_without_augmentation_is_the_input(dims):
     torch.manual_seed(0)
     x = torch.randn(3, 1, *([12] * dims))
-    (view, _) = ViewMaker(spec(dims, **PLAIN))(x)
+    (view, _) = ViewMaker(*spec(dims, **PLAIN))(x)
     assert torch.allclose(view, x, atol=1e-5)
 
 
 def test_flips_and_rotations_only_permute_pixels():
     torch.manual_seed(1)
     x = torch.randn(64, 1, 12, 12)
-    views = ViewMaker(spec(2, **{**PLAIN, "flip": True, "rotate90": True}))(x)
+    views = ViewMaker(*spec(2, **{**PLAIN, "flip": True, "rotate90": True}))(x)
     for v in views:
         assert torch.allclose(v.flatten(1).sort(1).values, x.flatten(1).sort(1).values, atol=1e-5)
     assert not torch.allclose(views[0], x)  # some of 64 samples were turned
@@ -69,7 +71,7 @@ def test_blur_keeps_the_mean_and_smooths():
 def test_same_seed_same_views():
     x = torch.randn(4, 1, 12, 12)
     torch.manual_seed(5)
-    a = ViewMaker(spec(2))(x)
+    a = ViewMaker(*spec(2))(x)
     torch.manual_seed(5)
-    b = ViewMaker(spec(2))(x)
+    b = ViewMaker(*spec(2))(x)
     assert all(torch.equal(u, v) for u, v in zip(a, b))

@@ -60,9 +60,8 @@ def check_labels(labels: np.ndarray, count: int, what: str) -> tuple[np.ndarray,
     if labels.shape[1] > 1:
         return np.full(count, -1, np.int64), True
     labels = labels[:, 0]
-    if labels.dtype.kind == "f":
-        if not np.isfinite(labels).all() or not (labels == np.round(labels)).all():
-            raise UserError(f"{what} holds non-integer values (e.g. {labels[~(labels == np.round(labels))][0]}); store integer classes 0..C-1")
+    if labels.dtype.kind == "f" and not (np.isfinite(labels) & (labels == np.round(labels))).all():
+        raise UserError(f"{what} holds non-integer values (e.g. {labels[~(labels == np.round(labels))][0]}); store integer classes 0..C-1")
     labels = labels.astype(np.int64)
     if (labels < -1).any():
         raise UserError(f"{what} holds negative classes (e.g. {labels[labels < -1][0]}); classes are 0..C-1, and -1 means unknown")

@@ -86,5 +86,5 @@ def is_volume_file(path: Path) -> bool:
                 shape = tif.series[0].shape
         except Exception:
             return False
-        return len(shape) == 3 and shape[-1] not in (3, 4) or len(shape) == 4
+        return (len(shape) == 3 and shape[-1] not in (3, 4)) or len(shape) == 4
     return False

@@ -2,42 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from icone.stats import as_float_tensor, cluster_occupancy, embedding_std, rankme
 
-def _tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(x).float()
-
-
-def rankme(embeddings: np.ndarray | torch.Tensor, eps: float = 1e-7) -> float:
-    """RankMe (Garrido et al., ICML 2023, eq. 1): ``exp(-sum_k p_k log p_k)``, ``p_k = s_k / ||s||_1 + eps``.
-
-    ``s`` are the singular values of the ``N x d`` embedding matrix; 1 means full collapse, ``min(N, d)``
-    the largest possible rank.
-    """
-    z = _tensor(embeddings)
-    if z.numel() == 0:
-        return 0.0
-    s = torch.linalg.svdvals(z.double())
-    if float(s.sum()) == 0:
-        return 0.0
-    p = s / s.sum() + eps
-    return float(torch.exp(-(p * p.log()).sum()))
-
-
-def embedding_std(embeddings: np.ndarray | torch.Tensor) -> float:
-    """Mean per-dimension std of L2-normalised embeddings, times ``sqrt(d)``.
-
-    About 1 for embeddings spread over the sphere, 0 at full collapse (Jing et al. / SimSiam §4.1).
-    """
-    z = F.normalize(_tensor(embeddings), dim=1)
-    if len(z) < 2:
-        return 0.0
-    return float(z.std(0).mean() * math.sqrt(z.shape[1]))
+__all__ = ["cluster_occupancy", "embedding_std", "knn_predict", "linear_probe", "rankme", "twonn_dimension"]
 
 
 def twonn_dimension(embeddings: np.ndarray | torch.Tensor, max_points: int = 5000, seed: int = 0) -> float:
@@ -47,7 +18,7 @@ def twonn_dimension(embeddings: np.ndarray | torch.Tensor, max_points: int = 500
     ``d``; the estimate is ``(n - 1) / sum_i log mu_i`` (Denti et al.'s unbiased form), on
     L2-normalised embeddings, skipping points with duplicate neighbours. 0 when undefined.
     """
-    z = F.normalize(_tensor(embeddings), dim=1)
+    z = F.normalize(as_float_tensor(embeddings), dim=1)
     if len(z) > max_points:
         z = z[torch.from_numpy(np.random.default_rng(seed).choice(len(z), max_points, replace=False))]
     if len(z) < 3:
@@ -70,7 +41,7 @@ def knn_predict(
 
     Each of the ``k`` most similar training samples votes for its class with weight ``exp(s / T)``.
     """
-    train_n, test_n = F.normalize(_tensor(train), dim=1), F.normalize(_tensor(test), dim=1)
+    train_n, test_n = F.normalize(as_float_tensor(train), dim=1), F.normalize(as_float_tensor(test), dim=1)
     labels = torch.as_tensor(train_labels).long()
     classes = int(labels.max()) + 1
     k = min(k, len(train_n))
@@ -98,18 +69,4 @@ def linear_probe(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, 
         "linear_accuracy": float(accuracy_score(test_labels, predicted)),
         "linear_balanced_accuracy": float(balanced_accuracy_score(test_labels, predicted)),
         "linear_macro_f1": float(f1_score(test_labels, predicted, average="macro")),
-    }
-
-
-def cluster_occupancy(assignments: np.ndarray | torch.Tensor, num_clusters: int) -> dict[str, float]:
-    """Occupancy of ``K`` clusters: empty fraction, largest/smallest share, normalised entropy."""
-    counts = torch.bincount(torch.as_tensor(assignments).long().reshape(-1), minlength=num_clusters).double()
-    shares = counts / counts.sum().clamp(min=1)
-    nonzero = shares[shares > 0]
-    entropy = max(0.0, float(-(nonzero * nonzero.log()).sum()))
-    return {
-        "empty_cluster_fraction": float((counts == 0).double().mean()),
-        "largest_cluster_share": float(shares.max()),
-        "smallest_cluster_share": float(shares.min()),
-        "cluster_entropy": entropy / math.log(num_clusters) if num_clusters > 1 else 0.0,
     }

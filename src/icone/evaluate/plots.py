@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from icone.files import atomic_path
+from icone.methods import HEALTH_PREFIX
 
 
 def _pyplot():
@@ -61,7 +62,7 @@ def plot_training(run_dir: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         written.append(save_figure(fig, out / "loss.png"))
-    monitored = [k for k in (epochs[-1] if epochs else {}) if k.startswith(("monitor_", "table_", "cluster", "empty", "largest", "smallest"))]
+    monitored = [k for k in (epochs[-1] if epochs else {}) if k.startswith(("monitor_", HEALTH_PREFIX))]
     if epochs and monitored:
         fig, axes = plt.subplots(1, len(monitored), figsize=(3.2 * len(monitored), 3), squeeze=False)
         for ax, key in zip(axes[0], monitored):

@@ -13,6 +13,7 @@ from icone.config import EvalConfig
 from icone.data import Dataset
 from icone.evaluate.embeddings import embed_samples
 from icone.evaluate.metrics import cluster_occupancy, embedding_std, knn_predict, linear_probe, rankme, twonn_dimension
+from icone.methods import Method
 
 KEYS = ("knn_accuracy", "linear_accuracy", "linear_balanced_accuracy", "linear_macro_f1", "rankme", "intrinsic_dimension", "embedding_std")
 
@@ -42,13 +43,12 @@ def evaluate_backbone(backbone: nn.Module, dataset: Dataset, config: EvalConfig,
 
 
 @torch.no_grad()
-def occupancy_on_train(method: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
-    """Cluster occupancy of a clustering method's assignments over the training set."""
-    assign = getattr(method, "cluster_assignments", None)
-    if assign is None:
+def occupancy_on_train(method: Method, dataset: Dataset, device: torch.device) -> dict[str, float]:
+    """Cluster occupancy of a clustering method's assignments over the training set (``{}`` for other methods)."""
+    if method.num_clusters is None:
         return {}
     samples = torch.as_tensor(dataset.train.samples)
-    labels = torch.cat([assign(chunk.to(device)).cpu() for chunk in samples.split(256)])
+    labels = torch.cat([method.cluster_assignments(chunk.to(device)).cpu() for chunk in samples.split(256)])
     return cluster_occupancy(labels, int(method.num_clusters))
 
 

@@ -4,9 +4,9 @@ Each function takes plain tensors, so it can be checked against values computed 
 Everything is re-exported here: ``from icone.losses import nt_xent``.
 """
 
-from icone.losses.clustering import *  # noqa: F401,F403  SwAV
-from icone.losses.contrastive import *  # noqa: F401,F403  SimCLR, MoCo
-from icone.losses.distillation import *  # noqa: F401,F403  BYOL, SimSiam, DINO
-from icone.losses.excb import *  # noqa: F401,F403  ExCB
-from icone.losses.icone import *  # noqa: F401,F403  IConE
-from icone.losses.regularisation import *  # noqa: F401,F403  VICReg, Barlow Twins
+from icone.losses.clustering import *  # noqa: F403  SwAV
+from icone.losses.contrastive import *  # noqa: F403  SimCLR, MoCo
+from icone.losses.distillation import *  # noqa: F403  BYOL, SimSiam, DINO
+from icone.losses.excb import *  # noqa: F403  ExCB
+from icone.losses.icone import *  # noqa: F403  IConE
+from icone.losses.regularisation import *  # noqa: F403  VICReg, Barlow Twins

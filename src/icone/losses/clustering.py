@@ -11,37 +11,29 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from icone.losses.common import check_positive, other_view_pairs, pair_cross_entropies, stack_views
+
 
 @torch.no_grad()
-def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, distributed: bool = False) -> torch.Tensor:
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
     """Equipartitioned soft codes (SwAV, Caron et al. 2020, arXiv 2006.09882, eq. 3-4).
 
     Sinkhorn-Knopp on ``Q = exp(scores^T / epsilon)`` (``K x B``): alternately scale the rows
     (prototypes) to sum to ``1 / K`` and the columns (samples) to ``1 / B``, ``iterations`` times,
     then return ``B * Q^T``: ``B x K`` codes whose rows sum to 1 and whose prototype columns sum to
-    about ``B / K`` (exactly in the limit of many iterations). With ``distributed`` the sums run
-    over all processes (each holding ``B`` rows), as in the official code. No gradient.
+    about ``B / K`` (exactly in the limit of many iterations). No gradient. Across processes the
+    caller gathers the scores first (SwAV does), so every process computes the same codes.
     """
     if scores.ndim != 2:
         raise ValueError(f"scores must be B x K, got shape {tuple(scores.shape)}")
     if epsilon <= 0 or iterations < 1:
         raise ValueError(f"epsilon must be positive and iterations at least 1, got {epsilon} and {iterations}")
-    from icone.train import distributed as processes
-
-    world = processes.world_size() if distributed else 1
-
-    def reduce(x: torch.Tensor) -> torch.Tensor:  # sum over processes
-        return processes.all_reduce_mean(x) * world if world > 1 else x
-
     scores = scores.detach().to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
-    shift = scores.max()  # a constant shift cancels in the normalisation; it must be common to all processes
-    if world > 1:
-        shift = processes.all_reduce_mean(shift)
-    q = torch.exp((scores - shift) / epsilon).t()  # K x B
-    num_prototypes, num_samples = q.shape[0], q.shape[1] * world
-    q /= reduce(q.sum())
+    q = torch.exp((scores - scores.max()) / epsilon).t()  # K x B; a constant shift cancels in the normalisation
+    num_prototypes, num_samples = q.shape
+    q /= q.sum()
     for _ in range(iterations):
-        q /= reduce(q.sum(dim=1, keepdim=True))
+        q /= q.sum(dim=1, keepdim=True)
         q /= num_prototypes
         q /= q.sum(dim=0, keepdim=True)
         q /= num_samples
@@ -58,22 +50,16 @@ def swav_loss(
     every view (the first ``G`` are the coded views, in the same order); ``codes``: ``G x B x K``
     targets (e.g. from :func:`sinkhorn`, detached here).
     """
-    scores = scores if isinstance(scores, torch.Tensor) else torch.stack(list(scores))
-    codes = codes if isinstance(codes, torch.Tensor) else torch.stack(list(codes))
-    if scores.ndim != 3 or codes.ndim != 3 or scores.shape[1:] != codes.shape[1:]:
+    scores, codes = stack_views(scores, "scores"), stack_views(codes, "codes")
+    if scores.shape[1:] != codes.shape[1:]:
         raise ValueError(f"scores (V x B x K) and codes (G x B x K) must share B and K, got {tuple(scores.shape)} and {tuple(codes.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    check_positive(temperature=temperature)
     views, coded = scores.shape[0], codes.shape[0]
     if views < 2 or coded > views:
         raise ValueError(f"need at least 2 views and no more coded views than views, got {views} and {coded}")
     log_probs = F.log_softmax(scores / temperature, dim=-1)
-    codes = codes.detach()
-    total = scores.new_zeros(())
-    for i in range(coded):
-        others = [v for v in range(views) if v != i]
-        total = total + sum((-codes[i] * log_probs[v]).sum(-1).mean() for v in others) / len(others)
-    return total / coded
+    # every coded view has the same number of other views, so the mean over pairs is the mean over i of the mean over v
+    return pair_cross_entropies(codes, log_probs, other_view_pairs(coded, views)).mean()
 
 
 __all__ = ["sinkhorn", "swav_loss"]

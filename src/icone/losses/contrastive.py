@@ -9,15 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
-    if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"{names} must both be B x d with the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-
-
-def _check_temperature(temperature: float) -> None:
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+from icone.losses.common import check_pair, check_positive
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
@@ -27,11 +19,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     similarity; each of the ``2B`` views is an anchor whose positive is the other view of its
     sample and whose negatives are the other ``2B - 2`` views. ``z1``, ``z2``: ``B x d``, B >= 2.
     """
-    _check_pair(z1, z2, "z1 and z2")
-    _check_temperature(temperature)
+    check_pair(z1, z2, "nt_xent: z1 and z2", min_batch=2)  # the other samples are the negatives
+    check_positive(temperature=temperature)
     b = z1.shape[0]
-    if b < 2:
-        raise ValueError(f"nt_xent needs at least 2 samples (the other samples are the negatives), got {b}")
     z = F.normalize(torch.cat([z1, z2]), dim=-1)
     logits = z @ z.t() / temperature
     self_pairs = torch.eye(2 * b, dtype=torch.bool, device=z.device)
@@ -50,8 +40,8 @@ def moco_infonce(
     ``Q x d`` negative keys. ``mask`` (``B x Q``, optional, ours): ``True`` removes a queue entry
     from a query's negatives (e.g. an older key of the same instance).
     """
-    _check_pair(q, k, "q and k")
-    _check_temperature(temperature)
+    check_pair(q, k, "q and k")
+    check_positive(temperature=temperature)
     if queue.ndim != 2 or queue.shape[1] != q.shape[1]:
         raise ValueError(f"queue must be Q x d with d = {q.shape[1]}, got {tuple(queue.shape)}")
     q = F.normalize(q, dim=-1)

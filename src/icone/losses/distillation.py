@@ -11,10 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
-    if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"{names} must both be B x d with the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+from icone.losses.common import check_pair, check_positive, other_view_pairs, pair_cross_entropies, stack_views
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -23,7 +20,7 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     Mean over the batch of one direction; the method adds the swapped term (``L + L~``, §3.1).
     ``p``: online predictions, ``z``: target projections (the gradient is stopped here).
     """
-    _check_pair(p, z, "p and z")
+    check_pair(p, z, "p and z")
     return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)).mean()
 
 
@@ -33,15 +30,8 @@ def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     Mean over the batch of one direction; the method symmetrises (eq. 4):
     ``L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2``.
     """
-    _check_pair(p, z, "p and z")
+    check_pair(p, z, "p and z")
     return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
-
-
-def _stack(logits: torch.Tensor | Sequence[torch.Tensor], name: str) -> torch.Tensor:
-    stacked = logits if isinstance(logits, torch.Tensor) else torch.stack(list(logits))
-    if stacked.ndim != 3:
-        raise ValueError(f"{name} must be views x B x K (or a list of B x K tensors), got shape {tuple(stacked.shape)}")
-    return stacked
 
 
 def dino_loss(
@@ -59,27 +49,19 @@ def dino_loss(
     order (pairs of a view with itself are skipped); ``teacher_logits``: ``G x B x K``;
     ``center``: ``K``.
     """
-    student = _stack(student_logits, "student_logits")
-    teacher = _stack(teacher_logits, "teacher_logits")
+    student = stack_views(student_logits, "student_logits")
+    teacher = stack_views(teacher_logits, "teacher_logits")
     if student.shape[1:] != teacher.shape[1:] or center.shape != teacher.shape[-1:]:
         raise ValueError(
             f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and center {tuple(center.shape)} must share B and K"
         )
-    if student_temp <= 0 or teacher_temp <= 0:
-        raise ValueError(f"temperatures must be positive, got student {student_temp}, teacher {teacher_temp}")
+    check_positive(student_temp=student_temp, teacher_temp=teacher_temp)
     views, teachers = student.shape[0], teacher.shape[0]
     if teachers > views or (views == 1 and teachers == 1):
         raise ValueError(f"need at least one student view other than a teacher view; got {views} student and {teachers} teacher views")
     targets = F.softmax((teacher.detach() - center.detach()) / teacher_temp, dim=-1)
     log_probs = F.log_softmax(student / student_temp, dim=-1)
-    total, terms = student.new_zeros(()), 0
-    for t in range(teachers):
-        for s in range(views):
-            if s == t:
-                continue
-            total = total + (-targets[t] * log_probs[s]).sum(-1).mean()
-            terms += 1
-    return total / terms
+    return pair_cross_entropies(targets, log_probs, other_view_pairs(teachers, views)).mean()
 
 
 __all__ = ["byol_loss", "dino_loss", "simsiam_loss"]

@@ -1,4 +1,4 @@
-"""ExCB loss terms (Metaxas, Tzimiropoulos & Patras, ECCV 2024, arXiv 2407.11168; METHODS.md "ExCB").
+"""ExCB loss terms (Metaxas, Tzimiropoulos & Patras, ECCV 2024, arXiv 2407.11168; docs/methods.md "ExCB").
 
 Notation: ``z`` cosine similarities of projections to ``K`` unit centroids (``... x K``, in
 [-1, 1]), ``s`` the running cluster sizes (``K``, summing to 1), ``r_k = K s_k`` the relative size
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from icone.losses.common import pair_cross_entropies
 
 NOISE_SCALE = 1e-3  # uniform noise added to a balancing factor that is exactly 0 (reference code)
 
@@ -110,8 +112,7 @@ def excb_pair_cross_entropies(
 ) -> torch.Tensor:
     """Cross-entropy of every matched pair, ``(P,)``: ``targets`` ``T x B x K`` teacher targets,
     ``student`` ``S x B x K`` student similarities, ``pairs`` from :func:`excb_pairs`."""
-    log_p = F.log_softmax(student.float() / temperature, dim=-1)
-    return torch.stack([-(targets[t] * log_p[s]).sum(-1).mean() for t, s in pairs])
+    return pair_cross_entropies(targets, F.log_softmax(student.float() / temperature, dim=-1), pairs)
 
 
 def excb_loss(

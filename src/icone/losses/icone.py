@@ -1,4 +1,4 @@
-"""IConE loss terms (Almpanakis & Kreshuk, arXiv 2603.15263; METHODS.md "IConE").
+"""IConE loss terms (Almpanakis & Kreshuk, arXiv 2603.15263; docs/methods.md "IConE").
 
 Notation: ``z`` view embeddings, ``e`` instance-table rows, ``B`` the batch size, ``V`` the number
 of views, ``N`` the number of table rows.

@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _check_pair(z1: torch.Tensor, z2: torch.Tensor, name: str) -> None:
-    if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must both be B x D with the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if z1.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 samples (its batch statistics are undefined below), got {z1.shape[0]}")
+from icone.losses.common import check_pair
 
 
 def off_diagonal_square_sum(matrix: torch.Tensor) -> torch.Tensor:
@@ -54,7 +49,7 @@ def vicreg_loss(
 
 def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-4) -> dict[str, torch.Tensor]:
     """The unweighted terms of :func:`vicreg_loss`: invariance ``s``, variance ``[v(Z) + v(Z')] / 2``, covariance ``c(Z) + c(Z')``."""
-    _check_pair(z1, z2, "vicreg_loss")
+    check_pair(z1, z2, "vicreg_loss: z1 and z2", min_batch=2)
     return {
         "invariance": (z1 - z2).pow(2).mean(),
         "variance": (vicreg_variance(z1, eps) + vicreg_variance(z2, eps)) / 2,
@@ -69,7 +64,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -
     without affine parameters); ``C = z1_n^T z2_n / B``;
     ``L = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2``. ``z1``, ``z2``: ``B x D``, B >= 2.
     """
-    _check_pair(z1, z2, "barlow_twins_loss")
+    check_pair(z1, z2, "barlow_twins_loss: z1 and z2", min_batch=2)
     b = z1.shape[0]
     c = _standardise(z1).t() @ _standardise(z2) / b
     on_diagonal = (1 - torch.diagonal(c)).pow(2).sum()

@@ -1,46 +1,39 @@
-"""Methods, one module each, found by name in a registry.
-
-Every module in this package that defines a :class:`Method` subclass with a ``name`` registers it
-by being imported; ``registry()`` imports them all.
-"""
+"""Methods, one module each, in an explicit registry (IConE and ExCB first)."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from icone.errors import UserError
-from icone.methods.base import Method
+from icone.methods.barlow_twins import BarlowTwins
+from icone.methods.base import HEALTH_PREFIX, Method
+from icone.methods.byol import BYOL
+from icone.methods.dino import DINO
+from icone.methods.excb import ExCB
+from icone.methods.icone import IConE
+from icone.methods.moco import MoCo
+from icone.methods.simclr import SimCLR
+from icone.methods.simsiam import SimSiam
+from icone.methods.swav import SwAV
+from icone.methods.vicreg import VICReg
 
-_SKIP = {"base"}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (IConE, ExCB, BarlowTwins, BYOL, DINO, MoCo, SimCLR, SimSiam, SwAV, VICReg)
+}
 
 
 def registry() -> dict[str, type[Method]]:
     """All methods by name, in a stable order (IConE and ExCB first)."""
-    for module in pkgutil.iter_modules(__path__):
-        if module.name not in _SKIP:
-            importlib.import_module(f"{__name__}.{module.name}")
-    found: dict[str, type[Method]] = {}
-    stack = list(Method.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if cls.name:
-            found[cls.name] = cls
-    first = [n for n in ("icone", "excb") if n in found]
-    return {n: found[n] for n in first + sorted(set(found) - set(first))}
+    return dict(METHODS)
 
 
 def get_method(name: str) -> type[Method]:
-    methods = registry()
-    if name not in methods:
-        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(methods)}")
-    return methods[name]
+    if name not in METHODS:
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
 
 
 def batch_free_methods(batch_size: int) -> list[str]:
     """Methods defined at this batch size."""
-    return [n for n, m in registry().items() if m.min_batch_size <= batch_size]
+    return [n for n, m in METHODS.items() if m.min_batch_size <= batch_size]
 
 
-__all__ = ["Method", "batch_free_methods", "get_method", "registry"]
+__all__ = ["HEALTH_PREFIX", "METHODS", "Method", "batch_free_methods", "get_method", "registry"]

@@ -1,20 +1,26 @@
-"""The shared base of every method: the contract between a method and the trainer.
+"""The contract between a method and everything around it (trainer, evaluation, bench, CLI).
 
 A method is an ``nn.Module`` holding ``backbone`` (what is evaluated and exported) plus its heads
-and loss state. The trainer calls, and only calls:
+and loss state. Generic code calls, and only calls:
 
 - ``initialize(batches)`` once before the first step of a fresh run (not on resume), with
   un-augmented ``(samples, index)`` batches of the training set on the device;
 - ``forward(views, index)`` = ``training_step``: ``(loss, metrics)`` for one batch, where
-  ``views`` is a list of ``B x C x spatial`` tensors (global crops first, then local crops);
+  ``views`` is a list of ``B x C x spatial`` tensors (global crops first, then local crops) and
+  ``index`` the samples' stable instance indices;
 - ``after_optimizer_step(step, total_steps)`` for EMA teachers, queues, size estimates;
-- ``param_groups(lr, weight_decay)`` to build the optimizer (a group may carry ``lr_scale``:
-  its lr is the scheduled lr times this, and ``weight_decay_start_scale``: its weight decay falls
-  from this multiple to 1x by a cosine over training);
-- ``adjust_views(spec, epoch, epochs)`` for view schedules (e.g. ExCB's crop scale);
-- ``epoch_metrics()`` for per-epoch monitoring (table statistics, cluster occupancy).
+- ``param_groups(lr, weight_decay)`` to build the optimizer: a group may carry ``lr_scale`` (its
+  lr is the scheduled lr times this), ``weight_decay_start_scale`` (its weight decay falls from
+  this multiple to 1x by a cosine over training) and ``row_sparse`` (a table whose gradient is a
+  sparse tensor of the rows a step used; updated by a row-sparse optimizer);
+- ``adjust_views(spec, epoch, epochs)`` for view checks and schedules;
+- ``epoch_metrics()``: health of the method's own state, logged per epoch as ``health/<key>``;
+- ``evaluation_backbone()``: the network its paper evaluates (a teacher, for some);
+- ``cluster_assignments(x)`` / ``num_clusters`` for methods that cluster (``None`` otherwise);
+- ``describe()``: the paths the method's options chose (e.g. IConE's dense or sparse table);
+- the class attributes below, among them ``cost_grows_with_instances``.
 
-Methods know nothing about files, loops or devices beyond their tensors.
+Methods know nothing about files, loops, devices or the command line.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from icone.config import check_options, update_dataclass
-from icone.views import ViewSpec
+from icone.config import ViewConfig, check_options, update_dataclass
+
+HEALTH_PREFIX = "health/"  # a method's epoch_metrics() in metrics.jsonl and its plots
 
 
 @dataclasses.dataclass
@@ -43,10 +50,11 @@ class Method(nn.Module):
     batch_needs: ClassVar[str] = "nothing"  # what the loss needs from the batch
     paper: ClassVar[str] = ""
     min_batch_size: ClassVar[int] = 1
-    default_lr: ClassVar[float] = 1e-3  # for AdamW at batch size 64 (see ``scaled_lr``)
+    default_lr: ClassVar[float] = 1e-3  # for AdamW at batch size 64 (see ``icone.build.scaled_lr``)
     default_weight_decay: ClassVar[float] = 0.05
     default_norm: ClassVar[str] = "group"  # backbone norm: batch-free by default
     default_local_crops: ClassVar[int] = 0
+    cost_grows_with_instances: ClassVar[bool] = False  # per-instance state (IConE's table): time it at several N
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, backbone: nn.Module, options: Any, num_instances: int) -> None:
@@ -58,12 +66,13 @@ class Method(nn.Module):
 
     @classmethod
     def make_options(cls, values: dict[str, Any]) -> Any:
-        """The method's options dataclass from a dict; unknown keys name the valid ones."""
+        """The method's options dataclass from a dict; unknown keys name the valid ones, every value is checked."""
         options = cls.Options()
         update_dataclass(options, values, prefix=f"{cls.name}.")
         check_options(options, prefix=f"{cls.name}.")
-        if hasattr(options, "validate"):
-            options.validate()
+        cross_field_checks = getattr(options, "validate", None)  # rules that span several options
+        if cross_field_checks is not None:
+            cross_field_checks()
         return options
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -78,11 +87,26 @@ class Method(nn.Module):
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Updates outside the gradient (default: none)."""
 
-    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
+    def adjust_views(self, spec: ViewConfig, epoch: int, epochs: int) -> ViewConfig:
         return spec
 
     @torch.no_grad()
     def epoch_metrics(self) -> dict[str, float]:
+        """Health of the method's own state (default: none); logged as ``health/<key>``."""
+        return {}
+
+    def evaluation_backbone(self) -> nn.Module:
+        """The backbone that is evaluated and exported (default: the trained one)."""
+        return self.backbone
+
+    num_clusters: int | None = None  # set by methods that cluster
+
+    def cluster_assignments(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The cluster of each un-augmented sample of ``x`` (``None``: the method does not cluster)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What the options chose where they leave a choice (e.g. ``{"table_path": "sparse"}``)."""
         return {}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
@@ -100,20 +124,3 @@ def split_decay(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_dec
     if no_decay:
         groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, **extra})
     return [g for g in groups if g["params"]]
-
-
-def cosine_momentum(base: float, step: int, total_steps: int, final: float = 1.0) -> float:
-    """EMA momentum rising from ``base`` to ``final`` by a cosine over training (BYOL eq. in §3.2)."""
-    import math
-
-    progress = min(step / max(total_steps, 1), 1.0)
-    return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """``target <- m * target + (1 - m) * online`` for parameters; buffers are copied."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
-    for t, o in zip(target.buffers(), online.buffers()):
-        t.copy_(o)

@@ -12,26 +12,21 @@ import torch
 from torch import nn
 
 from icone import losses
-from icone.methods.base import Method, cosine_momentum, ema_update
-from icone.methods.common import check_head, check_unit_interval, frozen_copy, require_two_views
-from icone.nets.heads import MLP
-from icone.views import ViewSpec
+from icone.config import option
+from icone.methods.parts import TwoViewMethod, cosine_momentum, ema_update, frozen_copy
+from icone.nets import HEAD_NORMS, MLP
 
 
 @dataclass
 class BYOLOptions:
-    hidden_dim: int = 4096  # projector feature -> 4096 -> 256, predictor 256 -> 4096 -> 256 (paper)
-    out_dim: int = 256
-    norm: str = "layer"  # head norm; ours (the paper's BatchNorm needs a batch): layer | batch | group | none
-    momentum: float = 0.996  # EMA of the target, raised to final_momentum by a cosine (paper eq. in §3.2)
-    final_momentum: float = 1.0
-
-    def validate(self) -> None:
-        check_head("byol", self.norm, hidden_dim=self.hidden_dim, out_dim=self.out_dim)
-        check_unit_interval("byol", momentum=self.momentum, final_momentum=self.final_momentum)
+    hidden_dim: int = option(4096, low=1)  # projector feature -> 4096 -> 256, predictor 256 -> 4096 -> 256 (paper)
+    out_dim: int = option(256, low=1)
+    norm: str = option("layer", choices=HEAD_NORMS)  # head norm; ours (the paper's BatchNorm needs a batch)
+    momentum: float = option(0.996, low=0, high=1)  # EMA of the target, raised to final_momentum by a cosine (paper §3.2)
+    final_momentum: float = option(1.0, low=0, high=1)
 
 
-class BYOL(Method):
+class BYOL(TwoViewMethod):
     """Online: backbone + projector + predictor; target: EMA of backbone + projector.
 
     ``default_lr`` is for AdamW (ours); the paper trains with LARS, lr 0.2 x B / 256, wd 1.5e-6.
@@ -42,7 +37,7 @@ class BYOL(Method):
     batch_needs = "nothing (with batch-free head norms)"
     paper = "Grill et al. 2020, arXiv 2006.07733"
     min_batch_size = 1
-    default_lr = 4e-4  # ours, at batch 64: on digits at B 32 (10 epochs) lr 7e-4 lost rank (RankMe 9.6), 3e-4 did not (14.0)
+    default_lr = 4e-4  # ours, at batch 64 (docs/methods.md)
     default_weight_decay = 0.05
     default_norm = "group"
     Options = BYOLOptions
@@ -54,13 +49,8 @@ class BYOL(Method):
         self.target_backbone = frozen_copy(self.backbone)
         self.target_projector = frozen_copy(self.projector)
 
-    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
-        require_two_views(self.name, spec)
-        return spec
-
-    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        b = views[0].shape[0]
-        pair = torch.cat(views[:2])
+    def pair_step(self, pair: torch.Tensor, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        b = batch
         p = self.predictor(self.projector(self.backbone(pair))).float()
         with torch.no_grad():
             z = self.target_projector(self.target_backbone(pair)).float()

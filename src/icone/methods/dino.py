@@ -12,12 +12,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from icone import losses
-from icone.methods.base import Method, cosine_momentum, ema_update
-from icone.methods.common import check_head, check_positive, check_unit_interval, frozen_copy, require_two_or_more_views, scaled_to_data
-from icone.nets.heads import MLP, CentroidLayer
-from icone.train import distributed
-from icone.views import ViewSpec
+from icone import distributed, losses
+from icone.config import ViewConfig, option
+from icone.methods.base import Method
+from icone.methods.parts import (
+    cosine_momentum,
+    ema_update,
+    forward_by_shape,
+    frozen_copy,
+    require_two_or_more_views,
+    scaled_to_data,
+)
+from icone.nets import HEAD_NORMS, MLP, CentroidLayer
 
 MAX_PROTOTYPES = 65536  # the paper's K (ImageNet)
 
@@ -29,23 +35,18 @@ def default_num_prototypes(num_instances: int) -> int:
 
 @dataclass
 class DINOOptions:
-    num_prototypes: int | None = None  # K; None: clip(N // 4, 8, 65536)
-    hidden_dim: int = 2048  # head: feature -> 2048 -> 2048 -> 256, L2-normalise, weight-normalised K outputs (paper)
-    bottleneck_dim: int = 256
-    head_layers: int = 3
-    norm: str = "none"  # head norm: none (paper) | batch | layer | group
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04  # after the warm-up
-    warmup_teacher_temp: float = 0.04  # the warm-up starts here (paper default: no warm-up, 0.04 -> 0.04)
-    warmup_fraction: float = 0.3  # share of training steps for the linear warm-up (ours; the paper: 30 epochs)
-    center_momentum: float = 0.9
-    momentum: float = 0.996  # teacher EMA, raised to final_momentum by a cosine
-    final_momentum: float = 1.0
-
-    def validate(self) -> None:
-        check_head("dino", self.norm, num_prototypes=self.num_prototypes, hidden_dim=self.hidden_dim, bottleneck_dim=self.bottleneck_dim, head_layers=self.head_layers)
-        check_positive("dino", student_temp=self.student_temp, teacher_temp=self.teacher_temp, warmup_teacher_temp=self.warmup_teacher_temp)
-        check_unit_interval("dino", warmup_fraction=self.warmup_fraction, center_momentum=self.center_momentum, momentum=self.momentum, final_momentum=self.final_momentum)
+    num_prototypes: int | None = option(None, low=1)  # K; None: clip(N // 4, 8, 65536)
+    hidden_dim: int = option(2048, low=1)  # head: feature -> 2048 -> 2048 -> 256, L2-normalise, weight-normalised K outputs (paper)
+    bottleneck_dim: int = option(256, low=1)
+    head_layers: int = option(3, low=1)
+    norm: str = option("none", choices=HEAD_NORMS)  # head norm (paper: none)
+    student_temp: float = option(0.1, above=0)
+    teacher_temp: float = option(0.04, above=0)  # after the warm-up
+    warmup_teacher_temp: float = option(0.04, above=0)  # the warm-up starts here (paper default: no warm-up, 0.04 -> 0.04)
+    warmup_fraction: float = option(0.3, low=0, high=1)  # share of training steps for the linear warm-up (ours; the paper: 30 epochs)
+    center_momentum: float = option(0.9, low=0, high=1)
+    momentum: float = option(0.996, low=0, high=1)  # teacher EMA, raised to final_momentum by a cosine
+    final_momentum: float = option(1.0, low=0, high=1)
 
 
 class DINOHead(nn.Module):
@@ -92,7 +93,7 @@ class DINO(Method):
         self._progress: float | None = None  # host copy of ``progress`` (no device sync in the step)
         self._batch_center: torch.Tensor | None = None
 
-    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
+    def adjust_views(self, spec: ViewConfig, epoch: int, epochs: int) -> ViewConfig:
         require_two_or_more_views(self.name, spec)
         self.global_crops = spec.global_crops
         return spec
@@ -110,14 +111,11 @@ class DINO(Method):
     def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         globals_ = min(self.global_crops, len(views))
         b = views[0].shape[0]
-        student = [self.head(self.backbone(torch.cat(views[:globals_]))).float().reshape(globals_, b, -1)]
-        if len(views) > globals_:  # local crops: a second pass at their own size
-            locals_ = len(views) - globals_
-            student.append(self.head(self.backbone(torch.cat(views[globals_:]))).float().reshape(locals_, b, -1))
+        student = forward_by_shape(lambda x: self.head(self.backbone(x)), views).float().reshape(len(views), b, -1)
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_backbone(torch.cat(views[:globals_]))).float().reshape(globals_, b, -1)
         temp = self.teacher_temp()
-        loss = losses.dino_loss(torch.cat(student), teacher, self.center, student_temp=self.options.student_temp, teacher_temp=temp)
+        loss = losses.dino_loss(student, teacher, self.center, student_temp=self.options.student_temp, teacher_temp=temp)
         self._batch_center = teacher.mean(dim=(0, 1))
         with torch.no_grad():
             targets = torch.softmax((teacher - self.center) / temp, dim=-1)

@@ -1,7 +1,7 @@
 """ExCB: teacher/student self-distillation onto K clusters with explicit cluster balancing.
 
 Metaxas, Tzimiropoulos & Patras, "Efficient Unsupervised Visual Representation Learning with
-Explicit Cluster Balancing", ECCV 2024, arXiv 2407.11168 (METHODS.md "ExCB"). The teacher's
+Explicit Cluster Balancing", ECCV 2024, arXiv 2407.11168 (docs/methods.md, docs/excb.md). The teacher's
 similarities are rebalanced by the running cluster sizes (``losses.excb_balance``) instead of
 using batch statistics, so B = 1 is defined: nothing in the objective depends on the batch.
 """
@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icone import losses
+from icone import distributed, losses
+from icone.config import ViewConfig, option
 from icone.errors import UserError
-from icone.methods.base import Method, cosine_momentum, ema_update, split_decay
-from icone.nets.heads import HEAD_NORMS, MLP, CentroidLayer, head_norm
-from icone.train import distributed
-from icone.views import ViewSpec
+from icone.methods.base import Method, split_decay
+from icone.methods.kmeans import nearest_centroid, spherical_kmeans
+from icone.methods.parts import cosine_momentum, ema_update, forward_by_shape
+from icone.nets import HEAD_NORMS, MLP, CentroidLayer, norm_layer
+from icone.stats import occupancy
 
 MAX_CLUSTERS = 65536  # the paper's K on ImageNet
 ASSIGNMENTS = ("balanced", "raw")
@@ -47,110 +49,28 @@ def crop_min_scale(epoch: int, epochs: int, start: float = 0.26, end: float = 0.
 
 @dataclass
 class ExCBOptions:
-    num_clusters: int | None = None  # K; None: default_num_clusters(N) = round(N / 4) in [2, 65536]
-    hidden_dim: int | None = None  # projector/predictor hidden width; None: min(2048, 4 d) (paper 2048, d = 2048)
-    bottleneck_dim: int = 256  # projection size the centroids live in (paper 256)
-    projector_layers: int = 3  # linear layers: d -> hidden -> hidden -> bottleneck (paper)
-    head_norm: str = "layer"  # norm inside projector/predictor MLPs (paper: batch); batch | layer | group | none
+    num_clusters: int | None = option(None, low=2)  # K; None: default_num_clusters(N) = round(N / 4) in [2, 65536]
+    hidden_dim: int | None = option(None, low=1)  # projector/predictor hidden width; None: min(2048, 4 d) (paper 2048, d = 2048)
+    bottleneck_dim: int = option(256, low=1)  # projection size the centroids live in (paper 256)
+    projector_layers: int = option(3, low=1)  # linear layers: d -> hidden -> hidden -> bottleneck (paper)
+    head_norm: str = option("layer", choices=HEAD_NORMS)  # norm inside projector/predictor MLPs (paper: batch)
     predictor: bool = True  # student predictor on top of the projection (paper: on)
-    predictor_norm: str = "layer"  # norm on the projection before the predictor (paper: BN(256))
+    predictor_norm: str = option("layer", choices=HEAD_NORMS)  # norm on the projection before the predictor (paper: BN(256))
     balancing: bool = True  # False: plain sharpened teacher softmax(z_t / 0.04), no balancing, no boost
     argmax_boost: bool = True  # reference-code extra: x1.01 at each sample's balanced argmax, clamp
-    teacher_temperature: float = 0.04
-    student_temperature: float = 0.1
-    size_momentum: float = 0.999  # m_s of the running cluster sizes
-    ema_momentum: float = 0.996  # teacher EMA momentum, cosine to 1
-    centroid_wd_start_scale: float = 10.0  # centroid weight decay falls from this x wd to 1 x wd
+    teacher_temperature: float = option(0.04, above=0)
+    student_temperature: float = option(0.1, above=0)
+    size_momentum: float = option(0.999, low=0, high=1)  # m_s of the running cluster sizes
+    ema_momentum: float = option(0.996, low=0, high=1)  # teacher EMA momentum, cosine to 1
+    centroid_wd_start_scale: float = option(10.0, above=0)  # centroid weight decay falls from this x wd to 1 x wd
     crop_schedule: bool = True  # min global crop scale crop_scale_start -> crop_scale_end over training
-    crop_scale_start: float = 0.26
-    crop_scale_end: float = 0.14
-    eval_assignments: str = "balanced"  # cluster_assignments: argmax of B(z_t; s) (final sizes) | raw argmax of z_t
+    crop_scale_start: float = option(0.26, above=0, high=1)
+    crop_scale_end: float = option(0.14, above=0, high=1)
+    eval_assignments: str = option("balanced", choices=ASSIGNMENTS)  # cluster_assignments: argmax of B(z_t; s) (final sizes) | raw argmax of z_t
     kmeans_init: bool = True  # centroids from spherical k-means on untrained projections
-    kmeans_iters: int = 50
-    kmeans_restarts: int = 10  # reruns while a cluster is empty; then empty clusters are seeded by hand
-    kmeans_samples: int = 100_000  # at most this many training samples feed k-means
-
-    def validate(self) -> None:
-        if self.eval_assignments not in ASSIGNMENTS:
-            raise UserError(f"excb.eval_assignments={self.eval_assignments!r} is not valid; choose one of: {', '.join(ASSIGNMENTS)}")
-        for key in ("head_norm", "predictor_norm"):
-            if getattr(self, key) not in HEAD_NORMS:
-                raise UserError(f"excb.{key}={getattr(self, key)!r} is not valid; choose one of: {', '.join(HEAD_NORMS)}")
-        if self.num_clusters is not None and self.num_clusters < 2:
-            raise UserError(f"excb.num_clusters must be at least 2 (or null for the rule round(N / 4)), got {self.num_clusters}")
-        for key in ("hidden_dim", "bottleneck_dim", "kmeans_samples"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise UserError(f"excb.{key} must be at least 1, got {getattr(self, key)}")
-        if self.projector_layers < 1:
-            raise UserError(f"excb.projector_layers must be at least 1, got {self.projector_layers}")
-        for key in ("teacher_temperature", "student_temperature"):
-            if getattr(self, key) <= 0:
-                raise UserError(f"excb.{key} must be positive, got {getattr(self, key)}")
-        for key in ("size_momentum", "ema_momentum"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise UserError(f"excb.{key} must be in [0, 1], got {getattr(self, key)}")
-        if self.centroid_wd_start_scale <= 0:
-            raise UserError(f"excb.centroid_wd_start_scale must be positive, got {self.centroid_wd_start_scale}")
-        for key in ("crop_scale_start", "crop_scale_end"):
-            if not 0 < getattr(self, key) <= 1:
-                raise UserError(f"excb.{key} must be in (0, 1], got {getattr(self, key)}")
-        if self.kmeans_iters < 0 or self.kmeans_restarts < 0:
-            raise UserError("excb.kmeans_iters and excb.kmeans_restarts must be at least 0")
-
-
-# ---- spherical k-means (centroid initialisation) -------------------------------------------------
-
-
-def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Index of the most similar centroid for each row of ``x`` (chunked: N x K never held at once)."""
-    return torch.cat([(part @ centroids.t()).argmax(-1) for part in x.split(chunk)])
-
-
-def _mean_directions(x: torch.Tensor, assign: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Normalised mean of each cluster's members; an empty cluster keeps its centroid."""
-    sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-    counts = torch.bincount(assign, minlength=len(centroids))
-    return torch.where((counts > 0)[:, None], F.normalize(sums, dim=-1), centroids)
-
-
-def _seed_empty(x: torch.Tensor, centroids: torch.Tensor, assign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Give each empty cluster the worst-fitting point of a cluster with at least two members."""
-    centroids, assign = centroids.clone(), assign.clone()
-    counts = torch.bincount(assign, minlength=len(centroids))
-    for k in torch.nonzero(counts == 0).flatten().tolist():
-        fit = (x * centroids[assign]).sum(-1)
-        fit[counts[assign] < 2] = float("inf")
-        point = int(fit.argmin())
-        counts[assign[point]] -= 1
-        assign[point], counts[k] = k, 1
-        centroids[k] = x[point]
-    return centroids, assign
-
-
-@torch.no_grad()
-def spherical_kmeans(
-    features: torch.Tensor, k: int, iters: int = 50, restarts: int = 10, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(centroids K x d, assignments N)`` of spherical k-means (cosine assignment, normalised means).
-
-    Starts from ``k`` random points and reruns with a new start while any cluster is empty (at
-    most ``restarts`` times, as the reference code does without a bound); if one is still empty,
-    it gets the worst-fitting point of a cluster with at least two members. Needs ``N >= k``.
-    """
-    x = F.normalize(features.float(), dim=-1)
-    if len(x) < k:
-        raise UserError(f"k-means needs at least as many samples as clusters ({len(x)} < {k}); lower excb.num_clusters")
-    for _ in range(restarts + 1):
-        centroids = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
-        for _ in range(iters):
-            centroids = _mean_directions(x, _nearest(x, centroids), centroids)
-        assign = _nearest(x, centroids)
-        if bool((torch.bincount(assign, minlength=k) > 0).all()):
-            return centroids, assign
-    return _seed_empty(x, centroids, assign)
-
-
-# ---- the method --------------------------------------------------------------------------------
+    kmeans_iters: int = option(50, low=0)
+    kmeans_restarts: int = option(10, low=0)  # reruns while a cluster is empty; then empty clusters are seeded by hand
+    kmeans_samples: int = option(100_000, low=1)  # at most this many training samples feed k-means
 
 
 class ExCB(Method):
@@ -173,7 +93,7 @@ class ExCB(Method):
         self.projector = MLP(self.feature_dim, self.hidden_dim, opts.bottleneck_dim, layers=opts.projector_layers, norm=opts.head_norm)
         self.centroids = CentroidLayer(opts.bottleneck_dim, self.num_clusters)
         if opts.predictor:
-            self.predictor_norm = head_norm(opts.predictor_norm, opts.bottleneck_dim)
+            self.predictor_norm = norm_layer(opts.predictor_norm, opts.bottleneck_dim, dims=1)
             self.predictor = MLP(opts.bottleneck_dim, self.hidden_dim, opts.bottleneck_dim, layers=2, norm=opts.head_norm)
         self.teacher = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "projector": copy.deepcopy(self.projector), "centroids": copy.deepcopy(self.centroids)})
         self.teacher.requires_grad_(False)
@@ -186,13 +106,7 @@ class ExCB(Method):
 
     def _project(self, backbone: nn.Module, projector: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
         """Projections ``(V*B) x D`` (view-major), one backbone pass per run of equally shaped views."""
-        runs: list[list[torch.Tensor]] = []
-        for view in views:
-            if runs and runs[-1][0].shape == view.shape:
-                runs[-1].append(view)
-            else:
-                runs.append([view])
-        return torch.cat([projector(backbone(torch.cat(run))) for run in runs])
+        return forward_by_shape(lambda x: projector(backbone(x)), views)
 
     @staticmethod
     def _similarities(projections: torch.Tensor, centroids: CentroidLayer, detach: bool = False) -> torch.Tensor:
@@ -303,7 +217,7 @@ class ExCB(Method):
         centroids, assign = spherical_kmeans(x, self.num_clusters, opts.kmeans_iters, opts.kmeans_restarts)
         if distributed.is_distributed():  # every process must start from rank 0's centroids
             torch.distributed.broadcast(centroids, src=0)
-            assign = _nearest(x, centroids)
+            assign = nearest_centroid(x, centroids)
         self.centroids.weight.copy_(centroids)
         self.teacher["centroids"].weight.copy_(centroids)
         self.epoch_counts.copy_(torch.bincount(assign, minlength=self.num_clusters).float())  # epoch 0: k-means occupancy
@@ -327,7 +241,7 @@ class ExCB(Method):
                 b.copy_(saved[name])
         return torch.cat(features)[:limit]
 
-    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
+    def adjust_views(self, spec: ViewConfig, epoch: int, epochs: int) -> ViewConfig:
         """Minimum global crop scale 0.26 -> 0.14 (cosine over epochs); local crops span up to it."""
         self.global_views = spec.global_crops
         if spec.global_crops < 2:
@@ -349,14 +263,14 @@ class ExCB(Method):
 
     @torch.no_grad()
     def epoch_metrics(self) -> dict[str, float]:
-        """Occupancy of the teacher's balanced assignments over the epoch (both global views, all
-        processes), then reset. Same keys and definitions as ``evaluate.metrics.cluster_occupancy``."""
+        """:func:`icone.stats.occupancy` of the teacher's balanced assignments over the epoch (both
+        global views, all processes), then reset."""
         counts = self.epoch_counts.double()
         total = float(counts.sum())
         if total == 0:
             return {}
         self.epoch_counts.zero_()
-        return occupancy_from_counts(counts)
+        return occupancy(counts)
 
     @torch.no_grad()
     def cluster_assignments(self, x: torch.Tensor) -> torch.Tensor:
@@ -372,18 +286,3 @@ class ExCB(Method):
         if self.options.balancing and self.options.eval_assignments == "balanced":
             z = losses.excb_balance(z, self.sizes)
         return z.argmax(-1)
-
-
-def occupancy_from_counts(counts: torch.Tensor) -> dict[str, float]:
-    """Empty fraction, largest/smallest share and normalised entropy of cluster counts ``(K,)``."""
-    counts = counts.double()
-    shares = counts / counts.sum().clamp(min=1)
-    nonzero = shares[shares > 0]
-    k = len(counts)
-    entropy = float(-(nonzero * nonzero.log()).sum())
-    return {
-        "empty_cluster_fraction": float((counts == 0).double().mean()),
-        "largest_cluster_share": float(shares.max()),
-        "smallest_cluster_share": float(shares.min()),
-        "cluster_entropy": entropy / math.log(k) if k > 1 else 0.0,
-    }

@@ -1,20 +1,15 @@
 """IConE: a learnable table of per-instance embeddings with an explicit diversity objective.
 
 Almpanakis & Kreshuk, "IConE: Batch Independent Collapse Prevention for Self-Supervised
-Representation Learning", arXiv 2603.15263. METHODS.md gives the objective implemented here:
+Representation Learning", arXiv 2603.15263; the objective as implemented is in docs/methods.md:
 ``L = w_vi L_vi + w_vv L_vv + w_div L_div``. No term uses batch statistics, so B = 1 is defined.
+Where our defaults depart from the public reading, and why, is in docs/icone.md.
 
-Two defaults are ours, chosen by measurement (docs/icone.md, BENCHMARKS.md): table rows start at
-the untrained encoder's normalised embeddings (``table_init=features``) and the table learns 10x
-faster than the encoder (``table_lr_scale=10``). ``icone.table_init=normal icone.table_lr_scale=1``
-gives the public reading.
-
-Two paths (METHODS.md "Cost"): ``dense`` (the table is an ordinary parameter; the diversity runs
-over the whole table up to ``diversity_rows`` rows) and ``sparse`` (per-step cost independent of
-N: the batch's rows against a sample of rows, or the exact ``frame`` term from a maintained
-``d x d`` matrix; the table's gradient holds only the rows used, and a row-sparse AdamW updates
-only those rows and exchanges only those across processes). ``auto`` takes ``sparse`` above
-``diversity_rows`` instances.
+Two paths: ``dense`` (the table is an ordinary parameter; the diversity runs over the whole table
+up to ``diversity_rows`` rows) and ``sparse`` (per-step cost independent of N: the batch's rows
+against a sample of rows, or the exact ``frame`` term from a maintained ``d x d`` matrix; the
+table's gradient holds only the rows used, and a row-sparse AdamW updates only those rows and
+exchanges only those across processes). ``auto`` takes ``sparse`` above ``diversity_rows`` instances.
 """
 
 from __future__ import annotations
@@ -27,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icone import losses
-from icone.errors import UserError
+from icone import distributed, losses
+from icone.config import option
 from icone.methods.base import Method, split_decay
-from icone.nets.heads import MLP
-from icone.train import distributed
+from icone.methods.parts import forward_by_shape
+from icone.nets import MLP
+from icone.stats import rankme
 
 ALIGNMENTS = ("cosine", "infonce")
 DIVERSITIES = ("hinge", "frame", "uniformity")
@@ -43,37 +39,26 @@ TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 @dataclass
 class IConEOptions:
-    alignment: str = "cosine"  # cosine | infonce (own row positive, sampled rows negatives)
-    diversity: str = "hinge"  # hinge | frame | uniformity
-    projector: str = "none"  # none | linear | mlp (MLP with LayerNorm)
-    projector_dim: int = 128
-    table_init: str = "features"  # features (rows = untrained encoder's embeddings; ours) | normal N(0, std^2) (paper)
-    table_init_std: float = 0.02
-    table_lr_scale: float = 10.0  # table lr = encoder lr * this (ours: 10; the public reading: 1)
-    table_weight_decay: float | None = None  # None: the encoder's weight decay
+    alignment: str = option("cosine", choices=ALIGNMENTS)  # cosine | infonce (own row positive, sampled rows negatives)
+    diversity: str = option("hinge", choices=DIVERSITIES)
+    projector: str = option("none", choices=PROJECTORS)  # none | linear | mlp (MLP with LayerNorm)
+    projector_dim: int = option(128, low=1)
+    table_init: str = option("features", choices=TABLE_INITS)  # features: rows = untrained encoder's embeddings (ours) | normal N(0, std^2)
+    table_init_std: float = option(0.02, above=0)
+    table_lr_scale: float = option(10.0, above=0)  # table lr = encoder lr * this (ours: 10; the public reading: 1)
+    table_weight_decay: float | None = option(None, low=0)  # None: the encoder's weight decay
     detach_table: bool = False  # stop-gradient of the alignment into the table (rows move by L_div only)
-    w_vi: float = 1.0
-    w_vv: float = 1.0
-    w_div: float = 1.0
-    temperature: float = 0.1  # infonce only
-    negatives: int = 4096  # infonce: table rows sampled as negatives per step
-    diversity_rows: int = 8192  # full-table diversity up to this many rows; above it (and on the sparse path) the batch's rows vs a sample
-    sample_rows: int = 1024  # rows in that sample (a uniform draw per step; the estimate is unbiased, its variance ~ 1 / this)
-    uniformity_t: float = 2.0
-    table_path: str = "auto"  # auto (sparse above diversity_rows instances) | dense | sparse
-    table_dtype: str = "float32"  # float32 | bfloat16 | float16: the table and its optimizer moments
-    frame_resync_every: int = 1000  # sparse path, frame diversity: recompute the d x d matrix from the table every this many steps
-
-    def validate(self) -> None:
-        choices_of = {"alignment": ALIGNMENTS, "diversity": DIVERSITIES, "projector": PROJECTORS, "table_init": TABLE_INITS, "table_path": TABLE_PATHS, "table_dtype": tuple(TABLE_DTYPES)}
-        for key, choices in choices_of.items():
-            if getattr(self, key) not in choices:
-                raise UserError(f"icone.{key}={getattr(self, key)!r} is not valid; choose one of: {', '.join(choices)}")
-        if self.temperature <= 0:
-            raise UserError(f"icone.temperature must be positive, got {self.temperature}")
-        for key in ("diversity_rows", "sample_rows", "negatives", "frame_resync_every"):
-            if getattr(self, key) < 1:
-                raise UserError(f"icone.{key} must be at least 1, got {getattr(self, key)}")
+    w_vi: float = option(1.0, low=0)
+    w_vv: float = option(1.0, low=0)
+    w_div: float = option(1.0, low=0)
+    temperature: float = option(0.1, above=0)  # infonce only
+    negatives: int = option(4096, low=1)  # infonce: table rows sampled as negatives per step
+    diversity_rows: int = option(8192, low=1)  # full-table diversity up to this many rows; above it (and on the sparse path) the batch's rows vs a sample
+    sample_rows: int = option(1024, low=1)  # rows in that sample (a uniform draw per step; the estimate is unbiased, its variance ~ 1 / this)
+    uniformity_t: float = option(2.0, above=0)
+    table_path: str = option("auto", choices=TABLE_PATHS)  # auto (sparse above diversity_rows instances) | dense | sparse
+    table_dtype: str = option("float32", choices=tuple(TABLE_DTYPES))  # the table and its optimizer moments
+    frame_resync_every: int = option(1000, low=1)  # sparse path, frame diversity: recompute the d x d matrix every this many steps
 
 
 class IConE(Method):
@@ -85,6 +70,7 @@ class IConE(Method):
     default_lr = 2e-4  # at batch 64: 1e-4 at 16 and 2.5e-5 at 1 with the default sqrt scaling
     default_weight_decay = 0.05
     default_norm = "group"
+    cost_grows_with_instances = True
     Options = IConEOptions
 
     def __init__(self, backbone: nn.Module, options: IConEOptions, num_instances: int) -> None:
@@ -110,6 +96,9 @@ class IConE(Method):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(x))
+
+    def describe(self) -> dict[str, str]:
+        return {"table_path": "sparse" if self.sparse else "dense"}
 
     @torch.no_grad()
     def initialize(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -155,7 +144,7 @@ class IConE(Method):
     def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         opts = self.options
         b = views[0].shape[0]
-        z = self.embed(torch.cat(views)).float()  # (V*B) x d, one backbone pass for all views
+        z = forward_by_shape(self.embed, views).float()  # (V*B) x d, one backbone pass per view size
         z = z.reshape(len(views), b, -1).transpose(0, 1)  # B x V x d
         batch_rows = self._rows(index)
         touched = index
@@ -196,8 +185,6 @@ class IConE(Method):
     @torch.no_grad()
     def epoch_metrics(self) -> dict[str, float]:
         """Table health: mean/max off-diagonal cosine and RankMe of (up to 2048 sampled) rows."""
-        from icone.evaluate.metrics import rankme
-
         rows = self.table.float()
         if len(rows) > 2048:
             rows = rows[torch.randperm(len(rows), device=rows.device)[:2048]]

@@ -14,12 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icone import losses
-from icone.methods.base import Method, ema_update
-from icone.methods.common import check_head, check_positive, check_unit_interval, frozen_copy, largest_power_of_two, require_two_views
-from icone.nets.heads import MLP
-from icone.train import distributed
-from icone.views import ViewSpec
+from icone import distributed, losses
+from icone.config import option
+from icone.methods.parts import RingBuffer, TwoViewMethod, ema_update, frozen_copy, largest_power_of_two
+from icone.nets import HEAD_NORMS, MLP
 
 MAX_QUEUE = 65536  # the paper's queue length (ImageNet)
 
@@ -31,22 +29,17 @@ def default_queue_size(num_instances: int) -> int:
 
 @dataclass
 class MoCoOptions:
-    temperature: float = 0.2  # MoCo v2
-    momentum: float = 0.99  # ours (MoCo v2: 0.999, tuned for long ImageNet runs; MoCo v3 uses 0.99)
-    queue_size: int | None = None  # None: min(65536, largest power of two <= N)
-    hidden_dim: int = 2048  # MoCo v2 head: feature -> 2048 -> ReLU -> 128, no BN
-    out_dim: int = 128
-    norm: str = "none"  # head norm: none (paper) | batch | layer | group
+    temperature: float = option(0.2, above=0)  # MoCo v2
+    momentum: float = option(0.99, low=0, high=1)  # ours (MoCo v2: 0.999, tuned for long ImageNet runs; MoCo v3 uses 0.99)
+    queue_size: int | None = option(None, low=1)  # None: min(65536, largest power of two <= N)
+    hidden_dim: int = option(2048, low=1)  # MoCo v2 head: feature -> 2048 -> ReLU -> 128, no BN
+    out_dim: int = option(128, low=1)
+    norm: str = option("none", choices=HEAD_NORMS)  # head norm (paper: none)
     symmetric: bool = True  # ours: both views are queries (MoCo v2 uses one direction)
     mask_own_keys: bool = True  # ours: an older key of the query's own instance is not a negative
 
-    def validate(self) -> None:
-        check_head("moco", self.norm, hidden_dim=self.hidden_dim, out_dim=self.out_dim, queue_size=self.queue_size)
-        check_positive("moco", temperature=self.temperature)
-        check_unit_interval("moco", momentum=self.momentum)
 
-
-class MoCo(Method):
+class MoCo(TwoViewMethod):
     """Query encoder (backbone + MLP head) trained; key encoder = its EMA; queue of past keys.
 
     ``default_lr`` is for AdamW (ours); MoCo v2 trains with SGD, lr 0.03 at batch 256, wd 1e-4.
@@ -68,29 +61,24 @@ class MoCo(Method):
         self.key_backbone = frozen_copy(self.backbone)
         self.key_projector = frozen_copy(self.projector)
         size = options.queue_size or default_queue_size(num_instances)
-        self.register_buffer("queue", F.normalize(torch.randn(size, options.out_dim), dim=1))  # random keys at first, as in MoCo
-        self.register_buffer("queue_index", torch.full((size,), -1, dtype=torch.long))  # -1: not a training instance
-        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+        # random keys at first, as in MoCo; their instance index -1 is no training instance
+        self.queue = RingBuffer(size, options.out_dim, init=F.normalize(torch.randn(size, options.out_dim), dim=1))
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
-        require_two_views(self.name, spec)
-        return spec
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=-1)
 
-    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        opts, b = self.options, views[0].shape[0]
-        pair = torch.cat(views[:2])
+    def pair_step(self, pair: torch.Tensor, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        opts, b = self.options, batch
         q = self.projector(self.backbone(pair)).float()
         k = self.keys(pair)
         q1, q2, k1, k2 = q[:b], q[b:], k[:b], k[b:]
-        mask = index[:, None] == self.queue_index[None, :] if opts.mask_own_keys else None
-        loss = losses.moco_infonce(q1, k2, self.queue, opts.temperature, mask=mask)
+        keys = self.queue.rows
+        mask = index[:, None] == self.queue.index[None, :] if opts.mask_own_keys else None
+        loss = losses.moco_infonce(q1, k2, keys, opts.temperature, mask=mask)
         if opts.symmetric:
-            loss = (loss + losses.moco_infonce(q2, k1, self.queue, opts.temperature, mask=mask)) / 2
+            loss = (loss + losses.moco_infonce(q2, k1, keys, opts.temperature, mask=mask)) / 2
         self._pending = (distributed.all_gather_cat(k1), distributed.all_gather_cat(index))
         positive = (F.normalize(q1, dim=-1) * k2).sum(-1).mean()
         return loss, {"positive_cosine": positive.detach()}
@@ -100,15 +88,5 @@ class MoCo(Method):
         ema_update(self.key_backbone, self.backbone, self.options.momentum)
         ema_update(self.key_projector, self.projector, self.options.momentum)
         if self._pending is not None:
-            self.enqueue(*self._pending)
+            self.queue.push(*self._pending)  # the newest keys overwrite the oldest
             self._pending = None
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor, index: torch.Tensor) -> None:
-        """FIFO: the newest keys overwrite the oldest (a ring buffer; any batch size)."""
-        size = len(self.queue)
-        keys, index = keys[-size:], index[-size:]
-        slots = (self.queue_pointer + torch.arange(len(keys), device=keys.device)) % size
-        self.queue[slots] = keys.to(self.queue.dtype)
-        self.queue_index[slots] = index
-        self.queue_pointer.copy_((self.queue_pointer + len(keys)) % size)

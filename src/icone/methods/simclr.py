@@ -11,27 +11,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from icone import losses
-from icone.methods.base import Method
-from icone.methods.common import check_head, check_positive, full_batch_gradient, require_two_views
-from icone.nets.heads import MLP
-from icone.train import distributed
-from icone.views import ViewSpec
+from icone import distributed, losses
+from icone.config import option
+from icone.methods.parts import TwoViewMethod, full_batch_gradient
+from icone.nets import HEAD_NORMS, MLP
 
 
 @dataclass
 class SimCLROptions:
-    temperature: float = 0.2  # ours; the paper uses 0.1-0.5 (0.1 with LARS at batch 4096)
-    hidden_dim: int = 2048  # projection MLP feature -> hidden -> out (paper: 2048 -> 128)
-    out_dim: int = 128
-    norm: str = "batch"  # head norm: batch (paper) | layer | group | none
-
-    def validate(self) -> None:
-        check_head("simclr", self.norm, hidden_dim=self.hidden_dim, out_dim=self.out_dim)
-        check_positive("simclr", temperature=self.temperature)
+    temperature: float = option(0.2, above=0)  # ours; the paper uses 0.1-0.5 (0.1 with LARS at batch 4096)
+    hidden_dim: int = option(2048, low=1)  # projection MLP feature -> hidden -> out (paper: 2048 -> 128)
+    out_dim: int = option(128, low=1)
+    norm: str = option("batch", choices=HEAD_NORMS)  # head norm (paper: batch)
 
 
-class SimCLR(Method):
+class SimCLR(TwoViewMethod):
     """Backbone + projection MLP; NT-Xent over the ``2B`` views (all processes' views as negatives).
 
     ``default_lr`` is for AdamW at small scale (ours); the paper trains with LARS, lr 0.3 x B / 256.
@@ -51,13 +45,8 @@ class SimCLR(Method):
         super().__init__(backbone, options, num_instances)
         self.projector = MLP(self.feature_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
 
-    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
-        require_two_views(self.name, spec)
-        return spec
-
-    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        b = views[0].shape[0]
-        z = self.projector(self.backbone(torch.cat(views[:2]))).float()
-        z1, z2 = distributed.all_gather_cat(z[:b]), distributed.all_gather_cat(z[b:])
+    def pair_step(self, pair: torch.Tensor, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        z = self.projector(self.backbone(pair)).float()
+        z1, z2 = distributed.all_gather_cat(z[:batch]), distributed.all_gather_cat(z[batch:])
         loss = losses.nt_xent(z1, z2, temperature=self.options.temperature)
         return full_batch_gradient(loss), {"nt_xent": loss.detach()}

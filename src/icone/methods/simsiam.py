@@ -13,34 +13,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from icone import losses
-from icone.methods.base import Method
-from icone.methods.common import check_head, require_two_views
-from icone.nets.heads import MLP
-from icone.views import ViewSpec
+from icone.config import option
+from icone.methods.parts import TwoViewMethod
+from icone.nets import HEAD_NORMS, MLP, norm_layer
 
 
 @dataclass
 class SimSiamOptions:
-    proj_dim: int = 2048  # projector: 3 layers of 2048, norm after each including the output (paper)
-    pred_hidden_dim: int = 512  # predictor bottleneck 2048 -> 512 -> 2048 (paper)
-    norm: str = "layer"  # head norm; ours (the paper's BatchNorm needs a batch): layer | batch | group | none
-
-    def validate(self) -> None:
-        check_head("simsiam", self.norm, proj_dim=self.proj_dim, pred_hidden_dim=self.pred_hidden_dim)
+    proj_dim: int = option(2048, low=1)  # projector: 3 layers of 2048, norm after each including the output (paper)
+    pred_hidden_dim: int = option(512, low=1)  # predictor bottleneck 2048 -> 512 -> 2048 (paper)
+    norm: str = option("layer", choices=HEAD_NORMS)  # head norm; ours (the paper's BatchNorm needs a batch)
 
 
-def output_norm(norm: str, dim: int) -> nn.Module:
-    """The norm on the projector output, without affine parameters (SimSiam's ``BatchNorm1d(affine=False)``)."""
-    if norm == "batch":
-        return nn.BatchNorm1d(dim, affine=False)
-    if norm == "layer":
-        return nn.LayerNorm(dim, elementwise_affine=False)
-    if norm == "group":
-        return nn.GroupNorm(8 if dim % 8 == 0 else 1, dim, affine=False)
-    return nn.Identity()
-
-
-class SimSiam(Method):
+class SimSiam(TwoViewMethod):
     """Backbone + 3-layer projector + 2-layer predictor; ``L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2``.
 
     ``default_lr`` is for AdamW (ours); the paper trains with SGD, lr 0.05 x B / 256, wd 1e-4.
@@ -59,16 +44,13 @@ class SimSiam(Method):
     def __init__(self, backbone: nn.Module, options: SimSiamOptions, num_instances: int) -> None:
         super().__init__(backbone, options, num_instances)
         dim = options.proj_dim
-        self.projector = nn.Sequential(MLP(self.feature_dim, dim, dim, layers=3, norm=options.norm), output_norm(options.norm, dim))
+        # the output norm has no affine parameters (the paper's BatchNorm1d(affine=False), or its batch-free twin)
+        self.projector = nn.Sequential(MLP(self.feature_dim, dim, dim, layers=3, norm=options.norm), norm_layer(options.norm, dim, dims=1, affine=False))
         self.predictor = MLP(dim, options.pred_hidden_dim, dim, layers=2, norm=options.norm)
 
-    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
-        require_two_views(self.name, spec)
-        return spec
-
-    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        b = views[0].shape[0]
-        z = self.projector(self.backbone(torch.cat(views[:2])))
+    def pair_step(self, pair: torch.Tensor, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        b = batch
+        z = self.projector(self.backbone(pair))
         p = self.predictor(z).float()
         z = z.float()
         loss = losses.simsiam_loss(p[:b], z[b:]) / 2 + losses.simsiam_loss(p[b:], z[:b]) / 2

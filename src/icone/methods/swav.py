@@ -13,13 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icone import losses
-from icone.errors import UserError
+from icone import distributed, losses
+from icone.config import ViewConfig, option
 from icone.methods.base import Method
-from icone.methods.common import check_head, check_positive, check_unit_interval, require_two_or_more_views, scaled_to_data
-from icone.nets.heads import MLP, CentroidLayer
-from icone.train import distributed
-from icone.views import ViewSpec
+from icone.methods.parts import RingBuffer, forward_by_shape, require_two_or_more_views, scaled_to_data
+from icone.nets import HEAD_NORMS, MLP, CentroidLayer
 
 MAX_PROTOTYPES = 3000  # the paper's K (ImageNet)
 MAX_QUEUE = 3840  # the paper's queue length for small batches (ImageNet)
@@ -37,25 +35,16 @@ def default_queue_size(num_instances: int) -> int:
 
 @dataclass
 class SwAVOptions:
-    num_prototypes: int | None = None  # K; None: clip(N // 4, 8, 3000)
-    queue_size: int | None = None  # embeddings kept for Sinkhorn (all processes); None: min(3840, N); 0: no queue
-    queue_start: float = 0.0  # share of training after which the queue is used (ours: at once; paper: epoch 15)
-    queue_max_batch: int = 1  # the queue is used only while B x processes <= this (ours; the paper: up to 256)
-    hidden_dim: int = 2048  # projector feature -> 2048 -> 128 (paper)
-    out_dim: int = 128
-    norm: str = "layer"  # head norm; ours (the paper's BatchNorm needs a batch): layer | batch | group | none
-    temperature: float = 0.1
-    epsilon: float = 0.05  # Sinkhorn regularisation
-    sinkhorn_iterations: int = 3
-
-    def validate(self) -> None:
-        check_head("swav", self.norm, num_prototypes=self.num_prototypes, hidden_dim=self.hidden_dim, out_dim=self.out_dim, sinkhorn_iterations=self.sinkhorn_iterations)
-        check_positive("swav", temperature=self.temperature, epsilon=self.epsilon)
-        check_unit_interval("swav", queue_start=self.queue_start)
-        if self.queue_max_batch < 0:
-            raise UserError(f"swav.queue_max_batch must be 0 (never use the queue) or more, got {self.queue_max_batch}")
-        if self.queue_size is not None and self.queue_size < 0:
-            raise UserError(f"swav.queue_size must be 0 (no queue) or more, got {self.queue_size}")
+    num_prototypes: int | None = option(None, low=1)  # K; None: clip(N // 4, 8, 3000)
+    queue_size: int | None = option(None, low=0)  # embeddings kept for Sinkhorn (all processes); None: min(3840, N); 0: no queue
+    queue_start: float = option(0.0, low=0, high=1)  # share of training after which the queue is used (ours: at once; paper: epoch 15)
+    queue_max_batch: int = option(1, low=0)  # the queue is used only while B x processes <= this (ours; the paper: up to 256)
+    hidden_dim: int = option(2048, low=1)  # projector feature -> 2048 -> 128 (paper)
+    out_dim: int = option(128, low=1)
+    norm: str = option("layer", choices=HEAD_NORMS)  # head norm; ours (the paper's BatchNorm needs a batch)
+    temperature: float = option(0.1, above=0)
+    epsilon: float = option(0.05, above=0)  # Sinkhorn regularisation
+    sinkhorn_iterations: int = option(3, low=1)
 
 
 class SwAV(Method):
@@ -89,15 +78,12 @@ class SwAV(Method):
         self.projector = MLP(self.feature_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
         self.prototypes = CentroidLayer(options.out_dim, self.num_prototypes)
         size = default_queue_size(num_instances) if options.queue_size is None else options.queue_size
-        self.register_buffer("queue", torch.zeros(size, options.out_dim))
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
-        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+        self.queue = RingBuffer(size, options.out_dim)
         self.global_crops = 2
         self._use_queue = options.queue_start <= 0
-        self._filled: int | None = None  # host copy of ``queue_filled`` (no device sync in the step)
         self._pending: torch.Tensor | None = None
 
-    def adjust_views(self, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
+    def adjust_views(self, spec: ViewConfig, epoch: int, epochs: int) -> ViewConfig:
         require_two_or_more_views(self.name, spec)
         self.global_crops = spec.global_crops
         return spec
@@ -113,11 +99,9 @@ class SwAV(Method):
         computation on every process; each keeps the rows of its own batch.
         """
         opts, b = self.options, scores.shape[0]
-        if self._filled is None:  # once, after construction or a checkpoint restore
-            self._filled = int(self.queue_filled)
         everyone = distributed.all_gather_cat(scores)
-        use_queue = self._use_queue and self._filled and len(everyone) <= opts.queue_max_batch
-        queued = self.prototypes(self.queue[: self._filled]).float() if use_queue else everyone[:0]
+        use_queue = self._use_queue and self.queue.filled and len(everyone) <= opts.queue_max_batch
+        queued = self.prototypes(self.queue.rows[: self.queue.filled]).float() if use_queue else everyone[:0]
         q = losses.sinkhorn(torch.cat([queued, everyone]), epsilon=opts.epsilon, iterations=opts.sinkhorn_iterations)
         start = len(queued) + distributed.rank() * b
         return q[start : start + b]
@@ -125,10 +109,7 @@ class SwAV(Method):
     def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         globals_ = min(self.global_crops, len(views))
         b = views[0].shape[0]
-        embeddings = [self.embed(torch.cat(views[:globals_]))]
-        if len(views) > globals_:  # local crops: a second pass at their own size
-            embeddings.append(self.embed(torch.cat(views[globals_:])))
-        z = torch.cat(embeddings)  # (V * B) x d, view-major
+        z = forward_by_shape(self.embed, views)  # (V * B) x d, view-major
         scores = self.prototypes(z).float().reshape(len(views), b, -1)
         codes = torch.stack([self.codes(scores[i].detach()) for i in range(globals_)])
         loss = losses.swav_loss(scores, codes, temperature=self.options.temperature)
@@ -142,19 +123,6 @@ class SwAV(Method):
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         self._use_queue = step / max(total_steps, 1) >= self.options.queue_start
-        if self._pending is not None and len(self.queue):
-            self.enqueue(self._pending)
+        if self._pending is not None:
+            self.queue.push(self._pending)  # the newest embeddings overwrite the oldest
         self._pending = None
-
-    @torch.no_grad()
-    def enqueue(self, embeddings: torch.Tensor) -> None:
-        """FIFO ring buffer of the newest embeddings."""
-        size = len(self.queue)
-        if self._filled is None:
-            self._filled = int(self.queue_filled)
-        embeddings = embeddings[-size:]
-        slots = (self.queue_pointer + torch.arange(len(embeddings), device=embeddings.device)) % size
-        self.queue[slots] = embeddings.to(self.queue.dtype)
-        self.queue_pointer.copy_((self.queue_pointer + len(embeddings)) % size)
-        self._filled = min(self._filled + len(embeddings), size)
-        self.queue_filled.fill_(self._filled)

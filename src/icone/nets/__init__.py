@@ -1,6 +1,7 @@
-"""Backbones (2D/3D ResNets from MONAI, a small CNN) and heads (MLPs, centroid layer)."""
+"""Backbones (2D/3D ResNets from MONAI, a small CNN), heads (MLPs, centroid layer) and their norms."""
 
-from icone.nets.backbones import BACKBONES, NORMS, BackboneSpec, build_backbone, parse_backbone_name
-from icone.nets.heads import MLP, CentroidLayer, head_norm
+from icone.nets.backbones import BACKBONES, build_backbone, parse_backbone_name
+from icone.nets.heads import MLP, CentroidLayer
+from icone.nets.norms import HEAD_NORMS, NORMS, group_count, norm_layer
 
-__all__ = ["BACKBONES", "NORMS", "BackboneSpec", "CentroidLayer", "MLP", "build_backbone", "head_norm", "parse_backbone_name"]
+__all__ = ["BACKBONES", "HEAD_NORMS", "MLP", "NORMS", "CentroidLayer", "build_backbone", "group_count", "norm_layer", "parse_backbone_name"]

@@ -1,52 +1,19 @@
 """Backbones: 2D/3D ResNet-18/50 from MONAI with a choice of norm layer, and a small CNN.
 
-A backbone maps ``B x C x spatial`` to pooled features ``B x feature_dim``.
+A backbone maps ``B x C x spatial`` to pooled features ``B x feature_dim``; ``model.*`` of the
+config (:class:`icone.config.ModelConfig`) describes it, and is stored with exported weights.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from icone.config import ModelConfig
 from icone.errors import UserError
+from icone.nets.norms import norm_layer
 
-NORMS = ("batch", "group", "instance", "layer")
 BACKBONES = ("resnet18", "resnet50", "smallcnn")
-
-
-def monai_norm(norm: str, channels_min: int) -> str | tuple:
-    """MONAI norm spec; ``layer`` is GroupNorm with one group (LayerNorm over C x spatial)."""
-    if norm == "batch":
-        return "batch"
-    if norm == "group":
-        return ("group", {"num_groups": group_count(channels_min)})
-    if norm == "instance":
-        return ("instance", {"affine": True})
-    if norm == "layer":
-        return ("group", {"num_groups": 1})
-    raise UserError(f"model.norm={norm!r} is not valid; choose one of: {', '.join(NORMS)}")
-
-
-def group_count(channels: int) -> int:
-    """Groups for GroupNorm: 8 where the narrowest layer allows it (32 in Wu & He; small nets need fewer)."""
-    for groups in (8, 4, 2, 1):
-        if channels % groups == 0:
-            return groups
-    return 1
-
-
-def norm_layer(norm: str, channels: int, dims: int) -> nn.Module:
-    if norm == "batch":
-        return (nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(channels)
-    if norm == "group":
-        return nn.GroupNorm(group_count(channels), channels)
-    if norm == "instance":
-        return (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(channels, affine=True)
-    if norm == "layer":
-        return nn.GroupNorm(1, channels)
-    raise UserError(f"model.norm={norm!r} is not valid; choose one of: {', '.join(NORMS)}")
 
 
 def replace_batch_norm(module: nn.Module, norm: str, spatial_dims: int) -> None:
@@ -56,18 +23,6 @@ def replace_batch_norm(module: nn.Module, norm: str, spatial_dims: int) -> None:
             setattr(module, name, norm_layer(norm, child.num_features, spatial_dims))
         else:
             replace_batch_norm(child, norm, spatial_dims)
-
-
-@dataclass
-class BackboneSpec:
-    """Everything needed to rebuild a backbone (stored with exported weights)."""
-
-    name: str
-    spatial_dims: int
-    in_channels: int
-    norm: str = "group"
-    width: int = 16
-    small_stem: bool = True
 
 
 def parse_backbone_name(name: str) -> tuple[str, int | None]:
@@ -117,9 +72,8 @@ class MonaiResNet(nn.Module):
             conv1_t_stride=1 if small_stem else 2,
             no_max_pool=small_stem,
             feed_forward=False,
-            norm=monai_norm(norm, width),
         )
-        if norm != "batch":  # MONAI passes `norm` to the stem only; its residual blocks keep BatchNorm
+        if norm != "batch":  # MONAI's `norm` argument reaches the stem only: swap every BatchNorm, blocks included
             replace_batch_norm(self.net, norm, spatial_dims)
         self.feature_dim = 8 * width * block.expansion
 
@@ -127,11 +81,12 @@ class MonaiResNet(nn.Module):
         return self.net(x)
 
 
-def build_backbone(spec: BackboneSpec) -> nn.Module:
-    """A backbone with a ``feature_dim`` attribute."""
-    base, _ = parse_backbone_name(spec.name)
-    if spec.norm not in NORMS:
-        raise UserError(f"model.norm={spec.norm!r} is not valid; choose one of: {', '.join(NORMS)}")
+def build_backbone(model: ModelConfig) -> nn.Module:
+    """The backbone ``model`` describes (resolved: dims, channels and norm set), with a ``feature_dim`` attribute."""
+    base, _ = parse_backbone_name(model.backbone)
+    if model.spatial_dims is None or model.in_channels is None or model.norm is None:
+        raise ValueError("model.spatial_dims, in_channels and norm must be resolved (icone.build.resolve_config fills them)")
+    dims, channels, norm = int(model.spatial_dims), int(model.in_channels), str(model.norm)
     if base == "smallcnn":
-        return SmallCNN(spec.spatial_dims, spec.in_channels, spec.width, spec.norm)
-    return MonaiResNet(18 if base == "resnet18" else 50, spec.spatial_dims, spec.in_channels, spec.width, spec.norm, spec.small_stem)
+        return SmallCNN(dims, channels, model.width, norm)
+    return MonaiResNet(18 if base == "resnet18" else 50, dims, channels, model.width, norm, model.small_stem)

@@ -6,22 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icone.errors import UserError
-
-HEAD_NORMS = ("batch", "layer", "group", "none")
-
-
-def head_norm(norm: str, dim: int) -> nn.Module:
-    """Norm between MLP layers; ``layer``/``group``/``none`` use no batch statistics (B = 1 safe)."""
-    if norm == "batch":
-        return nn.BatchNorm1d(dim)
-    if norm == "layer":
-        return nn.LayerNorm(dim)
-    if norm == "group":
-        return nn.GroupNorm(8 if dim % 8 == 0 else 1, dim)
-    if norm == "none":
-        return nn.Identity()
-    raise UserError(f"head norm {norm!r} is not valid; choose one of: {', '.join(HEAD_NORMS)}")
+from icone.nets.norms import norm_layer
 
 
 class MLP(nn.Module):
@@ -39,9 +24,9 @@ class MLP(nn.Module):
             last = i == layers - 1
             modules.append(nn.Linear(dims[i], dims[i + 1], bias=last or norm == "none"))
             if not last:
-                modules += [head_norm(norm, dims[i + 1]), nn.ReLU(inplace=True)]
+                modules += [norm_layer(norm, dims[i + 1], dims=1), nn.ReLU(inplace=True)]
             elif last_norm:
-                modules.append(head_norm(norm, dims[i + 1]))
+                modules.append(norm_layer(norm, dims[i + 1], dims=1))
         self.net = nn.Sequential(*modules)
         self.out_dim = out_dim
 

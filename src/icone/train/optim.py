@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from icone.train import distributed
+from icone import distributed
 
 
 class RowSparseAdamW(torch.optim.Optimizer):
@@ -56,7 +56,7 @@ class RowSparseAdamW(torch.optim.Optimizer):
                 self.state[p][key] = value.to(device=p.device, copy=True)
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> None:  # noqa: ARG002 - the torch signature
+    def step(self, closure: Any = None) -> None:
         for group in self.param_groups:
             lr, wd, eps = float(group["lr"]), float(group["weight_decay"]), float(group["eps"])
             beta1, beta2 = group["betas"]

@@ -8,32 +8,11 @@ map per sample, applied to the whole batch with a single ``grid_sample``; intens
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class ViewSpec:
-    """Resolved augmentation settings (no ``None`` left)."""
-
-    spatial_dims: int
-    global_shape: tuple[int, ...]
-    local_shape: tuple[int, ...]
-    global_crops: int = 2
-    local_crops: int = 0
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    aspect: float = 4 / 3  # largest ratio between two sides of a crop (1: no jitter)
-    flip: bool = True
-    rotate90: bool = True
-    brightness: float = 0.4
-    contrast: float = 0.4
-    gamma: float = 0.3
-    blur_prob: float = 0.3
-    blur_sigma: tuple[float, float] = (0.1, 1.5)
-    noise_std: float = 0.05
+from icone.config import ViewConfig
 
 
 def _orientations(batch: int, dims: int, flip: bool, rotate: bool, device: torch.device) -> torch.Tensor:
@@ -90,20 +69,27 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 class ViewMaker:
-    """Makes ``global_crops`` views at ``global_shape`` and ``local_crops`` at ``local_shape``."""
+    """Makes ``global_crops`` views at ``global_size`` and ``local_crops`` at ``local_size`` (each side,
+    ``spatial_dims`` sides) from resolved view options (no ``None`` left)."""
 
-    def __init__(self, spec: ViewSpec) -> None:
+    def __init__(self, spec: ViewConfig, spatial_dims: int) -> None:
+        unresolved = [k for k in ("local_crops", "global_size", "local_size", "flip", "rotate90") if getattr(spec, k) is None]
+        if unresolved:
+            raise ValueError(f"view options {', '.join(unresolved)} are not resolved (icone.build.resolve_config fills them)")
         self.spec = spec
+        self.spatial_dims = spatial_dims
+        self.global_shape = (int(spec.global_size),) * spatial_dims
+        self.local_shape = (int(spec.local_size),) * spatial_dims
 
     @property
     def num_views(self) -> int:
-        return self.spec.global_crops + self.spec.local_crops
+        return self.spec.global_crops + int(self.spec.local_crops)
 
     def _geometric(self, x: torch.Tensor, shape: tuple[int, ...], scale: tuple[float, float]) -> torch.Tensor:
-        theta = random_affine(x.shape[0], self.spec.spatial_dims, scale, self.spec.flip, self.spec.rotate90, x.device, self.spec.aspect)
+        spec = self.spec
+        theta = random_affine(x.shape[0], self.spatial_dims, tuple(scale), bool(spec.flip), bool(spec.rotate90), x.device, spec.aspect)
         grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *shape], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
     def _intensity(self, x: torch.Tensor) -> torch.Tensor:
         spec, b = self.spec, x.shape[0]
         per_sample = (b,) + (1,) * (x.ndim - 1)
@@ -131,6 +117,6 @@ class ViewMaker:
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Views of a batch ``B x C x spatial``: global crops first, then local crops."""
         x = x.float()
-        views = [self._intensity(self._geometric(x, self.spec.global_shape, self.spec.global_scale)) for _ in range(self.spec.global_crops)]
-        views += [self._intensity(self._geometric(x, self.spec.local_shape, self.spec.local_scale)) for _ in range(self.spec.local_crops)]
+        views = [self._intensity(self._geometric(x, self.global_shape, self.spec.global_scale)) for _ in range(self.spec.global_crops)]
+        views += [self._intensity(self._geometric(x, self.local_shape, self.spec.local_scale)) for _ in range(int(self.spec.local_crops))]
         return views

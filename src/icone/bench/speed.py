@@ -1,12 +1,12 @@
-"""``icone bench --speed``: how long a training step of each method takes against the backbone alone.
+"""``icone speed`` (also ``icone bench --speed``): a training step of each method against the backbone alone.
 
 For one backbone and input shape, at every batch size of a list, each method's real training step
-is timed (the Trainer's own ``_train_step``: views made on the device, autocast bf16 on CUDA,
+is timed (:class:`icone.train.step.TrainStep`: views made on the device, autocast bf16 on CUDA,
 backward, gradient clipping, optimizer step, ``after_optimizer_step``), and so is the floor no
 method can beat: the backbone alone, forward + backward of the same views (same number and size,
 view making included) plus its optimizer step. ``overhead_ratio = step_seconds /
-backbone_step_seconds``. Instance-table methods (IConE) are timed at every table size N of
-``--instances`` (random samples and random indices in ``[0, N)``: no dataset of N samples needed).
+backbone_step_seconds``. Methods whose cost grows with the number of instances (IConE's table) are
+timed at every table size N of ``--instances`` (random samples and random indices in ``[0, N)``).
 The data pipeline is timed against the step: the view maker alone, and the DataLoader + transfer +
 view maker, in samples per second. Steps after warm-up, synchronised on CUDA, median over repeats.
 
@@ -15,12 +15,8 @@ Writes ``OUT/speed.json`` (a list of records) and ``OUT/speed.md`` (a table) aft
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import gc
-import json
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +25,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from icone.bench import DEFAULT_NORM, PAPER_METHODS, PeakMemory, environment_of, overrides_for, parse_list, parse_methods, refuse_owned
+from icone.bench.grid import DEFAULT_NORM, PAPER_METHODS, overrides_for, parse_list, parse_methods, refuse_owned
+from icone.bench.measure import PeakMemory, describe_device, environment_of, release_memory, time_calls
+from icone.bench.speed_report import mib, write_speed
+from icone.build import build_method, resolve_config, view_maker
 from icone.config import Config, build_config
 from icone.data import Dataset, IndexedDataset, Split
 from icone.errors import UserError
 from icone.methods import Method, get_method
 from icone.methods.base import NoOptions
+from icone.methods.parts import forward_by_shape
 from icone.nets import build_backbone
+from icone.runtime import memory_format, pick_device, seed_everything
+from icone.train.loader import train_loader
 from icone.train.optim import build_optimizer
-from icone.train.setup import backbone_spec, build_method, memory_format, pick_device, resolve_config, seed_everything, uses_bf16, view_spec
-from icone.train.trainer import Trainer
-from icone.views import ViewMaker, ViewSpec
+from icone.train.step import Schedule, TrainStep
+from icone.views import ViewMaker
 
 DEFAULT_METHODS = PAPER_METHODS
 DEFAULT_BATCH_SIZES = [1, 4, 16]
@@ -49,7 +50,6 @@ DEFAULT_INPUT_SIZE = 28
 DEFAULT_REPEATS = 10
 DEFAULT_WARMUP = 3
 DEFAULT_OUT = Path("bench") / "speed"
-TABLE_FAMILY = "instance-table"  # methods whose cost grows with N: timed at every --instances value
 # options the flags set: give them as flags, not as KEY=VALUE
 OWNED = {"method": "--methods", "data.source": "--data", "model.backbone": "--backbone", "train.batch_size": "--batch-sizes",
          "model.spatial_dims": "--spatial-dims"}
@@ -150,74 +150,10 @@ def input_dataset(spec: SpeedSpec, config: Config) -> Dataset:
 
 
 class BackboneFloor(Method):
-    """The backbone alone: one pass per view size (views of a size concatenated), loss = mean square
-    of the features. No name, so it is not a registered method."""
+    """The backbone alone: one pass per view size, loss = mean square of the features. Not registered."""
 
     def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        shapes = list(dict.fromkeys(tuple(v.shape) for v in views))
-        groups = [torch.cat([v for v in views if tuple(v.shape) == s]) for s in shapes]
-        loss = sum(self.backbone(g).float().pow(2).mean() for g in groups)
-        return loss, {}  # type: ignore[return-value]
-
-
-class StepTimer(Trainer):
-    """The Trainer's step (``_train_step``) and loader (``_loader``) on a method built here.
-
-    ``Trainer.__init__`` is not called on purpose: it needs a run folder and a dataset whose size
-    is the method's number of instances, and IConE is timed at N = 10^6 without 10^6 samples.
-    The fields set here are the ones ``_train_step``, ``_set_lr`` and ``_loader`` read.
-    """
-
-    def __init__(self, config: Config, method: Method, train_set: IndexedDataset, total_steps: int) -> None:  # noqa: D107
-        self.config = config
-        self.device = pick_device(config.train.device)
-        self.method = method.to(self.device, memory_format=memory_format(config))
-        self.model = self.method
-        self.optimizer = build_optimizer(self.method, config)
-        self.train_set = train_set
-        self.use_bf16 = uses_bf16(config, self.device)
-        self.memory_format = memory_format(config)
-        self.epoch, self.step, self.total_steps, self.warmup_steps = 0, 0, total_steps, 0
-        self.method.train()
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(device: torch.device, call: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones (synchronised on CUDA)."""
-    for _ in range(warmup):
-        call()
-    seconds = []
-    for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        call()
-        _synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def release_memory(device: torch.device) -> None:
-    """Give freed memory back (GC, the CUDA cache, glibc's heap) so the next peak starts low."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    else:
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
-def describe_device(device: torch.device) -> str:
-    """``NVIDIA H100 80GB HBM3 (cuda:0)`` or ``cpu (2 threads)``."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} ({device})"
-    threads = torch.get_num_threads()
-    return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
+        return forward_by_shape(self.backbone, views).float().pow(2).mean(), {}
 
 
 def _batches(train_set: IndexedDataset, batch_size: int, instances: int, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -241,31 +177,34 @@ def time_training(
     batches = iter(_batches(train_set, config.train.batch_size, instances, spec.warmup + spec.repeats, device))
     meter = PeakMemory(device)
     with meter:
-        method = build()
-        maker = maker or ViewMaker(method.adjust_views(view_spec(config), 0, config.train.epochs))
-        timer = StepTimer(config, method, train_set, spec.warmup + spec.repeats)
-        del method
-        seconds = time_calls(device, lambda: timer._train_step(maker, *next(batches)), spec.warmup, spec.repeats)
+        method = build().to(device, memory_format=memory_format(config.train.channels_last, int(config.model.spatial_dims))).train()
+        maker = maker or view_maker(config, method)
+        step = TrainStep(
+            method, build_optimizer(method, config), Schedule(spec.warmup + spec.repeats), float(config.optim.lr), device,
+            grad_clip=config.optim.grad_clip, precision=config.train.precision, channels_last=config.train.channels_last,
+            spatial_dims=int(config.model.spatial_dims),
+        )
+        seconds = time_calls(device, lambda: step(*next(batches), maker), spec.warmup, spec.repeats)
     result: dict[str, Any] = {"seconds": seconds, "peak_memory_bytes": meter.peak_bytes, "memory_kind": meter.kind,
-                              "precision": "bf16" if timer.use_bf16 else "fp32",
-                              "parameters": sum(p.numel() for p in timer.method.parameters() if p.requires_grad),
-                              "sparse_table": getattr(timer.method, "sparse", None)}
+                              "precision": "bf16" if step.use_bf16 else "fp32",
+                              "parameters": sum(p.numel() for p in method.parameters() if p.requires_grad),
+                              "chose": method.describe()}  # fmt: skip
     if pipeline:
         x = _batches(train_set, config.train.batch_size, len(train_set), 1, device)[0][0].to(device)
         result["views_seconds"] = time_calls(device, lambda: maker(x), spec.warmup, spec.repeats)
-        loader = _loader_batches(timer)
+        loader = _loader_batches(train_set, config, device)
         result["loader_seconds"] = time_calls(device, lambda: maker(next(loader).to(device, non_blocking=True)), spec.warmup, spec.repeats)
         del loader, x
-    del timer, batches
+    step = method = batches = None  # freed before the next record is measured
     release_memory(device)
     return result, maker
 
 
-def _loader_batches(timer: StepTimer) -> Iterator[torch.Tensor]:
-    """The Trainer's DataLoader, epoch after epoch."""
+def _loader_batches(train_set: IndexedDataset, config: Config, device: torch.device) -> Iterator[torch.Tensor]:
+    """The training loader, epoch after epoch."""
     epoch = 0
     while True:
-        for x, _, _ in timer._loader(epoch):
+        for x, _, _ in train_loader(train_set, config.train.batch_size, config.train.seed, epoch, config.data.num_workers, device):
             yield x
         epoch += 1
 
@@ -273,14 +212,14 @@ def _loader_batches(timer: StepTimer) -> Iterator[torch.Tensor]:
 def build_floor(config: Config, num_instances: int) -> Method:
     """The backbone alone, initialised as ``build_method`` initialises the method's."""
     seed_everything(config.train.seed)
-    return BackboneFloor(build_backbone(backbone_spec(config)), NoOptions(), num_instances)
+    return BackboneFloor(build_backbone(config.model), NoOptions(), num_instances)
 
 
-def view_layout(spec: ViewSpec) -> str:
+def view_layout(maker: ViewMaker) -> str:
     """``2 @ 28x28 + 2 @ 12x12``: global crops, then local crops."""
-    parts = [f"{spec.global_crops} @ {'x'.join(map(str, spec.global_shape))}"]
-    if spec.local_crops:
-        parts.append(f"{spec.local_crops} @ {'x'.join(map(str, spec.local_shape))}")
+    parts = [f"{maker.spec.global_crops} @ {'x'.join(map(str, maker.global_shape))}"]
+    if maker.spec.local_crops:
+        parts.append(f"{maker.spec.local_crops} @ {'x'.join(map(str, maker.local_shape))}")
     return " + ".join(parts)
 
 
@@ -295,7 +234,7 @@ RECORD_KEYS = ["method", "batch_size", "instances", "status", "step_seconds", "s
 def planned(spec: SpeedSpec) -> list[tuple[str, int, int]]:
     """(method, batch size, instances): instance-table methods at every N, the others at the smallest."""
     return [(m, b, n) for m in spec.methods for b in spec.batch_sizes
-            for n in (spec.instances if get_method(m).family == TABLE_FAMILY else [min(spec.instances)])]
+            for n in (spec.instances if get_method(m).cost_grows_with_instances else [min(spec.instances)])]
 
 
 def _first_line(err: BaseException) -> str:
@@ -313,9 +252,6 @@ def measure(spec: SpeedSpec, method: str, batch: int, instances: int, dataset: D
     config = method_config(spec, method, batch)
     record.update(method=method, batch_size=batch, instances=instances, backbone=spec.backbone, repeats=spec.repeats, warmup=spec.warmup,
                   input_shape=[dataset.in_channels, *dataset.spatial_shape], device=describe_device(pick_device(config.train.device)))
-    options = get_method(method).make_options(config.method_options)
-    if hasattr(options, "table_path"):  # IConE's dense/sparse table (when this installation has it)
-        record["table_path"] = options.table_path
     minimum = get_method(method).min_batch_size
     if batch < minimum:
         record["status"] = f"refused: below min batch ({minimum})"
@@ -324,7 +260,7 @@ def measure(spec: SpeedSpec, method: str, batch: int, instances: int, dataset: D
     try:
         config = resolve_config(config, dataset)
         result, maker = time_training(spec, config, lambda: build_method(config, instances), train_set, instances)
-        key = (view_layout(maker.spec), batch)
+        key = (view_layout(maker), batch)
         if key not in floors:
             floors[key] = time_training(spec, config, lambda: build_floor(config, len(train_set)), train_set, len(train_set), maker, pipeline=True)[0]
         floor = floors[key]
@@ -332,7 +268,7 @@ def measure(spec: SpeedSpec, method: str, batch: int, instances: int, dataset: D
         failed = f"refused: {err}"
     except (torch.cuda.OutOfMemoryError, MemoryError) as err:
         failed = f"out of memory: {_first_line(err)}"
-    except Exception as err:  # noqa: BLE001 - one broken record must not end the run
+    except Exception as err:
         if debug:
             raise
         failed = f"failed: {type(err).__name__}: {_first_line(err)}"
@@ -346,21 +282,20 @@ def measure(spec: SpeedSpec, method: str, batch: int, instances: int, dataset: D
         backbone_step_seconds=base, overhead_ratio=step / base, views_seconds=views, train_samples_per_second=batch / step,
         views_samples_per_second=batch / views, loader_samples_per_second=batch / fetched, peak_memory_bytes=result["peak_memory_bytes"],
         backbone_peak_memory_bytes=floor["peak_memory_bytes"], memory_kind=result["memory_kind"], parameters=result["parameters"],
-        views=view_layout(maker.spec), precision=result["precision"],
+        views=view_layout(maker), precision=result["precision"],
     )
-    if "table_path" in record and isinstance(result["sparse_table"], bool):
-        record["table_path_used"] = "sparse" if result["sparse_table"] else "dense"  # what "auto" chose
+    record["chose"] = ", ".join(f"{k}={v}" for k, v in result["chose"].items()) or None  # e.g. IConE's table path
     return record
 
 
 def progress_line(position: int, total: int, record: dict[str, Any]) -> str:
-    n = f" N={record['instances']:,}" if get_method(record["method"]).family == TABLE_FAMILY else ""
+    n = f" N={record['instances']:,}" if get_method(record["method"]).cost_grows_with_instances else ""
     head = f"[{position}/{total}] {record['method']} b={record['batch_size']}{n}: "
     if record["status"] != "ok":
         return head + record["status"]
     return (head + f"{record['step_seconds'] * 1e3:.1f} ms/step, backbone {record['backbone_step_seconds'] * 1e3:.1f} ms, "
             f"overhead x{record['overhead_ratio']:.2f}, {record['train_samples_per_second']:.0f} samples/s "
-            f"(loader + views {record['loader_samples_per_second']:.0f}), peak {_mib(record['peak_memory_bytes'])} MiB")
+            f"(loader + views {record['loader_samples_per_second']:.0f}), peak {mib(record['peak_memory_bytes'])} MiB")
 
 
 def warm_up(spec: SpeedSpec, config: Config, dataset: Dataset, train_set: IndexedDataset) -> None:
@@ -393,57 +328,3 @@ def run_speed(spec: SpeedSpec, log: Callable[[str], None] = print, debug: bool =
     return {"out": str(spec.out), "records": records, "files": ["speed.json", "speed.md"]}
 
 
-# ---- reports ----------------------------------------------------------------------------------
-
-
-def write_speed(spec: SpeedSpec, records: list[dict[str, Any]], info: dict[str, Any]) -> None:
-    (spec.out / "speed.json").write_text(json.dumps(records, indent=2))
-    (spec.out / "speed.md").write_text(speed_markdown(spec, records, info))
-
-
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:.0f}"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1e3:.3g}"
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}" if value >= 100 else f"{value:.3g}"
-
-
-def speed_markdown(spec: SpeedSpec, records: list[dict[str, Any]], info: dict[str, Any]) -> str:
-    """The table, with the command, machine, date and torch version at the top."""
-    shape = next((r["input_shape"] for r in records), None)
-    precision = next((r["precision"] for r in records if r.get("precision")), "fp32 on CPU, bf16 on CUDA")
-    memory = next((r["memory_kind"] for r in records if r.get("memory_kind")), "cuda_max_allocated or cpu_rss_growth")
-    paths = any("table_path" in r for r in records)
-    lines = [
-        "# icone bench --speed", "",
-        f"Command: `{spec.command or '(Python API)'}`", "",
-        f"Date: {info['date']}; machine: {info['platform']}, {info['cpu']}, {info['cpu_count']} CPUs; torch {info['torch']} "
-        f"({info['torch_threads']} threads); device {info['device']}; precision {precision}.", "",
-        f"Backbone `{spec.backbone}` (norm `{DEFAULT_NORM}` unless overridden), input {'x'.join(map(str, shape or []))} "
-        f"({'source `' + spec.data + '`' if spec.data else 'random samples'}), overrides `{' '.join(spec.overrides) or 'none'}`. "
-        f"Median of {spec.repeats} timed steps after {spec.warmup} warm-up steps; peak memory is {memory}.", "",
-    ]
-    head = ["method", "batch", "N"] + (["table path"] if paths else []) + ["views", "step ms", "backbone ms", "overhead", "views ms",
-                                                                           "train samples/s", "views samples/s", "loader+views samples/s",
-                                                                           "peak MiB", "backbone peak MiB", "status"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in records:
-        ok = r["status"] == "ok"
-        path = r.get("table_path") or "-"
-        if r.get("table_path_used") and r["table_path_used"] != path:
-            path += f" ({r['table_path_used']})"
-        cells = [r["method"], str(r["batch_size"]), f"{r['instances']:,}"] + ([path] if paths else [])
-        cells += [r["views"] or "-", _ms(r["step_seconds"]), _ms(r["backbone_step_seconds"]),
-                  f"{r['overhead_ratio']:.2f}x" if ok else "-", _ms(r["views_seconds"]), _rate(r["train_samples_per_second"]),
-                  _rate(r["views_samples_per_second"]), _rate(r["loader_samples_per_second"]), _mib(r["peak_memory_bytes"]),
-                  _mib(r["backbone_peak_memory_bytes"]), r["status"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "overhead = step / backbone step: the backbone alone (forward + backward of the same views, its optimizer step, view "
-              "making included in both) is the floor no method can beat. The data pipeline keeps up when loader+views samples/s is well "
-              "above train samples/s. N: instances the method was built for (the table size for IConE). See docs/speed.md."]
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,171 @@
+"""The grid of ``icone bench``: methods x batch sizes x seeds x imbalance ratios, and each cell's config.
+
+Equal treatment: one source, one backbone, one norm layer (``model.norm=group`` unless overridden),
+the same augmentation settings and epoch budget for every method. Each cell's learning rate is the
+one ``icone train`` would use (:func:`icone.build.learning_rate`): ``optim.lr`` as given, else
+``optim.base_lr`` or the method's default, stated for batch 64 and scaled by ``optim.lr_scaling``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from icone.build import learning_rate
+from icone.config import Config, build_config, parse_overrides
+from icone.errors import UserError
+from icone.methods import registry
+
+DEFAULT_NORM = "group"  # batch-free, so batch-size-1 methods are not handicapped; override with model.norm=...
+PAPER_METHODS = ["icone", "excb", "simclr", "moco", "byol", "vicreg", "barlow_twins", "dino"]
+PRESETS: dict[str, dict[str, Any]] = {
+    # about 15 min on 2 idle CPU cores (13 cells; measured per-step times in docs/bench.md), ~40 min on busy ones
+    "quick": {"data": "digits", "methods": ["icone", "excb", "simclr", "byol", "vicreg"], "batch_sizes": [1, 4, 16],
+              "seeds": 1, "epochs": 2, "imbalance": [1.0], "backbone": "smallcnn", "overrides": ["model.width=16"]},
+    # meant for a GPU: 8 methods x 7 batch sizes x 3 seeds, ResNet-18 at full width (512-d features)
+    "paper": {"data": "digits", "methods": PAPER_METHODS, "batch_sizes": [1, 2, 4, 8, 16, 32, 64],
+              "seeds": 3, "epochs": 20, "imbalance": [1.0], "backbone": "resnet18", "overrides": ["model.width=64"]},
+}  # fmt: skip
+# options the grid owns: give them as flags, not as KEY=VALUE
+OWNED = {"method": "--methods", "data.source": "--data", "data.imbalance_ratio": "--imbalance", "model.backbone": "--backbone",
+         "train.batch_size": "--batch-sizes", "train.seed": "--seeds", "train.epochs": "--epochs"}  # fmt: skip
+
+
+@dataclass
+class BenchSpec:
+    """One grid: methods x batch sizes x seeds x imbalance ratios on one source and backbone."""
+
+    data: str
+    methods: list[str]
+    batch_sizes: list[int]
+    seeds: int
+    epochs: int
+    imbalance: list[float]
+    backbone: str
+    out: Path
+    overrides: list[str] = field(default_factory=list)  # the preset's, then the user's KEY=VALUE
+    preset: str = "quick"
+    command: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def settings(self) -> dict[str, Any]:
+        """What every cell of OUT must share (methods, batch sizes, seeds and ratios may grow)."""
+        return {"data": self.data, "backbone": self.backbone, "epochs": self.epochs, "overrides": self.overrides}
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    batch_size: int
+    seed: int
+    imbalance: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-b{self.batch_size}-r{self.imbalance:g}-s{self.seed}"
+
+
+def parse_list(text: str | list | None, kind: type, flag: str) -> list | None:
+    """``"1,4,16"`` -> ``[1, 4, 16]`` (order kept, duplicates dropped); a clear error otherwise."""
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text)
+    try:
+        values = [kind(float(v)) if kind is int and float(v) == int(float(v)) else kind(v) for v in items]
+    except (TypeError, ValueError):
+        raise UserError(f"{flag} takes a comma-separated list of {kind.__name__}s, e.g. {flag} 1,4,16; got {text!r}") from None
+    if not values:
+        raise UserError(f"{flag} is empty; give a comma-separated list, e.g. {flag} 1,4,16")
+    return list(dict.fromkeys(values))
+
+
+def parse_methods(text: str | list | None) -> list[str] | None:
+    """``--methods`` as a list of registered names (``None`` when not given); unknown names fail."""
+    asked = parse_list(text, str, "--methods")
+    known = registry()
+    unknown = [m for m in asked or [] if m not in known]
+    if unknown:
+        names = ", ".join(repr(m) for m in unknown)
+        raise UserError(f"unknown method{'s' if len(unknown) > 1 else ''} {names}; choose from: {', '.join(known)}")
+    return asked
+
+
+def refuse_owned(overrides: list[str], owned: dict[str, str], who: str) -> None:
+    """Refuse ``KEY=VALUE`` for the options a flag sets (``owned``: key -> flag)."""
+    given = parse_overrides(overrides)
+    for key, flag in owned.items():
+        node: Any = given
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            raise UserError(f"{key} is set by {who}; use {flag} instead of {key}=...")
+
+
+def overrides_for(overrides: list[str], method: str) -> list[str]:
+    """The overrides that apply to ``method``: all but other methods' ``METHOD.option=value``."""
+    others = set(registry()) - {method}  # "simclr.temperature=..." belongs to simclr only
+    return [o for o in overrides if o.split("=", 1)[0].strip().lstrip("-").split(".")[0] not in others]
+
+
+def build_spec(
+    preset: str | None = None, data: str | None = None, methods: str | list | None = None, batch_sizes: str | list | None = None,
+    seeds: int | None = None, epochs: int | None = None, imbalance: str | list | None = None, backbone: str | None = None,
+    out: str | Path | None = None, overrides: list[str] | None = None, command: str = "",
+) -> BenchSpec:  # fmt: skip
+    """The grid from a preset (``quick`` when none) and explicit values, which win; checked up front."""
+    from icone.data.sources import resolve
+
+    name = preset or "quick"
+    if name not in PRESETS:
+        raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    base = PRESETS[name]
+    notes: list[str] = []
+    asked = parse_methods(methods if methods is not None else list(base["methods"]))
+    spec = BenchSpec(
+        data=data or base["data"],
+        methods=asked,
+        batch_sizes=parse_list(batch_sizes, int, "--batch-sizes") or list(base["batch_sizes"]),
+        seeds=base["seeds"] if seeds is None else seeds,
+        epochs=base["epochs"] if epochs is None else epochs,
+        imbalance=parse_list(imbalance, float, "--imbalance") or list(base["imbalance"]),
+        backbone=backbone or base["backbone"],
+        out=Path(out) if out is not None else Path("bench") / name,
+        overrides=list(dict.fromkeys(list(base["overrides"]) + list(overrides or []))),  # a preset's override given again is kept once
+        preset=name,
+        command=command,
+        notes=notes,
+    )
+    for flag, values in (("--batch-sizes", spec.batch_sizes), ("--seeds", [spec.seeds]), ("--epochs", [spec.epochs])):
+        if min(values) < 1:
+            raise UserError(f"{flag} must be at least 1, got {min(values)}")
+    if min(spec.imbalance) < 1:
+        raise UserError(f"--imbalance ratios are largest/smallest class sizes, at least 1; got {min(spec.imbalance):g}")
+    refuse_owned(list(overrides or []), OWNED, "the grid")
+    resolve(spec.data)
+    for method in spec.methods:  # bad KEY=VALUE fails here, before any cell runs
+        cell_config(spec, Cell(method, spec.batch_sizes[0], 0, spec.imbalance[0]))
+    return spec
+
+
+def grid_cells(spec: BenchSpec) -> list[Cell]:
+    """Run order: seed first, so an interrupted grid has whole seeds rather than whole methods."""
+    return [Cell(m, b, s, r) for s in range(spec.seeds) for r in spec.imbalance for m in spec.methods for b in spec.batch_sizes]
+
+
+def cell_config(spec: BenchSpec, cell: Cell) -> Config:
+    """The run config of one cell: the grid's values, then the user's overrides (as ``icone train`` reads them)."""
+    values = {
+        "method": cell.method,
+        "data": {"source": spec.data, "imbalance_ratio": cell.imbalance},
+        "model": {"backbone": spec.backbone, "norm": DEFAULT_NORM},
+        "train": {"batch_size": cell.batch_size, "epochs": spec.epochs, "seed": cell.seed},
+    }
+    config = build_config(values, overrides_for(spec.overrides, cell.method))
+    config.eval.after_train = False  # the grid evaluates after measuring the training alone
+    return config
+
+
+def cell_lr(config: Config) -> float:
+    """The learning rate the cell trains with (what ``icone train`` resolves)."""
+    return learning_rate(config)[0]

@@ -1,0 +1,117 @@
+"""Policy in one place: a config and a loaded dataset become a resolved config, and a resolved
+config becomes a method (backbone, heads, loss state), an optimizer and a view maker.
+
+Applied once, the same way, for ``icone train``, every cell of ``icone bench`` and ``icone speed``:
+the method's defaults, the learning-rate rule, the view defaults of the source, the refusal of a
+batch below the method's minimum.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+from icone import distributed
+from icone.config import Config, validate
+from icone.data.arrays import Dataset
+from icone.errors import UserError
+from icone.methods import Method, batch_free_methods, get_method
+from icone.nets import build_backbone, parse_backbone_name
+from icone.runtime import seed_everything
+from icone.views import ViewMaker
+
+REFERENCE_BATCH = 64  # the batch size a method's default lr (and optim.base_lr) is stated for
+
+
+def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
+    """``lr`` (stated for :data:`REFERENCE_BATCH`) at ``batch_size``: ``sqrt`` (Adam-type), ``linear`` (SGD) or ``none``."""
+    if rule == "sqrt":
+        return lr * math.sqrt(batch_size / REFERENCE_BATCH)
+    if rule == "linear":
+        return lr * batch_size / REFERENCE_BATCH
+    return lr
+
+
+def learning_rate(config: Config) -> tuple[float, float | None]:
+    """``(lr, base_lr)`` of a config: ``optim.lr`` as given, else ``optim.base_lr`` (or the method's
+    ``default_lr``), stated for batch 64, scaled to the whole batch (``train.batch_size`` x processes)
+    by ``optim.lr_scaling``."""
+    if config.optim.lr is not None:
+        return float(config.optim.lr), config.optim.base_lr
+    base = config.optim.base_lr or get_method(config.method).default_lr
+    return scaled_lr(base, config.train.batch_size * distributed.world_size(), config.optim.lr_scaling), base
+
+
+def resolve_config(config: Config, dataset: Dataset) -> Config:
+    """Fill every ``None`` default from the data, the method and the source; check the fit.
+
+    Returns a copy; the copy is what ``config.yaml`` holds, so re-running it is exact. The learning
+    rate is :func:`learning_rate`'s.
+    """
+    config = copy.deepcopy(config)
+    method_cls = get_method(config.method)
+    base, backbone_dims = parse_backbone_name(config.model.backbone)
+    data_dims = dataset.spatial_dims
+    for asked in (backbone_dims, config.model.spatial_dims):
+        if asked is not None and asked != data_dims:
+            raise UserError(
+                f"the data source '{config.data.source}' is {data_dims}D (samples {dataset.spatial_shape}) but a {asked}D backbone "
+                f"was asked for; use model.backbone={base}-{data_dims}d or a {asked}D source"
+            )
+    if config.model.in_channels not in (None, dataset.in_channels):
+        raise UserError(f"model.in_channels={config.model.in_channels} but the data has {dataset.in_channels} channel(s); remove the option")
+    config.model.spatial_dims = data_dims
+    config.model.in_channels = dataset.in_channels
+    config.model.norm = config.model.norm or method_cls.default_norm
+    config.optim.lr, config.optim.base_lr = learning_rate(config)
+    if config.optim.weight_decay is None:
+        config.optim.weight_decay = method_cls.default_weight_decay
+    views = config.views
+    if views.local_crops is None:
+        views.local_crops = method_cls.default_local_crops
+    for key, value in dataset.view_defaults.items():
+        if getattr(views, key) is None:
+            setattr(views, key, value)
+    views.flip = True if views.flip is None else views.flip
+    views.rotate90 = True if views.rotate90 is None else views.rotate90
+    if views.global_size is None:
+        views.global_size = max(dataset.spatial_shape)
+    if views.local_size is None:
+        views.local_size = max(4, int(round(views.global_size * 3 / 7)))
+    config.method_options = dataclasses.asdict(method_cls.make_options(config.method_options))
+    check_batch_size(config, method_cls, len(dataset.train))
+    validate(config)
+    return config
+
+
+def check_batch_size(config: Config, method_cls: type[Method], num_samples: int) -> None:
+    """``train.batch_size`` is per process: at least the method's minimum on each; all processes' batches fit the data."""
+    batch, world = config.train.batch_size, distributed.world_size()
+    if batch < method_cls.min_batch_size:
+        alternatives = ", ".join(n for n in batch_free_methods(batch) if n != method_cls.name)
+        raise UserError(
+            f"{method_cls.name} needs a batch size of at least {method_cls.min_batch_size} ({method_cls.batch_needs}); "
+            f"use --batch-size {method_cls.min_batch_size} or more, or a method defined at batch size {batch}: {alternatives}"
+        )
+    if batch * world > num_samples:
+        if world > 1:
+            raise UserError(
+                f"batch size {batch} on each of {world} processes ({batch * world} in all) is larger than the training set "
+                f"({num_samples} samples); use --batch-size {num_samples // world} or less"
+            )
+        raise UserError(f"batch size {batch} is larger than the training set ({num_samples} samples); use --batch-size {num_samples} or less")
+
+
+def build_method(config: Config, num_instances: int) -> Method:
+    """The method of a resolved config with a freshly initialised backbone (seeded: the same config gives the same weights)."""
+    seed_everything(config.train.seed)
+    method_cls = get_method(config.method)
+    options = method_cls.make_options(config.method_options)
+    return method_cls(build_backbone(config.model), options, num_instances)
+
+
+def view_maker(config: Config, method: Method, epoch: int = 0) -> ViewMaker:
+    """The views of ``epoch``: the resolved view options as the method adjusts them (checks, schedules)."""
+    spec = method.adjust_views(copy.deepcopy(config.views), epoch, config.train.epochs)
+    return ViewMaker(spec, int(config.model.spatial_dims))

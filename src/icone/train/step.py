@@ -1,0 +1,96 @@
+"""One training step, public: schedules, precision, backward, clipping, the optimizer, the after-step hook.
+
+The trainer, the speed harness and a user's own loop all step a method through :class:`TrainStep`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from icone.methods import Method
+from icone.runtime import memory_format, uses_bf16
+from icone.train.optim import OptimizerSet, all_reduce_row_gradients, clip_grad_norm
+from icone.views import ViewMaker
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warm-up to 1 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``."""
+
+    total_steps: int
+    warmup_steps: int = 0
+    min_ratio: float = 0.01
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class TrainStep:
+    """Steps ``method`` with ``optimizer``: ``loss, metrics = step(x, index, views)``.
+
+    Per step: each optimizer group's lr is ``base_lr x group["lr_scale"] x schedule``; a group with
+    ``weight_decay_start_scale`` gets a weight decay falling from that multiple of its own to 1x by
+    a cosine; views are made on the device; the forward runs under bf16 autocast where
+    ``precision`` asks for it; then backward, the exchange of row-sparse gradients across
+    processes, gradient clipping (``grad_clip``; 0 or ``None``: off), the optimizer step and the
+    method's ``after_optimizer_step``. ``model`` is what the forward calls (a DDP wrapper of the
+    method under ``torchrun``; the method itself by default).
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        optimizer: torch.optim.Optimizer | OptimizerSet,
+        schedule: Schedule,
+        base_lr: float,
+        device: torch.device,
+        grad_clip: float | None = None,
+        precision: str = "auto",
+        channels_last: bool = False,
+        spatial_dims: int = 2,
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        self.method, self.optimizer, self.schedule = method, optimizer, schedule
+        self.base_lr, self.device, self.grad_clip = base_lr, device, grad_clip
+        self.model = model if model is not None else method
+        self.use_bf16 = uses_bf16(precision, device)
+        self.memory_format = memory_format(channels_last, spatial_dims)
+        self.step = 0  # steps done
+
+    @property
+    def lr(self) -> float:
+        """The lr of the first group in the last step."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def set_schedules(self) -> None:
+        factor = self.schedule.factor(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr * group.get("lr_scale", 1.0) * factor
+            start = group.get("weight_decay_start_scale")
+            if start is not None:
+                cosine = Schedule(self.schedule.total_steps, 0, 1.0 / start).factor(self.step)
+                group["weight_decay"] = group["base_weight_decay"] * cosine * start
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor, views: ViewMaker) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One step on the batch ``x`` (its instance indices ``index``); returns the detached loss and the method's metrics."""
+        self.set_schedules()
+        x, index = x.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)
+        made = [v.contiguous(memory_format=self.memory_format) for v in views(x)]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            loss, metrics = self.model(made, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        all_reduce_row_gradients(self.optimizer)
+        if self.grad_clip:
+            clip_grad_norm(self.method.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self.method.after_optimizer_step(self.step, self.schedule.total_steps)
+        return loss.detach(), metrics
