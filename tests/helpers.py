@@ -21,7 +21,9 @@ from icone.runtime import pick_device
 from icone.train.trainer import Trainer
 
 
-def tiny_dataset(spatial_dims: int = 2, n: int = 32, size: int | None = None, classes: int = 4, channels: int = 1, seed: int = 0) -> Dataset:
+def tiny_dataset(
+    spatial_dims: int = 2, n: int = 32, size: int | None = None, classes: int = 4, channels: int = 1, seed: int = 0
+) -> Dataset:
     """Random samples whose class shifts the mean of one quadrant/octant (learnable, not trivial)."""
     size = size or (16 if spatial_dims == 2 else 12)
     rng = np.random.default_rng(seed)
@@ -30,13 +32,17 @@ def tiny_dataset(spatial_dims: int = 2, n: int = 32, size: int | None = None, cl
     labels = np.arange(n) % classes
     half = size // 2
     for i, label in enumerate(labels):
-        region = (i, slice(None)) + tuple(slice(half * ((label >> d) & 1), half * (((label >> d) & 1) + 1)) for d in range(spatial_dims))
+        region = (i, slice(None)) + tuple(
+            slice(half * ((label >> d) & 1), half * (((label >> d) & 1) + 1)) for d in range(spatial_dims)
+        )
         samples[region] += 2.0
     test = Split(samples[: n // 4].copy(), labels[: n // 4])
     return Dataset(name=f"tiny{spatial_dims}d", train=Split(samples, labels), test=test)
 
 
-def small_backbone(name: str = "smallcnn", dims: int = 2, norm: str = "group", width: int = 8, channels: int = 1) -> torch.nn.Module:
+def small_backbone(
+    name: str = "smallcnn", dims: int = 2, norm: str = "group", width: int = 8, channels: int = 1
+) -> torch.nn.Module:
     """A backbone as ``model.*`` describes it, for tests that need one without a method."""
     return build_backbone(ModelConfig(backbone=name, spatial_dims=dims, in_channels=channels, norm=norm, width=width))
 
@@ -44,7 +50,15 @@ def small_backbone(name: str = "smallcnn", dims: int = 2, norm: str = "group", w
 def make_trainer(config: Config, dataset: Dataset, run_dir: Path) -> Trainer:
     """A trainer for a resolved config, its method built as ``icone train`` builds it."""
     method = build_method(config, num_instances=len(dataset.train))
-    return Trainer(config, dataset, run_dir, method, lambda epoch: view_maker(config, method, epoch), pick_device(config.train.device), progress=False)
+    return Trainer(
+        config,
+        dataset,
+        run_dir,
+        method,
+        lambda epoch: view_maker(config, method, epoch),
+        pick_device(config.train.device),
+        progress=False,
+    )
 
 
 def train_steps(
@@ -79,9 +93,11 @@ def train_steps(
 def write_tiny_npz(path: Path, spatial_dims: int = 2, n: int = 48, rgb: bool = False) -> Path:
     """A MedMNIST-layout .npz of uint8 images (N x H x W [x 3]) or volumes (N x D x H x W)."""
     dataset = tiny_dataset(spatial_dims, n=n, channels=3 if rgb else 1)
+
     def to_uint8(x: np.ndarray) -> np.ndarray:
         x = np.clip((x + 3) / 6 * 255, 0, 255).astype(np.uint8)
         return np.moveaxis(x, 1, -1) if rgb else x[:, 0]
+
     np.savez(
         path,
         train_images=to_uint8(dataset.train.samples),

@@ -12,13 +12,39 @@ from icone.errors import UserError
 from icone.methods.icone import IConE
 
 TINY = ["model.width=8", "train.monitor_samples=16", "eval.knn_k=5"]
-REQUIRED = ["method", "batch_size", "seed", "imbalance", "status", "knn_accuracy", "linear_accuracy", "linear_balanced_accuracy", "rankme",
-            "intrinsic_dimension", "empty_cluster_fraction", "train_seconds", "peak_memory_bytes", "baseline_knn_accuracy", "lr", "lr_scaling"]
+REQUIRED = [
+    "method",
+    "batch_size",
+    "seed",
+    "imbalance",
+    "status",
+    "knn_accuracy",
+    "linear_accuracy",
+    "linear_balanced_accuracy",
+    "rankme",
+    "intrinsic_dimension",
+    "empty_cluster_fraction",
+    "train_seconds",
+    "peak_memory_bytes",
+    "baseline_knn_accuracy",
+    "lr",
+    "lr_scaling",
+]
 
 
 def tiny_spec(npz, out, **kwargs):
-    values = dict(data=str(npz), methods="icone", batch_sizes="1,4", seeds=1, epochs=1, imbalance="1,2", backbone="smallcnn", out=out,
-                  overrides=TINY, command="icone bench (test)")
+    values = dict(
+        data=str(npz),
+        methods="icone",
+        batch_sizes="1,4",
+        seeds=1,
+        epochs=1,
+        imbalance="1,2",
+        backbone="smallcnn",
+        out=out,
+        overrides=TINY,
+        command="icone bench (test)",
+    )
     return bench.build_spec(**{**values, **kwargs})
 
 
@@ -50,16 +76,35 @@ def test_results_have_one_row_per_cell_with_the_columns(grid):
             assert row["knn_accuracy"] == "" and row["train_seconds"] == ""
         else:
             assert row["status"] == "ok", row["status"]
-            for key in ("knn_accuracy", "linear_accuracy", "linear_balanced_accuracy", "rankme", "intrinsic_dimension", "baseline_knn_accuracy"):
+            for key in (
+                "knn_accuracy",
+                "linear_accuracy",
+                "linear_balanced_accuracy",
+                "rankme",
+                "intrinsic_dimension",
+                "baseline_knn_accuracy",
+            ):
                 assert float(row[key]) >= 0, key
             assert row["empty_cluster_fraction"] == ""  # icone is not a clustering method
-            assert float(row["train_seconds"]) > 0 and int(row["peak_memory_bytes"]) >= 0 and row["memory_kind"] == "cpu_rss_growth"
-            assert float(row["lr"]) == pytest.approx(IConE.default_lr * (int(row["batch_size"]) / 64) ** 0.5) and row["lr_scaling"] == "sqrt"
-            assert row["epochs"] == "1" and int(row["steps"]) == (12 if row["imbalance"] == "1.0" else int(row["steps"])) > 0
+            assert (
+                float(row["train_seconds"]) > 0
+                and int(row["peak_memory_bytes"]) >= 0
+                and row["memory_kind"] == "cpu_rss_growth"
+            )
+            assert (
+                float(row["lr"]) == pytest.approx(IConE.default_lr * (int(row["batch_size"]) / 64) ** 0.5)
+                and row["lr_scaling"] == "sqrt"
+            )
+            assert (
+                row["epochs"] == "1"
+                and int(row["steps"]) == (12 if row["imbalance"] == "1.0" else int(row["steps"])) > 0
+            )
     document = json.loads((out / "results.json").read_text())
     assert [r["status"] for r in document["rows"]] == [r["status"] for r in rows]
     assert document["command"] == "icone bench (test)" and document["settings"]["reference_batch"] == 64
-    assert (out / "cells" / "icone-b4-r1-s0" / "eval.json").is_file() and not (out / "cells" / "icone-b1-r1-s0").exists()
+    assert (out / "cells" / "icone-b4-r1-s0" / "eval.json").is_file() and not (
+        out / "cells" / "icone-b1-r1-s0"
+    ).exists()
 
 
 def test_cells_use_the_grid_norm_and_the_method_lr(grid):
@@ -71,7 +116,15 @@ def test_cells_use_the_grid_norm_and_the_method_lr(grid):
 def test_summary_and_plots(grid):
     _, out, result, lines = grid
     summary = (out / "summary.md").read_text()
-    for text in ("icone bench (test)", "torch", "CPUs", "| icone | 4 | 2 | 1/1 |", "refused (min 2)", "kNN accuracy by batch size", "Untrained encoder"):
+    for text in (
+        "icone bench (test)",
+        "torch",
+        "CPUs",
+        "| icone | 4 | 2 | 1/1 |",
+        "refused (min 2)",
+        "kNN accuracy by batch size",
+        "Untrained encoder",
+    ):
         assert text in summary, text
     for name in ("accuracy_vs_batch_size.png", "collapse_vs_batch_size.png", "accuracy_vs_imbalance.png"):
         assert (out / "plots" / name).stat().st_size > 1000, name
@@ -96,13 +149,37 @@ def test_an_interrupted_grid_continues_where_it_stopped(grid, tmp_path, monkeypa
 
     calls = []
     real = icone.runs.train_run
-    monkeypatch.setattr(icone.runs, "train_run", lambda config, out, resume, **kw: calls.append((out.name, resume)) or real(config, out, resume, **kw))
-    args = ["bench", "--data", npz, "--methods", "icone", "--batch-sizes", "1,4", "--seeds", "1", "--epochs", "1", "--imbalance", "1,2",
-            "--backbone", "smallcnn", "--out", out, *TINY]
+    monkeypatch.setattr(
+        icone.runs,
+        "train_run",
+        lambda config, out, resume, **kw: calls.append((out.name, resume)) or real(config, out, resume, **kw),
+    )
+    args = [
+        "bench",
+        "--data",
+        npz,
+        "--methods",
+        "icone",
+        "--batch-sizes",
+        "1,4",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--imbalance",
+        "1,2",
+        "--backbone",
+        "smallcnn",
+        "--out",
+        out,
+        *TINY,
+    ]
     code, stdout, stderr = run_cli(args, capsys)
     assert code == 0, stderr
     assert calls == [("icone-b4-r1-s0", True), ("icone-b4-r2-s0", False)]
-    assert (cells / "icone-b4-r1-s0" / "checkpoints" / "last.pt").stat().st_mtime_ns == kept  # resumed at its end: not retrained
+    assert (
+        cells / "icone-b4-r1-s0" / "checkpoints" / "last.pt"
+    ).stat().st_mtime_ns == kept  # resumed at its end: not retrained
     assert (cells / "icone-b4-r1-s0" / "eval.json").is_file() and (cells / "icone-b4-r2-s0" / "eval.json").is_file()
     assert "(resumed)" in stdout and "(trained)" in stdout
     assert [r["status"] for r in read_csv(out)] == ["refused: below min batch (2)", "ok"] * 2
@@ -141,7 +218,10 @@ def test_presets_and_explicit_values(monkeypatch, tmp_path):
     monkeypatch.undo()
     assert bench.build_spec(preset="quick", epochs=7, out=tmp_path / "q").epochs == 7  # explicit values win
     again = bench.build_spec(preset="quick", overrides=["model.width=16", "model.norm=layer"], out=tmp_path / "q")
-    assert again.overrides == ["model.width=16", "model.norm=layer"]  # the preset's own override, given again, is kept once
+    assert again.overrides == [
+        "model.width=16",
+        "model.norm=layer",
+    ]  # the preset's own override, given again, is kept once
 
 
 def test_lr_scaling_rules():
@@ -156,12 +236,16 @@ def test_a_grid_honours_and_records_the_lr_rule_it_is_given(tmp_path):
     import yaml
 
     npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
-    spec = tiny_spec(npz, tmp_path / "grid", batch_sizes="4", imbalance="1", overrides=TINY + ["optim.lr_scaling=linear"])
+    spec = tiny_spec(
+        npz, tmp_path / "grid", batch_sizes="4", imbalance="1", overrides=TINY + ["optim.lr_scaling=linear"]
+    )
     (row,) = bench.run_bench(spec, log=lambda line: None)["rows"]
     linear = IConE.default_lr * 4 / 64
     assert row["status"] == "ok" and row["lr_scaling"] == "linear" and row["lr"] == pytest.approx(linear)
     saved = yaml.safe_load((tmp_path / "grid" / "cells" / "icone-b4-r1-s0" / "config.yaml").read_text())
-    assert saved["optim"]["lr_scaling"] == "linear" and saved["optim"]["lr"] == pytest.approx(linear)  # what the cell trained with
+    assert saved["optim"]["lr_scaling"] == "linear" and saved["optim"]["lr"] == pytest.approx(
+        linear
+    )  # what the cell trained with
 
 
 def test_a_diverged_or_failed_cell_does_not_stop_the_grid(tmp_path, monkeypatch):
@@ -181,7 +265,10 @@ def test_a_diverged_or_failed_cell_does_not_stop_the_grid(tmp_path, monkeypatch)
     npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
     spec = tiny_spec(npz, tmp_path / "grid", batch_sizes="2,4", imbalance="1")
     result = bench.run_bench(spec, log=lambda line: None)
-    assert [r["status"] for r in result["rows"]] == ["diverged: the loss became nan at epoch 1, step 3", "failed: RuntimeError: boom"]
+    assert [r["status"] for r in result["rows"]] == [
+        "diverged: the loss became nan at epoch 1, step 3",
+        "failed: RuntimeError: boom",
+    ]
     assert "## Cells that did not finish" in (tmp_path / "grid" / "summary.md").read_text()
     assert (tmp_path / "grid" / "plots" / "accuracy_vs_batch_size.png").is_file()
     calls.clear()

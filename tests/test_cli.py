@@ -24,14 +24,25 @@ def trained(tmp_path_factory):
         def readouterr(self):
             return type("Captured", (), {"out": "", "err": ""})()
 
-    code, _, _ = run_cli(["train", "--data", npz, "--epochs", "2", "--batch-size", "8", "--out", run, *FAST, "eval.knn_k=5"], NoCapture())
+    code, _, _ = run_cli(
+        ["train", "--data", npz, "--epochs", "2", "--batch-size", "8", "--out", run, *FAST, "eval.knn_k=5"], NoCapture()
+    )
     assert code == 0
     return npz, run
 
 
 def test_train_writes_the_run_folder(trained):
     _, run = trained
-    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "backbone.pt", "eval.json", "plots/loss.png", "plots/collapse.png", "plots/embeddings.png"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoints/last.pt",
+        "backbone.pt",
+        "eval.json",
+        "plots/loss.png",
+        "plots/collapse.png",
+        "plots/embeddings.png",
+    ):
         assert (run / name).is_file(), name
 
 
@@ -47,7 +58,20 @@ def test_evaluate_json_has_metrics_and_baseline(trained, capsys):
 
 def test_config_yaml_reruns(trained, tmp_path, capsys):
     _, run = trained
-    code, _, err = run_cli(["train", "--config", run / "config.yaml", "--epochs", "1", "--out", tmp_path / "again", "--no-progress", "eval.after_train=false"], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--config",
+            run / "config.yaml",
+            "--epochs",
+            "1",
+            "--out",
+            tmp_path / "again",
+            "--no-progress",
+            "eval.after_train=false",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert (tmp_path / "again" / "checkpoints" / "last.pt").is_file()
 
@@ -87,7 +111,9 @@ def test_data_inspects_a_source(npz2d, capsys):
 
 
 def test_module_entry_point_prints_one_line_error_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "icone", "train", "--data", str(tmp_path / "nope")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "icone", "train", "--data", str(tmp_path / "nope")], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "does not exist" in result.stderr
@@ -134,7 +160,9 @@ def test_batch_larger_than_dataset(capsys, npz2d):
 
 
 def test_unknown_method_and_option(capsys, npz2d):
-    expect_error(capsys, ["train", "--data", npz2d, "--method", "nosuch"], "unknown method 'nosuch'; choose one of: icone")
+    expect_error(
+        capsys, ["train", "--data", npz2d, "--method", "nosuch"], "unknown method 'nosuch'; choose one of: icone"
+    )
     expect_error(capsys, ["train", "--data", npz2d, "train.epoch=3"], "unknown option 'train.epoch'.*epochs")
     expect_error(capsys, ["train", "--data", npz2d, "icone.alignment=magic"], "alignment.*cosine, infonce")
     expect_error(capsys, ["train", "--data", npz2d, "train.batch_size=abc"], "whole number")
@@ -160,7 +188,9 @@ def test_resume_continues_to_more_epochs(capsys, trained, tmp_path):
     npz, run = trained
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    code, _, err = run_cli(["train", "--data", npz, "--out", copy, "--resume", "--epochs", "3", *FAST, "eval.knn_k=5"], capsys)
+    code, _, err = run_cli(
+        ["train", "--data", npz, "--out", copy, "--resume", "--epochs", "3", *FAST, "eval.knn_k=5"], capsys
+    )
     assert code == 0, err
     assert torch.load(copy / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 3
 
@@ -174,3 +204,34 @@ def test_evaluate_bad_checkpoint(capsys, tmp_path):
 def test_evaluate_on_source_of_other_dims(capsys, trained, npz3d):
     _, run = trained
     expect_error(capsys, ["evaluate", run, "--data", npz3d], "takes 2D samples.*3D")
+
+
+def test_typed_flags_are_taken_as_given(capsys, tmp_path):
+    """--data is a path, not YAML: a '#' starts no comment and 'yes' stays a name."""
+    folder = tmp_path / "a folder #2"
+    (folder / "cells").mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray((np.random.default_rng(i).random((12, 12)) * 255).astype(np.uint8)).save(
+            folder / "cells" / f"{i}.png"
+        )
+    code, _, err = run_cli(
+        [
+            "train",
+            "--data",
+            folder,
+            "--out",
+            tmp_path / "run",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            *FAST,
+            "eval.after_train=false",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    from icone.config import build_config, load_yaml
+
+    assert load_yaml(tmp_path / "run" / "config.yaml")["data"]["source"] == str(folder)
+    assert build_config(None, None, {"data.source": "yes"}).data.source == "yes"

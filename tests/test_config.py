@@ -62,5 +62,7 @@ def test_default_lr_follows_the_batch_size_by_the_sqrt_rule():
         assert config.optim.lr == pytest.approx(expected)
     explicit = resolve_config(build_config(None, ["train.batch_size=1", "optim.lr=0.01"]), tiny_dataset(2, n=64))
     assert explicit.optim.lr == 0.01
-    unscaled = resolve_config(build_config(None, ["train.batch_size=1", "optim.lr_scaling=none"]), tiny_dataset(2, n=64))
+    unscaled = resolve_config(
+        build_config(None, ["train.batch_size=1", "optim.lr_scaling=none"]), tiny_dataset(2, n=64)
+    )
     assert unscaled.optim.lr == default

@@ -24,7 +24,9 @@ TRAIN = ["--epochs", "1", "--batch-size", "8", *FAST, "eval.after_train=false"]
 
 def icone_subprocess(*args: object, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "icone", *map(str, args)], capture_output=True, text=True, env=env, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "icone", *map(str, args)], capture_output=True, text=True, env=env, **kwargs
+    )
 
 
 def one_line(stderr: str) -> str:
@@ -53,7 +55,11 @@ def test_overwrite_refuses_the_data_folder(capsys, tmp_path):
     for i in range(8):
         Image.fromarray((np.random.default_rng(i).random((8, 8)) * 255).astype(np.uint8)).save(data / "a" / f"{i}.png")
     before = snapshot(data)
-    expect_error(capsys, ["train", "--data", data, "--out", data, "--overwrite", *TRAIN], "overwrite would delete.*holds '.*mydata'")
+    expect_error(
+        capsys,
+        ["train", "--data", data, "--out", data, "--overwrite", *TRAIN],
+        "overwrite would delete.*holds '.*mydata'",
+    )
     assert snapshot(data) == before
 
 
@@ -67,7 +73,9 @@ def test_overwrite_refuses_the_current_folder_and_folders_with_other_files(capsy
     other = tmp_path / "other"
     other.mkdir()
     (other / "results.csv").write_text("a,b\n")
-    expect_error(capsys, ["train", "--data", npz, "--out", other, "--overwrite", *TRAIN], "replaces only icone run folders")
+    expect_error(
+        capsys, ["train", "--data", npz, "--out", other, "--overwrite", *TRAIN], "replaces only icone run folders"
+    )
     assert (work / "notes.txt").read_text() == "mine" and (other / "results.csv").read_text() == "a,b\n"
 
 
@@ -93,7 +101,12 @@ def test_a_failed_overwrite_puts_the_old_run_back(capsys, tmp_path, npz, monkeyp
         raise RuntimeError("the machine broke")
 
     monkeypatch.setattr(Trainer, "fit", broken)
-    expect_error(capsys, ["train", "--data", npz, "--out", run, "--overwrite", *TRAIN], "internal error: RuntimeError: the machine broke", code=1)
+    expect_error(
+        capsys,
+        ["train", "--data", npz, "--out", run, "--overwrite", *TRAIN],
+        "internal error: RuntimeError: the machine broke",
+        code=1,
+    )
     after = snapshot(run)
     after.pop(".lock", None), before.pop(".lock", None)
     assert after == before
@@ -148,7 +161,9 @@ def test_an_unwritable_out_is_one_line(capsys, tmp_path, npz, monkeypatch):
         raise PermissionError(errno.EROFS, "Read-only file system", str(self.path))
 
     monkeypatch.setattr(RunFolder, "open", read_only)
-    expect_error(capsys, ["train", "--data", npz, "--out", tmp_path / "run", *TRAIN], "no permission to write '.*run' .Read-only")
+    expect_error(
+        capsys, ["train", "--data", npz, "--out", tmp_path / "run", *TRAIN], "no permission to write '.*run' .Read-only"
+    )
 
 
 def test_a_full_disk_is_one_line(capsys, tmp_path, npz, monkeypatch):
@@ -169,7 +184,21 @@ def test_a_full_disk_is_one_line(capsys, tmp_path, npz, monkeypatch):
 def test_ctrl_c_exits_130_and_names_the_checkpoint(tmp_path, npz):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "icone", "train", "--data", str(npz), "--out", str(run), "--epochs", "100000", "--batch-size", "8", *FAST]
+    args = [
+        sys.executable,
+        "-m",
+        "icone",
+        "train",
+        "--data",
+        str(npz),
+        "--out",
+        str(run),
+        "--epochs",
+        "100000",
+        "--batch-size",
+        "8",
+        *FAST,
+    ]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     deadline = time.time() + 180
     while not (run / "checkpoints" / "last.pt").is_file() and time.time() < deadline and process.poll() is None:
@@ -186,7 +215,26 @@ def test_ctrl_c_exits_130_and_names_the_checkpoint(tmp_path, npz):
 
 def test_resume_keeps_the_runs_epochs_and_device(capsys, tmp_path, npz):
     run = tmp_path / "run"
-    assert run_cli(["train", "--data", npz, "--out", run, "--epochs", "2", "--batch-size", "8", *FAST, "eval.after_train=false", "train.device=cpu"], capsys)[0] == 0
+    assert (
+        run_cli(
+            [
+                "train",
+                "--data",
+                npz,
+                "--out",
+                run,
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                *FAST,
+                "eval.after_train=false",
+                "train.device=cpu",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     code, _, err = run_cli(["train", "--out", run, "--resume", "--no-progress"], capsys)
     assert code == 0, err
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2  # not the default 10
@@ -195,13 +243,38 @@ def test_resume_keeps_the_runs_epochs_and_device(capsys, tmp_path, npz):
 
     saved = build_config(load_yaml(run / "config.yaml"))
     resumed = resumed_config(saved, {"train": {"epochs": 5, "log_every": 3}, "optim": {"lr": 1e-5}})
-    assert (resumed.train.epochs, resumed.train.log_every, resumed.optim.lr, resumed.train.device) == (5, 3, 1e-5, "cpu")
+    assert (resumed.train.epochs, resumed.train.log_every, resumed.optim.lr, resumed.train.device) == (
+        5,
+        3,
+        1e-5,
+        "cpu",
+    )
 
 
 def test_resume_applies_the_resumable_options_given(capsys, tmp_path, npz):
     run = tmp_path / "run"
-    assert run_cli(["train", "--data", npz, "--out", run, "--epochs", "1", "--batch-size", "8", *FAST, "eval.after_train=false"], capsys)[0] == 0
-    code, _, err = run_cli(["train", "--out", run, "--resume", "--epochs", "2", "train.log_every=1", "--no-progress"], capsys)
+    assert (
+        run_cli(
+            [
+                "train",
+                "--data",
+                npz,
+                "--out",
+                run,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                *FAST,
+                "eval.after_train=false",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
+    code, _, err = run_cli(
+        ["train", "--out", run, "--resume", "--epochs", "2", "train.log_every=1", "--no-progress"], capsys
+    )
     assert code == 0, err
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     second = [r["step"] for r in records if r["kind"] == "step" and r["epoch"] == 2]
@@ -215,8 +288,13 @@ def test_resume_applies_the_resumable_options_given(capsys, tmp_path, npz):
 def test_a_second_process_on_a_run_folder_is_refused(tmp_path, npz):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import time; from icone.run_folder import RunLock; held = RunLock(__import__('pathlib').Path({str(run)!r})).acquire(); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import time; from icone.run_folder import RunLock; held = RunLock(__import__('pathlib').Path({str(run)!r})).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -303,7 +381,11 @@ def test_nan_pixels_are_named_before_anything_is_written(capsys, tmp_path):
     images[5, 3, 3] = np.nan
     arrays["train_images"] = images
     np.savez(path, **arrays)
-    expect_error(capsys, ["train", "--data", path, "--out", tmp_path / "run", *TRAIN], r"bad\.npz:train_images\[5\].*NaN or infinite")
+    expect_error(
+        capsys,
+        ["train", "--data", path, "--out", tmp_path / "run", *TRAIN],
+        r"bad\.npz:train_images\[5\].*NaN or infinite",
+    )
     assert not (tmp_path / "run").exists()
     expect_error(capsys, ["data", path], r"train_images\[5\].*NaN")
 
@@ -390,7 +472,26 @@ def test_orphan_temp_files_are_cleaned_and_outputs_get_normal_permissions(capsys
 
 def test_a_resumed_log_does_not_repeat_steps(capsys, tmp_path, npz):
     run = tmp_path / "run"
-    assert run_cli(["train", "--data", npz, "--out", run, "--epochs", "1", "--batch-size", "8", *FAST, "eval.after_train=false", "train.log_every=1"], capsys)[0] == 0
+    assert (
+        run_cli(
+            [
+                "train",
+                "--data",
+                npz,
+                "--out",
+                run,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                *FAST,
+                "eval.after_train=false",
+                "train.log_every=1",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     with (run / "metrics.jsonl").open("a") as handle:  # an interrupted second epoch had logged two steps
         handle.write(json.dumps({"kind": "step", "epoch": 2, "step": 7, "loss": 1.0}) + "\n")
         handle.write(json.dumps({"kind": "step", "epoch": 2, "step": 8, "loss": 1.0}) + "\n" + '{"kind": "st')
@@ -401,7 +502,9 @@ def test_a_resumed_log_does_not_repeat_steps(capsys, tmp_path, npz):
 
 
 def test_a_diverged_first_epoch_says_nothing_was_kept(capsys, tmp_path, npz):
-    code, _, err = run_cli(["train", "--data", npz, "--out", tmp_path / "run", *TRAIN, "optim.lr=1e30", "optim.grad_clip=0"], capsys)
+    code, _, err = run_cli(
+        ["train", "--data", npz, "--out", tmp_path / "run", *TRAIN, "optim.lr=1e30", "optim.grad_clip=0"], capsys
+    )
     assert code == 1
     line = one_line(err)
     assert line.startswith("training stopped: the loss became") and "no checkpoint had been written" in line
@@ -423,5 +526,7 @@ def test_a_2d_nifti_is_not_sent_to_folder(capsys, tmp_path):
     import nibabel
 
     nibabel.save(nibabel.Nifti1Image(np.zeros((16, 16), np.float32), np.eye(4)), tmp_path / "slice.nii.gz")
-    line = expect_error(capsys, ["data", tmp_path / "slice.nii.gz"], "not a 3D volume; icone reads 2D images from png, jpg or tif")
+    line = expect_error(
+        capsys, ["data", tmp_path / "slice.nii.gz"], "not a 3D volume; icone reads 2D images from png, jpg or tif"
+    )
     assert "folder:" not in line

@@ -60,7 +60,9 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
                 f"was asked for; use model.backbone={base}-{data_dims}d or a {asked}D source"
             )
     if config.model.in_channels not in (None, dataset.in_channels):
-        raise UserError(f"model.in_channels={config.model.in_channels} but the data has {dataset.in_channels} channel(s); remove the option")
+        raise UserError(
+            f"model.in_channels={config.model.in_channels} but the data has {dataset.in_channels} channel(s); remove the option"
+        )
     config.model.spatial_dims = data_dims
     config.model.in_channels = dataset.in_channels
     config.model.norm = config.model.norm or method_cls.default_norm
@@ -100,7 +102,9 @@ def check_batch_size(config: Config, method_cls: type[Method], num_samples: int)
                 f"batch size {batch} on each of {world} processes ({batch * world} in all) is larger than the training set "
                 f"({num_samples} samples); use --batch-size {num_samples // world} or less"
             )
-        raise UserError(f"batch size {batch} is larger than the training set ({num_samples} samples); use --batch-size {num_samples} or less")
+        raise UserError(
+            f"batch size {batch} is larger than the training set ({num_samples} samples); use --batch-size {num_samples} or less"
+        )
 
 
 def build_method(config: Config, num_instances: int) -> Method:

@@ -16,7 +16,10 @@ from rich.table import Table
 
 from icone.errors import Interrupted, TrainingDiverged, UserError
 
-app = typer.Typer(add_completion=False, help="Self-supervised representation learning on 2D images and 3D volumes that does not collapse at small batch sizes.")
+app = typer.Typer(
+    add_completion=False,
+    help="Self-supervised representation learning on 2D images and 3D volumes that does not collapse at small batch sizes.",
+)
 console = Console()
 err_console = Console(stderr=True)
 DEBUG = {"on": bool(os.environ.get("ICONE_DEBUG"))}
@@ -30,11 +33,17 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides, e.g. train.lr=1e-4 icone.diversity=frame"),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, metavar="[KEY=VALUE]...", help="Config overrides, e.g. train.lr=1e-4 icone.diversity=frame"
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (e.g. runs/X/config.yaml)."),
-    data: Optional[str] = typer.Option(None, "--data", help="digits, synthetic3d, a .npz, a folder, a volume; or npz:/folder:/volumes:PATH."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="digits, synthetic3d, a .npz, a folder, a volume; or npz:/folder:/volumes:PATH."
+    ),
     method: Optional[str] = typer.Option(None, "--method", help="Method name (see 'icone methods')."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet18, resnet50 or smallcnn (optionally -2d/-3d)."),
+    backbone: Optional[str] = typer.Option(
+        None, "--backbone", help="resnet18, resnet50 or smallcnn (optionally -2d/-3d)."
+    ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step (1 to 64 is the point)."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<method>-<data>-<time>)."),
@@ -48,7 +57,14 @@ def train(
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one")
-    flags = {"data.source": data, "method": method, "model.backbone": backbone, "train.batch_size": batch_size, "train.epochs": epochs, "train.seed": seed}
+    flags = {
+        "data.source": data,
+        "method": method,
+        "model.backbone": backbone,
+        "train.batch_size": batch_size,
+        "train.epochs": epochs,
+        "train.seed": seed,
+    }
     items = list(overrides or [])
     values = load_yaml(config) if config is not None else None
     cfg = build_config(values, items, flags)  # a bad option fails here, before torch is imported
@@ -73,7 +89,9 @@ def _print_eval(result: dict, title: str) -> None:
         table.add_row(*row)
     console.print(table)
     if result.get("clusters"):
-        console.print("cluster occupancy (training set): " + ", ".join(f"{k} {v:.3f}" for k, v in result["clusters"].items()))
+        console.print(
+            "cluster occupancy (training set): " + ", ".join(f"{k} {v:.3f}" for k, v in result["clusters"].items())
+        )
 
 
 @app.command()
@@ -138,7 +156,9 @@ def data_command(source: str = typer.Argument(..., metavar="SOURCE")) -> None:
 
     kind, _ = resolve(source)
     dataset = load_dataset(DataConfig(source=source))
-    console.print(f"source: {source} ({kind}), {dataset.spatial_dims}D, {dataset.in_channels} channel(s), sample shape {dataset.spatial_shape}")
+    console.print(
+        f"source: {source} ({kind}), {dataset.spatial_dims}D, {dataset.in_channels} channel(s), sample shape {dataset.spatial_shape}"
+    )
     for name, split in (("train", dataset.train), ("test", dataset.test)):
         if split is None:
             continue
@@ -148,18 +168,32 @@ def data_command(source: str = typer.Argument(..., metavar="SOURCE")) -> None:
 
 @app.command()
 def bench(
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides for every cell, e.g. model.norm=batch optim.lr_scaling=linear"),
+    overrides: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="[KEY=VALUE]...",
+        help="Config overrides for every cell, e.g. model.norm=batch optim.lr_scaling=linear",
+    ),
     data: Optional[str] = typer.Option(None, "--data", help="One source for the whole grid (default: digits)."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method names, e.g. icone,excb,simclr."),
+    methods: Optional[str] = typer.Option(
+        None, "--methods", help="Comma-separated method names, e.g. icone,excb,simclr."
+    ),
     batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated, e.g. 1,2,4,8."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per cell (0..N-1)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget, the same for every method."),
-    imbalance: Optional[str] = typer.Option(None, "--imbalance", help="Comma-separated largest/smallest class ratios, e.g. 1,10,50."),
+    imbalance: Optional[str] = typer.Option(
+        None, "--imbalance", help="Comma-separated largest/smallest class ratios, e.g. 1,10,50."
+    ),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="One backbone for every method."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Grid folder (default: bench/quick or bench/paper); run again to continue a grid."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Grid folder (default: bench/quick or bench/paper); run again to continue a grid."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Preset: a small grid for 2 CPU cores (the default)."),
-    paper: bool = typer.Option(False, "--paper", help="Preset: the papers' methods at batch sizes 1-64, 3 seeds (for a GPU)."),
-    speed: bool = typer.Option(False, "--speed", help="Time training steps instead: the same as 'icone speed' (its options go after --speed)."),
+    paper: bool = typer.Option(
+        False, "--paper", help="Preset: the papers' methods at batch sizes 1-64, 3 seeds (for a GPU)."
+    ),
+    speed: bool = typer.Option(
+        False, "--speed", help="Time training steps instead: the same as 'icone speed' (its options go after --speed)."
+    ),
     instances: Optional[str] = typer.Option(None, "--instances", help="With --speed: see 'icone speed --help'."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="With --speed."),
     spatial_dims: Optional[int] = typer.Option(None, "--spatial-dims", help="With --speed."),
@@ -167,23 +201,50 @@ def bench(
     warmup: Optional[int] = typer.Option(None, "--warmup", help="With --speed."),
 ) -> None:
     """Grid of methods x batch sizes x seeds (x imbalance ratios): results.csv/json, summary.md, plots."""
-    grid_only = {"--seeds": seeds, "--epochs": epochs, "--imbalance": imbalance, "--quick": quick or None, "--paper": paper or None}
-    speed_only = {"--instances": instances, "--input-size": input_size, "--spatial-dims": spatial_dims, "--repeats": repeats, "--warmup": warmup}
+    grid_only = {
+        "--seeds": seeds,
+        "--epochs": epochs,
+        "--imbalance": imbalance,
+        "--quick": quick or None,
+        "--paper": paper or None,
+    }
+    speed_only = {
+        "--instances": instances,
+        "--input-size": input_size,
+        "--spatial-dims": spatial_dims,
+        "--repeats": repeats,
+        "--warmup": warmup,
+    }
     if speed:
         given = [flag for flag, value in grid_only.items() if value is not None]
         if given:
-            raise UserError(f"{', '.join(given)} belong{'s' if len(given) == 1 else ''} to the accuracy grid, not to --speed; drop {'it' if len(given) == 1 else 'them'}")
-        return speed_command(overrides, methods, batch_sizes, instances, backbone, data, input_size, spatial_dims, repeats, warmup, out)
+            raise UserError(
+                f"{', '.join(given)} belong{'s' if len(given) == 1 else ''} to the accuracy grid, not to --speed; drop {'it' if len(given) == 1 else 'them'}"
+            )
+        return speed_command(
+            overrides, methods, batch_sizes, instances, backbone, data, input_size, spatial_dims, repeats, warmup, out
+        )
     given = [flag for flag, value in speed_only.items() if value is not None]
     if given:
-        raise UserError(f"{', '.join(given)} only go{'es' if len(given) == 1 else ''} with --speed; add --speed or drop {'it' if len(given) == 1 else 'them'}")
+        raise UserError(
+            f"{', '.join(given)} only go{'es' if len(given) == 1 else ''} with --speed; add --speed or drop {'it' if len(given) == 1 else 'them'}"
+        )
     if quick and paper:
         raise UserError("--quick and --paper are two presets; pass one")
     from icone.bench import build_spec, run_bench
 
     spec = build_spec(
-        preset="paper" if paper else "quick", data=data, methods=methods, batch_sizes=batch_sizes, seeds=seeds, epochs=epochs,
-        imbalance=imbalance, backbone=backbone, out=out, overrides=list(overrides or []), command=_command_line(),
+        preset="paper" if paper else "quick",
+        data=data,
+        methods=methods,
+        batch_sizes=batch_sizes,
+        seeds=seeds,
+        epochs=epochs,
+        imbalance=imbalance,
+        backbone=backbone,
+        out=out,
+        overrides=list(overrides or []),
+        command=_command_line(),
     )
     result = run_bench(spec, log=_log, debug=DEBUG["on"])
     _log(f"bench folder: {result['out']} ({', '.join(result['files'])})")
@@ -191,14 +252,26 @@ def bench(
 
 @app.command("speed")
 def speed_command(
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Config overrides for every record."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated method names (default: the papers' methods)."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, metavar="[KEY=VALUE]...", help="Config overrides for every record."
+    ),
+    methods: Optional[str] = typer.Option(
+        None, "--methods", help="Comma-separated method names (default: the papers' methods)."
+    ),
     batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated, e.g. 1,4,16."),
-    instances: Optional[str] = typer.Option(None, "--instances", help="Table sizes for methods whose cost grows with N, e.g. 1000,1000000."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="One backbone for every method (default smallcnn)."),
-    data: Optional[str] = typer.Option(None, "--data", help="A source for the input shape and the loader (default: random samples)."),
+    instances: Optional[str] = typer.Option(
+        None, "--instances", help="Table sizes for methods whose cost grows with N, e.g. 1000,1000000."
+    ),
+    backbone: Optional[str] = typer.Option(
+        None, "--backbone", help="One backbone for every method (default smallcnn)."
+    ),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="A source for the input shape and the loader (default: random samples)."
+    ),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Side of the random input (default 28)."),
-    spatial_dims: Optional[int] = typer.Option(None, "--spatial-dims", help="2 or 3 (default 2, or the backbone's -2d/-3d)."),
+    spatial_dims: Optional[int] = typer.Option(
+        None, "--spatial-dims", help="2 or 3 (default 2, or the backbone's -2d/-3d)."
+    ),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed steps per record (median; default 10)."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed steps before them (default 3)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for speed.json and speed.md (default bench/speed)."),
@@ -207,8 +280,18 @@ def speed_command(
     from icone.bench import build_speed_spec, run_speed
 
     spec = build_speed_spec(
-        methods=methods, batch_sizes=batch_sizes, instances=instances, backbone=backbone, data=data, input_size=input_size,
-        spatial_dims=spatial_dims, repeats=repeats, warmup=warmup, out=out, overrides=list(overrides or []), command=_command_line(),
+        methods=methods,
+        batch_sizes=batch_sizes,
+        instances=instances,
+        backbone=backbone,
+        data=data,
+        input_size=input_size,
+        spatial_dims=spatial_dims,
+        repeats=repeats,
+        warmup=warmup,
+        out=out,
+        overrides=list(overrides or []),
+        command=_command_line(),
     )
     result = run_speed(spec, log=_log, debug=DEBUG["on"])
     _log(f"speed folder: {result['out']} ({', '.join(result['files'])})")
@@ -260,7 +343,9 @@ def _os_error_line(err: OSError) -> str:
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower()
+    return (
+        isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower()
+    )
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -309,7 +394,9 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as err:
         if debug:
             raise
-        if hasattr(err, "format_message") and isinstance(getattr(err, "exit_code", None), int):  # Typer's (or click's) usage errors
+        if hasattr(err, "format_message") and isinstance(
+            getattr(err, "exit_code", None), int
+        ):  # Typer's (or click's) usage errors
             _print_error(_usage_line(err))
             return int(err.exit_code) if err.exit_code else 2  # type: ignore[attr-defined]
         if _is_out_of_memory(err):
@@ -322,7 +409,9 @@ def run(argv: list[str] | None = None) -> int:
             _print_error(_os_error_line(err))
             return 2
         first = str(err).splitlines()[0] if str(err) else ""
-        _print_error(f"internal error: {type(err).__name__}: {first}; run 'icone --debug ...' for the traceback and report it")
+        _print_error(
+            f"internal error: {type(err).__name__}: {first}; run 'icone --debug ...' for the traceback and report it"
+        )
         return 1
 
 

@@ -35,7 +35,11 @@ def option(
     """A dataclass field with its valid values: ``low``/``high`` inclusive bounds, ``above``/``below``
     exclusive ones (applied to each number of a list), or ``choices``. :func:`check_options` reads them;
     every float must also be finite."""
-    rules = {k: v for k, v in {"low": low, "high": high, "above": above, "below": below, "choices": choices}.items() if v is not None}
+    rules = {
+        k: v
+        for k, v in {"low": low, "high": high, "above": above, "below": below, "choices": choices}.items()
+        if v is not None
+    }
     metadata = {"rules": rules, "hint": hint}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=metadata)
@@ -62,7 +66,9 @@ class ViewConfig:
     local_crops: int | None = option(None, low=0)
     global_size: int | None = option(None, low=1)  # None: the input size
     local_size: int | None = option(None, low=1)  # None: 3/7 of the global size (96 -> 224 in DINO)
-    global_scale: list[float] = option(factory=lambda: [0.4, 1.0], above=0, high=1)  # share of the area/volume a crop covers
+    global_scale: list[float] = option(
+        factory=lambda: [0.4, 1.0], above=0, high=1
+    )  # share of the area/volume a crop covers
     local_scale: list[float] = option(factory=lambda: [0.05, 0.4], above=0, high=1)
     aspect: float = option(4 / 3, low=1)  # largest ratio between two sides of a crop (1: no jitter)
     flip: bool | None = None
@@ -107,11 +113,15 @@ class TrainConfig:
     seed: int = option(0, low=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = option("auto", choices=("auto", "fp32", "bf16"))  # auto: bf16 on CUDA
-    channels_last: bool = False  # channels-last memory format for backbone and views (for CUDA tensor cores; not yet measured, so off)
+    channels_last: bool = (
+        False  # channels-last memory format for backbone and views (for CUDA tensor cores; not yet measured, so off)
+    )
     log_every: int = option(10, low=1)  # steps between metric lines (and NaN checks)
     save_every: int = option(0, low=0)  # also keep checkpoints/epoch_K.pt every K epochs (0: only last.pt)
     monitor_samples: int = option(512, low=1)  # fixed subset for the per-epoch collapse monitor
-    dist_timeout_minutes: float = option(30.0, above=0)  # torchrun: how long a process waits for a silent peer before failing
+    dist_timeout_minutes: float = option(
+        30.0, above=0
+    )  # torchrun: how long a process waits for a silent peer before failing
 
 
 @dataclass
@@ -204,7 +214,9 @@ def update_dataclass(obj: Any, values: dict[str, Any], prefix: str = "") -> None
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise UserError(f"'{full}' is a section; set its fields, e.g. {full}.{dataclasses.fields(current)[0].name}=...")
+                raise UserError(
+                    f"'{full}' is a section; set its fields, e.g. {full}.{dataclasses.fields(current)[0].name}=..."
+                )
             update_dataclass(current, value, prefix=f"{full}.")
         elif key == "method_options" and isinstance(current, dict):
             current.update(coerce(value, dict, full))
@@ -245,11 +257,15 @@ def parse_overrides(items: list[str], method: str | None = None) -> dict[str, An
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file '{path}' does not exist; give the path of a YAML file (e.g. runs/NAME/config.yaml)")
+        raise UserError(
+            f"config file '{path}' does not exist; give the path of a YAML file (e.g. runs/NAME/config.yaml)"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"config file '{path}' is not valid YAML ({str(err).splitlines()[0]}); fix or regenerate it") from None
+        raise UserError(
+            f"config file '{path}' is not valid YAML ({str(err).splitlines()[0]}); fix or regenerate it"
+        ) from None
     if not isinstance(data, dict):
         raise UserError(f"config file '{path}' must hold a mapping of sections (data, model, train, ...)")
     return data
@@ -277,7 +293,9 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_config(values: dict[str, Any] | None = None, overrides: list[str] | None = None, flags: dict[str, Any] | None = None) -> Config:
+def build_config(
+    values: dict[str, Any] | None = None, overrides: list[str] | None = None, flags: dict[str, Any] | None = None
+) -> Config:
     """A :class:`Config` from a nested dict (e.g. a YAML file), typed flags (``{"data.source": "my scans #2"}``,
     set as given: no YAML parsing) and ``KEY=VALUE`` overrides, in that order of precedence."""
     config = Config()
@@ -315,7 +333,9 @@ def _check_value(key: str, value: Any, rules: dict[str, Any], hint: str) -> None
     suffix = f" ({hint})" if hint else ""
     if "choices" in rules:
         if value not in rules["choices"]:
-            raise UserError(f"{key}={value!r} is not valid; choose one of: {', '.join(str(c) for c in rules['choices'])}{suffix}")
+            raise UserError(
+                f"{key}={value!r} is not valid; choose one of: {', '.join(str(c) for c in rules['choices'])}{suffix}"
+            )
         return
     numbers = value if isinstance(value, list) else [value]
     for number in numbers:

@@ -55,7 +55,9 @@ def init_from_env(device: torch.device, timeout_minutes: float = 30.0) -> bool:
     """
     if launched_world_size() <= 1 or dist.is_initialized():
         return is_distributed()
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes)
+    )
     return True
 
 
@@ -170,4 +172,6 @@ def ddp_ignore(module: nn.Module, names: list[str]) -> None:
     looks up ``f"{module_name}.{param_name}"`` with ``module_name == ""`` (torch 2.x).
     """
     if names:
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names + [f".{n}" for n in names if "." not in n])
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            module, names + [f".{n}" for n in names if "." not in n]
+        )

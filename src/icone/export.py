@@ -47,11 +47,15 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> nn.Mo
 def method_from_checkpoint(checkpoint: dict[str, Any]) -> Method:
     """Rebuild a trained method from a training checkpoint."""
     if "model" not in checkpoint:
-        raise UserError(f"'{checkpoint['path']}' is a backbone export, not a training checkpoint; give checkpoints/last.pt or the run folder")
+        raise UserError(
+            f"'{checkpoint['path']}' is a backbone export, not a training checkpoint; give checkpoints/last.pt or the run folder"
+        )
     config = build_config(checkpoint["config"])
     method = build_method(config, num_instances=int(checkpoint["num_instances"]))
     try:
         method.load_state_dict(checkpoint["model"])
     except RuntimeError as err:
-        raise UserError(f"checkpoint '{checkpoint['path']}' does not match its config ({str(err).splitlines()[0]}); it was written by another version") from None
+        raise UserError(
+            f"checkpoint '{checkpoint['path']}' does not match its config ({str(err).splitlines()[0]}); it was written by another version"
+        ) from None
     return method.eval()

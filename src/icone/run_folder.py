@@ -24,7 +24,17 @@ from icone.files import remove_orphans
 
 MARKER = ".icone-run"
 LOCK = ".lock"
-RUN_ENTRIES = {MARKER, LOCK, "config.yaml", "metrics.jsonl", "checkpoints", "backbone.pt", "eval.json", "plots", "bench.json"}
+RUN_ENTRIES = {
+    MARKER,
+    LOCK,
+    "config.yaml",
+    "metrics.jsonl",
+    "checkpoints",
+    "backbone.pt",
+    "eval.json",
+    "plots",
+    "bench.json",
+}
 REPLACED = ".replaced-"
 
 try:  # POSIX
@@ -181,7 +191,9 @@ class RunFolder:
         self._was_empty = not has_contents(self.path)
         if mode != "resume" and not self._was_empty:  # another process made it since the checks
             self.lock.release()
-            raise UserError(f"run folder '{self.path}' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out")
+            raise UserError(
+                f"run folder '{self.path}' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out"
+            )
         (self.path / MARKER).touch()
         remove_orphans(self.path)
         remove_orphans(self.path / "checkpoints")

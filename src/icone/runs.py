@@ -31,8 +31,16 @@ from icone.train.trainer import Trainer
 
 log = logging.getLogger("icone")
 
-RESUMABLE = {"train.epochs", "train.device", "train.log_every", "train.save_every", "train.dist_timeout_minutes",
-             "data.num_workers", "eval.after_train", "optim.lr"}
+RESUMABLE = {
+    "train.epochs",
+    "train.device",
+    "train.log_every",
+    "train.save_every",
+    "train.dist_timeout_minutes",
+    "data.num_workers",
+    "eval.after_train",
+    "optim.lr",
+}
 
 
 def default_run_dir(config: Config, dataset: Dataset) -> Path:
@@ -98,20 +106,26 @@ def prepare_training(
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"cannot resume: '{run_dir}' has no config.yaml; give the folder of an earlier run")
         if not (run_dir / "checkpoints" / "last.pt").is_file():
-            raise UserError(f"cannot resume: '{run_dir}' has no checkpoints/last.pt yet; start it again with --overwrite")
+            raise UserError(
+                f"cannot resume: '{run_dir}' has no checkpoints/last.pt yet; start it again with --overwrite"
+            )
         config = resumed_config(build_config(load_yaml(run_dir / "config.yaml")), explicit or {})
     elif run_dir is not None and run_dir.exists() and (not run_dir.is_dir() or has_contents(run_dir)):
         if not run_dir.is_dir():
             raise UserError(f"--out '{run_dir}' is a file; give a folder")
         if not overwrite:
-            raise UserError(f"run folder '{run_dir}' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out")
+            raise UserError(
+                f"run folder '{run_dir}' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out"
+            )
         check_replaceable(run_dir, _protected_paths(config))
     dataset = load_dataset(config.data, seed=config.train.seed)
     config = resolve_config(config, dataset)
     if resume:
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         if checkpoint.get("method") != config.method or checkpoint.get("num_instances") != len(dataset.train):
-            raise UserError(f"checkpoint in '{run_dir}' was written by method {checkpoint.get('method')} on {checkpoint.get('num_instances')} samples; it does not fit this config")
+            raise UserError(
+                f"checkpoint in '{run_dir}' was written by method {checkpoint.get('method')} on {checkpoint.get('num_instances')} samples; it does not fit this config"
+            )
         written_by, world = int(checkpoint.get("world_size", 1)), distributed.world_size()
         if written_by != world:  # train.batch_size is per process: another count changes the batch and the schedule
             raise UserError(
@@ -192,14 +206,22 @@ def train_run(
         device = distributed.process_device(pick_device(config.train.device))  # a resumed run's own device
         method = build_method(config, num_instances=len(dataset.train))
         trainer = Trainer(
-            config, dataset, run_dir, method, views=lambda epoch: view_maker(config, method, epoch), device=device,
-            progress=progress, on_checkpoint=folder.started if folder else None,
+            config,
+            dataset,
+            run_dir,
+            method,
+            views=lambda epoch: view_maker(config, method, epoch),
+            device=device,
+            progress=progress,
+            on_checkpoint=folder.started if folder else None,
         )
         if checkpoint is not None:
             try:
                 trainer.restore(checkpoint)
             except (RuntimeError, ValueError, KeyError) as err:
-                raise UserError(f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})") from None
+                raise UserError(
+                    f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})"
+                ) from None
         try:
             result = trainer.fit()
         except KeyboardInterrupt:
@@ -226,7 +248,9 @@ def train_run(
             distributed.shutdown()
 
 
-def evaluate_method(method: torch.nn.Module, config: Config, dataset: Dataset, run_dir: Path | None, device: torch.device) -> dict[str, Any]:
+def evaluate_method(
+    method: torch.nn.Module, config: Config, dataset: Dataset, run_dir: Path | None, device: torch.device
+) -> dict[str, Any]:
     """Metrics of the trained backbone and (under ``baseline``) of the untrained one; writes eval.json."""
     method = method.to(device)
     result = evaluate_backbone(method.evaluation_backbone(), dataset, config.eval, device)
@@ -240,7 +264,12 @@ def evaluate_method(method: torch.nn.Module, config: Config, dataset: Dataset, r
         atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2))
         if dataset.test is not None:
             features = embed_samples(method.evaluation_backbone(), dataset.test.samples, device).numpy()
-            plot_embeddings(features, dataset.test.labels, run_dir / "plots" / "embeddings.png", f"{config.method}: test embeddings (PCA)")
+            plot_embeddings(
+                features,
+                dataset.test.labels,
+                run_dir / "plots" / "embeddings.png",
+                f"{config.method}: test embeddings (PCA)",
+            )
     return result
 
 
@@ -256,7 +285,9 @@ def evaluate_run(path: str | Path, data: str | None = None) -> dict[str, Any]:
     dataset = load_dataset(config.data, seed=config.train.seed)
     _check_fit(config, dataset)
     if data is None and len(dataset.train) != int(checkpoint["num_instances"]):
-        raise UserError(f"the data of '{path}' now has {len(dataset.train)} training samples, the run had {checkpoint['num_instances']}; pass --data")
+        raise UserError(
+            f"the data of '{path}' now has {len(dataset.train)} training samples, the run had {checkpoint['num_instances']}; pass --data"
+        )
     checkpoint_path = Path(checkpoint["path"])
     run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" and data is None else None
     if run_dir is None:
@@ -301,9 +332,14 @@ def embed_run(path: str | Path, data: str, out: str | Path, overwrite: bool = Fa
     labels = np.concatenate([split.labels for _, split in parts])
     splits = np.concatenate([np.full(len(split), name) for name, split in parts])
     if out.suffix == ".npz":
-        atomic_write(out, lambda handle: np.savez(handle, features=features, indices=indices, labels=labels, splits=splits))
+        atomic_write(
+            out, lambda handle: np.savez(handle, features=features, indices=indices, labels=labels, splits=splits)
+        )
     else:
-        record = np.zeros(len(features), dtype=[("index", "i8"), ("label", "i8"), ("split", "U5"), ("feature", "f4", (features.shape[1],))])
+        record = np.zeros(
+            len(features),
+            dtype=[("index", "i8"), ("label", "i8"), ("split", "U5"), ("feature", "f4", (features.shape[1],))],
+        )
         record["index"], record["label"], record["split"], record["feature"] = indices, labels, splits, features
         atomic_write(out, lambda handle: np.save(handle, record))
     return out

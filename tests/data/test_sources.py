@@ -99,7 +99,9 @@ def test_volumes_tif_nii_npy(tmp_path):
     for c in ("x", "y"):
         (root / c).mkdir(parents=True)
         tifffile.imwrite(root / c / "a.tif", np.random.default_rng(0).integers(0, 65535, (6, 8, 8), dtype=np.uint16))
-        nibabel.save(nibabel.Nifti1Image(np.random.rand(6, 8, 8).astype(np.float32), np.eye(4)), str(root / c / "b.nii.gz"))
+        nibabel.save(
+            nibabel.Nifti1Image(np.random.rand(6, 8, 8).astype(np.float32), np.eye(4)), str(root / c / "b.nii.gz")
+        )
         np.save(root / c / "c.npy", np.random.rand(6, 8, 8).astype(np.float32))
     assert resolve(str(root))[0] == "volumes"
     data = load(root)

@@ -23,7 +23,9 @@ def test_rankme_collapsed_is_one_and_isotropic_is_full():
 
 def test_embedding_std_collapsed_and_spread():
     assert embedding_std(torch.ones(20, 4)) == pytest.approx(0.0, abs=1e-6)
-    assert embedding_std(torch.randn(5000, 16, generator=torch.Generator().manual_seed(0))) == pytest.approx(1.0, abs=0.05)
+    assert embedding_std(torch.randn(5000, 16, generator=torch.Generator().manual_seed(0))) == pytest.approx(
+        1.0, abs=0.05
+    )
 
 
 @pytest.mark.parametrize("d", [2, 5])
@@ -48,7 +50,11 @@ def test_linear_probe_reports_three_scores():
     x = rng.normal(size=(200, 3))
     y = (x[:, 0] > 0).astype(int)
     scores = linear_probe(x[:150], y[:150], x[150:], y[150:])
-    assert scores["linear_accuracy"] > 0.9 and set(scores) == {"linear_accuracy", "linear_balanced_accuracy", "linear_macro_f1"}
+    assert scores["linear_accuracy"] > 0.9 and set(scores) == {
+        "linear_accuracy",
+        "linear_balanced_accuracy",
+        "linear_macro_f1",
+    }
 
 
 def test_cluster_occupancy_numbers():

@@ -102,13 +102,17 @@ def test_nt_xent_refuses_one_sample_and_bad_arguments():
 # ---- MoCo ---------------------------------------------------------------------------------
 
 
-def moco_reference(q: np.ndarray, k: np.ndarray, queue: np.ndarray, tau: float, mask: np.ndarray | None = None) -> float:
+def moco_reference(
+    q: np.ndarray, k: np.ndarray, queue: np.ndarray, tau: float, mask: np.ndarray | None = None
+) -> float:
     """MoCo eq. 1: -log exp(q.k+ / tau) / (exp(q.k+ / tau) + sum_queue exp(q.k- / tau)), mean over the batch."""
     total = 0.0
     for i in range(len(q)):
         qi = unit(q[i])
         positive = math.exp(float(np.dot(qi, unit(k[i]))) / tau)
-        negatives = sum(math.exp(float(np.dot(qi, unit(n))) / tau) for j, n in enumerate(queue) if mask is None or not mask[i, j])
+        negatives = sum(
+            math.exp(float(np.dot(qi, unit(n))) / tau) for j, n in enumerate(queue) if mask is None or not mask[i, j]
+        )
         total += -math.log(positive / (positive + negatives))
     return total / len(q)
 
@@ -116,7 +120,9 @@ def moco_reference(q: np.ndarray, k: np.ndarray, queue: np.ndarray, tau: float, 
 def test_moco_infonce_matches_formula():
     q, k, queue = fixed(3, 4, seed=5), fixed(3, 4, seed=6), fixed(7, 4, seed=7)
     assert moco_infonce(t(q), t(k), t(queue)).item() == pytest.approx(moco_reference(q, k, queue, 0.2), rel=1e-9)
-    assert moco_infonce(t(q), t(k), t(queue), temperature=0.07).item() == pytest.approx(moco_reference(q, k, queue, 0.07), rel=1e-9)
+    assert moco_infonce(t(q), t(k), t(queue), temperature=0.07).item() == pytest.approx(
+        moco_reference(q, k, queue, 0.07), rel=1e-9
+    )
 
 
 def test_moco_infonce_mask_removes_negatives():
@@ -129,7 +135,9 @@ def test_moco_infonce_mask_removes_negatives():
     all_one = np.zeros((2, 5), dtype=bool)
     all_one[:, 2] = True
     dropped = np.delete(queue, 2, axis=0)
-    assert moco_infonce(t(q), t(k), t(queue), mask=torch.tensor(all_one)).item() == pytest.approx(moco_infonce(t(q), t(k), t(dropped)).item(), rel=1e-9)
+    assert moco_infonce(t(q), t(k), t(queue), mask=torch.tensor(all_one)).item() == pytest.approx(
+        moco_infonce(t(q), t(k), t(dropped)).item(), rel=1e-9
+    )
 
 
 def test_moco_infonce_keys_get_no_gradient():
@@ -190,7 +198,11 @@ def dino_reference(student: np.ndarray, teacher: np.ndarray, center: np.ndarray,
 
 
 def test_dino_loss_matches_formula():
-    student, teacher, center = fixed(4, 3, 5, seed=15, scale=0.3), fixed(2, 3, 5, seed=16, scale=0.3), fixed(5, seed=17, scale=0.1)
+    student, teacher, center = (
+        fixed(4, 3, 5, seed=15, scale=0.3),
+        fixed(2, 3, 5, seed=16, scale=0.3),
+        fixed(5, seed=17, scale=0.1),
+    )
     got = dino_loss(t(student), t(teacher), t(center)).item()
     assert got == pytest.approx(dino_reference(student, teacher, center, 0.1, 0.04), rel=1e-9)
     got = dino_loss(list(t(student)), list(t(teacher)), t(center), student_temp=0.2, teacher_temp=0.07).item()
@@ -200,8 +212,12 @@ def test_dino_loss_matches_formula():
 def test_dino_loss_invariances():
     student, teacher, center = t(fixed(3, 2, 6, seed=18)), t(fixed(2, 2, 6, seed=19)), t(fixed(6, seed=20))
     loss = dino_loss(student, teacher, center)
-    assert dino_loss(student + 5.0, teacher - 3.0, center).item() == pytest.approx(loss.item(), rel=1e-9)  # softmax shifts
-    assert dino_loss(student, teacher + center, 2 * center).item() == pytest.approx(loss.item(), rel=1e-9)  # only t - c matters
+    assert dino_loss(student + 5.0, teacher - 3.0, center).item() == pytest.approx(
+        loss.item(), rel=1e-9
+    )  # softmax shifts
+    assert dino_loss(student, teacher + center, 2 * center).item() == pytest.approx(
+        loss.item(), rel=1e-9
+    )  # only t - c matters
     teacher_grad = teacher.clone().requires_grad_()
     dino_loss(student.clone().requires_grad_(), teacher_grad, center).backward()
     assert teacher_grad.grad is None  # the teacher is a target
@@ -214,7 +230,9 @@ def test_dino_loss_invariances():
 # ---- VICReg -------------------------------------------------------------------------------
 
 
-def vicreg_reference(z1: np.ndarray, z2: np.ndarray, lam: float = 25.0, mu: float = 25.0, nu: float = 1.0, eps: float = 1e-4) -> float:
+def vicreg_reference(
+    z1: np.ndarray, z2: np.ndarray, lam: float = 25.0, mu: float = 25.0, nu: float = 1.0, eps: float = 1e-4
+) -> float:
     """VICReg eq. 1-6 with the official combination: lam * mse + mu * (v1 + v2) / 2 + nu * (c1 + c2)."""
     n, d = z1.shape
 
@@ -252,7 +270,9 @@ def test_vicreg_variance_term_zero_above_unit_std_positive_below():
     wide = (wide - wide.mean(0)) / wide.std(0) * 1.5  # every dimension has std 1.5
     assert vicreg_variance(wide).item() == 0.0
     assert vicreg_variance(wide / 3).item() > 0  # std 0.5
-    assert vicreg_variance(torch.zeros(4, 3)).item() == pytest.approx(1 - math.sqrt(1e-4))  # collapse: the eps keeps it finite
+    assert vicreg_variance(torch.zeros(4, 3)).item() == pytest.approx(
+        1 - math.sqrt(1e-4)
+    )  # collapse: the eps keeps it finite
     # identical, decorrelated views with std >= 1: only the covariance term (zero here) remains
     square = t(np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]]) * 2)
     assert vicreg_loss(square, square).item() == pytest.approx(0.0, abs=1e-12)
@@ -294,7 +314,9 @@ def test_barlow_twins_matches_formula():
 
 
 def test_barlow_twins_zero_for_identical_decorrelated_views():
-    z = t(np.array([[1.0, 1.0, 1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]]))  # mean 0, var 1, orthogonal
+    z = t(
+        np.array([[1.0, 1.0, 1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
+    )  # mean 0, var 1, orthogonal
     assert barlow_twins_loss(z, z).item() == pytest.approx(0.0, abs=1e-8)  # C = I up to the eps
     assert barlow_twins_loss(3 * z + 1, z).item() == pytest.approx(0.0, abs=1e-8)  # standardised: affine per dimension
     assert barlow_twins_loss(z, -z).item() == pytest.approx(3 * 4.0, rel=1e-4)  # anti-correlated: (1 - (-1))^2 per dim

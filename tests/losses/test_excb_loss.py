@@ -110,7 +110,9 @@ def test_cross_entropy_hand_computed():
     targets = excb_teacher_targets(teacher)
     assert excb_cross_entropy(targets, student) == pytest.approx(expected, rel=1e-5)
     # by hand: p = (1 / (1 + e^-25), ...), log_q = (-log(1 + e^2), 2 - log(1 + e^2))
-    by_hand = (1 / (1 + math.exp(-25))) * math.log(1 + math.exp(2)) + (1 / (1 + math.exp(25))) * (math.log(1 + math.exp(2)) - 2)
+    by_hand = (1 / (1 + math.exp(-25))) * math.log(1 + math.exp(2)) + (1 / (1 + math.exp(25))) * (
+        math.log(1 + math.exp(2)) - 2
+    )
     assert expected == pytest.approx(by_hand, rel=1e-5)
 
 

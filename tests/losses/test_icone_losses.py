@@ -49,9 +49,7 @@ def test_hinge_diversity_matches_formula(fixed):
 def test_sampled_hinge_diversity_matches_formula(fixed):
     _, table, index = fixed
     sample = torch.tensor([0, 1, 3, 4])
-    terms = [
-        max(unit(table[i]) @ unit(table[s]), 0.0) ** 2 for i in index.tolist() for s in sample.tolist() if i != s
-    ]
+    terms = [max(unit(table[i]) @ unit(table[s]), 0.0) ** 2 for i in index.tolist() for s in sample.tolist() if i != s]
     got = losses.icone_hinge_diversity(table[sample], rows=table[index], rows_index=index, table_index=sample)
     assert got.item() == pytest.approx(np.mean(terms), abs=1e-12)
 
@@ -73,7 +71,9 @@ def test_frame_diversity_equals_pairwise_mean_of_squared_cosines(fixed):
 def test_uniformity_matches_formula(fixed):
     _, table, _ = fixed
     n, t = len(table), 2.0
-    terms = [math.exp(-t * np.sum((unit(table[j]) - unit(table[k])) ** 2)) for j in range(n) for k in range(n) if j != k]
+    terms = [
+        math.exp(-t * np.sum((unit(table[j]) - unit(table[k])) ** 2)) for j in range(n) for k in range(n) if j != k
+    ]
     assert losses.icone_uniformity(table, t=t).item() == pytest.approx(math.log(np.mean(terms)), abs=1e-10)
 
 

@@ -67,7 +67,14 @@ def test_registered_with_their_attributes():
         assert cls.default_norm in ("batch", "group") and cls.default_local_crops >= 0
         assert dataclasses.is_dataclass(cls.Options) and "norm" in {f.name for f in dataclasses.fields(cls.Options)}
     assert {n: methods[n].min_batch_size for n in BASELINES} == {
-        "simclr": 2, "moco": 1, "byol": 1, "simsiam": 1, "vicreg": 2, "barlow_twins": 2, "dino": 1, "swav": 1,
+        "simclr": 2,
+        "moco": 1,
+        "byol": 1,
+        "simsiam": 1,
+        "vicreg": 2,
+        "barlow_twins": 2,
+        "dino": 1,
+        "swav": 1,
     }
 
 
@@ -76,7 +83,14 @@ def test_registered_with_their_attributes():
 def test_trains_at_min_batch_and_at_16(method, dims):
     smallest = get_method(method).min_batch_size
     for batch, n, epochs in ((smallest, 4 * smallest, 1), (16, 16, 2)):
-        trainer, steps = train_steps(method, dims, batch_size=batch, epochs=epochs, dataset=tiny_dataset(dims, n=n), overrides=NARROW_HEADS[method])
+        trainer, steps = train_steps(
+            method,
+            dims,
+            batch_size=batch,
+            epochs=epochs,
+            dataset=tiny_dataset(dims, n=n),
+            overrides=NARROW_HEADS[method],
+        )
         assert len(steps) == n // batch * epochs
         assert_finite(trainer, steps)
 
@@ -86,10 +100,15 @@ def test_default_heads_take_a_step(method):
     """The shipped option defaults build and take one optimizer step at the smallest batch size."""
     dataset = tiny_dataset(2, n=8)
     b = get_method(method).min_batch_size
-    config = resolve_config(build_config(None, [f"method={method}", "model.backbone=smallcnn", "model.width=8", f"train.batch_size={b}"]), dataset)
+    config = resolve_config(
+        build_config(None, [f"method={method}", "model.backbone=smallcnn", "model.width=8", f"train.batch_size={b}"]),
+        dataset,
+    )
     model = build_method(config, num_instances=8)
     torch.manual_seed(0)
-    views = [torch.randn(b, 1, 16, 16) for _ in range(2)] + [torch.randn(b, 1, 7, 7) for _ in range(config.views.local_crops)]
+    views = [torch.randn(b, 1, 16, 16) for _ in range(2)] + [
+        torch.randn(b, 1, 7, 7) for _ in range(config.views.local_crops)
+    ]
     loss, metrics = model(views, torch.arange(b))
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert all(not v.requires_grad for v in metrics.values())
@@ -115,7 +134,9 @@ def test_loss_goes_down_on_fixed_data(method):
     batch, n, epochs = 8, 32, 8
     # the method's stated lr, unscaled: the sqrt rule would lower it 2.8x at batch 8 for this short run
     overrides = GENTLE_VIEWS + NARROW_HEADS[method] + LEARNING_SETTINGS.get(method, []) + ["optim.lr_scaling=none"]
-    _, steps = train_steps(method, 2, batch_size=batch, epochs=epochs, dataset=tiny_dataset(2, n=n), overrides=overrides)
+    _, steps = train_steps(
+        method, 2, batch_size=batch, epochs=epochs, dataset=tiny_dataset(2, n=n), overrides=overrides
+    )
     losses = np.array([s["loss"] for s in steps])
     if method in SKIP_FIRST_EPOCH:
         losses = losses[n // batch :]
@@ -128,12 +149,19 @@ def test_queues_fill_at_batch_one():
     """MoCo queues keys with their instance indices; SwAV's queue gives a lone sample a non-uniform code."""
     trainer, _ = train_steps("moco", 2, batch_size=1, dataset=tiny_dataset(2, n=4), overrides=NARROW_HEADS["moco"])
     moco = trainer.method
-    assert len(moco.queue) == 4 and sorted(moco.queue.index.tolist()) == [0, 1, 2, 3]  # queue length: largest power of two <= N
+    assert len(moco.queue) == 4 and sorted(moco.queue.index.tolist()) == [
+        0,
+        1,
+        2,
+        3,
+    ]  # queue length: largest power of two <= N
     assert torch.allclose(moco.queue.rows.norm(dim=1), torch.ones(4))
 
     trainer, _ = train_steps("swav", 2, batch_size=1, dataset=tiny_dataset(2, n=4), overrides=NARROW_HEADS["swav"])
     swav = trainer.method
-    assert swav.queue.filled == int(swav.queue.count) == len(swav.queue) == 4  # min(3840, N); full after two steps of two global views
+    assert (
+        swav.queue.filled == int(swav.queue.count) == len(swav.queue) == 4
+    )  # min(3840, N); full after two steps of two global views
     with torch.no_grad():
         lone = swav.prototypes(torch.randn(1, swav.options.out_dim, generator=torch.Generator().manual_seed(0)))
         codes = swav.codes(lone)
@@ -160,11 +188,23 @@ def test_refuses_batches_below_the_minimum(method):
 
 def test_two_view_methods_refuse_multi_crop():
     with pytest.raises(UserError, match="views.local_crops=0"):
-        train_steps("byol", 2, batch_size=4, dataset=tiny_dataset(2, n=8), overrides=NARROW_HEADS["byol"] + ["views.local_crops=2"])
+        train_steps(
+            "byol",
+            2,
+            batch_size=4,
+            dataset=tiny_dataset(2, n=8),
+            overrides=NARROW_HEADS["byol"] + ["views.local_crops=2"],
+        )
 
 
 def test_options_are_validated():
-    for item in ("simclr.temperature=0", "moco.norm=weird", "dino.center_momentum=2", "swav.epsilon=-1", "vicreg.expander_dim=0"):
+    for item in (
+        "simclr.temperature=0",
+        "moco.norm=weird",
+        "dino.center_momentum=2",
+        "swav.epsilon=-1",
+        "vicreg.expander_dim=0",
+    ):
         method = item.split(".")[0]
         with pytest.raises(UserError, match=item.split("=")[0].split(".")[1]):
             resolve_config(build_config(None, [f"method={method}", "train.batch_size=4", item]), tiny_dataset(2, n=8))

@@ -34,7 +34,9 @@ def make_method(num_instances: int = 32, dims: int = 2, norm: str = "group", **o
 
 def make_views(batch: int = 4, local: int = 2, seed: int = 0) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, 1, 16, 16, generator=gen) for _ in range(2)] + [torch.randn(batch, 1, 8, 8, generator=gen) for _ in range(local)]
+    return [torch.randn(batch, 1, 16, 16, generator=gen) for _ in range(2)] + [
+        torch.randn(batch, 1, 8, 8, generator=gen) for _ in range(local)
+    ]
 
 
 def skewed_sizes(k: int, seed: int = 0) -> torch.Tensor:
@@ -55,7 +57,9 @@ def test_k_rule_and_head_rule():
     assert make_method(num_clusters=5).num_clusters == 5
 
 
-@pytest.mark.parametrize("bad", [{"num_clusters": 1}, {"head_norm": "foo"}, {"teacher_temperature": 0}, {"size_momentum": 1.5}])
+@pytest.mark.parametrize(
+    "bad", [{"num_clusters": 1}, {"head_norm": "foo"}, {"teacher_temperature": 0}, {"size_momentum": 1.5}]
+)
 def test_options_validate(bad):
     with pytest.raises(UserError, match="excb"):
         ExCB.make_options(bad)
@@ -86,7 +90,13 @@ def test_step_uses_previous_sizes_and_updates_after():
     assert torch.allclose(method.sizes, 0.9 * s0 + 0.1 * fractions, atol=1e-7)
     assert method.sizes.sum() == pytest.approx(1.0, abs=1e-6)
     assert float(method.epoch_counts.sum()) == 8  # counted over the 2 global views only, not the 2 locals
-    assert set(metrics) >= {"teacher_distinct_labels", "teacher_confidence", "teacher_student_agreement", "loss_projector", "loss_predictor"}
+    assert set(metrics) >= {
+        "teacher_distinct_labels",
+        "teacher_confidence",
+        "teacher_student_agreement",
+        "loss_projector",
+        "loss_predictor",
+    }
     assert all(v.ndim == 0 and not v.requires_grad for v in metrics.values())
 
 
@@ -225,7 +235,12 @@ def test_occupancy_on_train_uses_cluster_assignments():
     data = tiny_dataset(2, n=32)
     method = make_method()
     result = occupancy_on_train(method, data, torch.device("cpu"))
-    assert set(result) == {"empty_cluster_fraction", "largest_cluster_share", "smallest_cluster_share", "cluster_entropy"}
+    assert set(result) == {
+        "empty_cluster_fraction",
+        "largest_cluster_share",
+        "smallest_cluster_share",
+        "cluster_entropy",
+    }
 
 
 # ---- end to end ------------------------------------------------------------------------------------------

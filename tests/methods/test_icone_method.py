@@ -16,7 +16,9 @@ def make(dims=2, n=10, **options):
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-@pytest.mark.parametrize("options", [{}, {"alignment": "infonce"}, {"diversity": "frame"}, {"diversity": "uniformity", "projector": "mlp"}])
+@pytest.mark.parametrize(
+    "options", [{}, {"alignment": "infonce"}, {"diversity": "frame"}, {"diversity": "uniformity", "projector": "mlp"}]
+)
 def test_batch_size_one_is_finite_with_gradients(dims, options):
     torch.manual_seed(0)
     method = make(dims, **options)
@@ -38,11 +40,17 @@ def test_detach_table_keeps_alignment_out_of_the_table():
 
 
 def test_sampled_diversity_above_threshold_touches_batch_rows():
+    """Above diversity_rows the sparse path's gradient holds the batch's rows and no other (the sample is held fixed)."""
     torch.manual_seed(0)
     method = make(n=50, diversity_rows=8)
+    assert method.describe() == {"table_path": "sparse"}
     views = [torch.randn(2, 1, 12, 12) for _ in range(2)]
-    loss, _ = method.training_step(views, torch.tensor([0, 1]))
-    assert torch.isfinite(loss)
+    loss, _ = method.training_step(views, torch.tensor([3, 17]))
+    loss.backward()
+    grad = method.table.grad.coalesce()
+    assert grad.is_sparse and torch.isfinite(loss)
+    touched = {int(row) for row, value in zip(grad.indices()[0], grad.values()) if value.abs().sum() > 0}
+    assert touched == {3, 17}
 
 
 def test_features_table_init_sets_rows_to_normalised_embeddings():

@@ -76,10 +76,14 @@ def _views(batch: int, seed: int = 0) -> list[torch.Tensor]:
 
 
 def _optimizer(method: IConE):
-    return build_optimizer(method, SimpleNamespace(optim=SimpleNamespace(lr=1e-2, weight_decay=0.05, name="adamw", momentum=0.9)))
+    return build_optimizer(
+        method, SimpleNamespace(optim=SimpleNamespace(lr=1e-2, weight_decay=0.05, name="adamw", momentum=0.9))
+    )
 
 
-def _step(method: IConE, optimizer, views: list[torch.Tensor], index: torch.Tensor, step: int, model=None) -> torch.Tensor:
+def _step(
+    method: IConE, optimizer, views: list[torch.Tensor], index: torch.Tensor, step: int, model=None
+) -> torch.Tensor:
     optimizer.zero_grad(set_to_none=True)
     loss, _ = (model or method)(views, index)
     loss.backward()
@@ -98,7 +102,15 @@ def test_auto_takes_the_sparse_path_above_diversity_rows():
     assert isinstance(_optimizer(method), OptimizerSet)  # the table has its own row-sparse optimizer
 
 
-@pytest.mark.parametrize("options", [{"diversity": "hinge"}, {"diversity": "frame"}, {"diversity": "uniformity"}, {"alignment": "infonce", "negatives": 4}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"diversity": "hinge"},
+        {"diversity": "frame"},
+        {"diversity": "uniformity"},
+        {"alignment": "infonce", "negatives": 4},
+    ],
+)
 def test_a_sparse_step_writes_only_the_rows_it_used(options):
     method = _method(N, table_path="sparse", diversity_rows=6, **options)
     method.initialize([])
@@ -133,15 +145,25 @@ def test_the_maintained_frame_matrix_tracks_the_table():
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_sparse_path_trains_at_batch_size_one(spatial_dims):
     for diversity in ("hinge", "frame"):
-        trainer, logs = train_steps("icone", spatial_dims, batch_size=1, dataset=tiny_dataset(spatial_dims, n=8),
-                                    overrides=["icone.table_path=sparse", f"icone.diversity={diversity}", "icone.diversity_rows=4"])
+        trainer, logs = train_steps(
+            "icone",
+            spatial_dims,
+            batch_size=1,
+            dataset=tiny_dataset(spatial_dims, n=8),
+            overrides=["icone.table_path=sparse", f"icone.diversity={diversity}", "icone.diversity_rows=4"],
+        )
         assert trainer.method.sparse and len(logs) == 8
         assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
         assert all(torch.isfinite(p).all() for p in trainer.method.parameters())
 
 
 def test_bfloat16_table_trains():
-    trainer, logs = train_steps("icone", batch_size=2, dataset=tiny_dataset(2, n=8), overrides=["icone.table_path=sparse", "icone.table_dtype=bfloat16"])
+    trainer, logs = train_steps(
+        "icone",
+        batch_size=2,
+        dataset=tiny_dataset(2, n=8),
+        overrides=["icone.table_path=sparse", "icone.table_dtype=bfloat16"],
+    )
     assert trainer.method.table.dtype == torch.bfloat16
     assert trainer.optimizer.optimizers[1].state[trainer.method.table]["exp_avg"].dtype == torch.bfloat16
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)

@@ -21,7 +21,11 @@ NORM_TYPES = {
 @pytest.mark.parametrize("dims", [2, 3])
 def test_every_norm_layer_is_the_chosen_one(name, norm, dims):
     backbone = small_backbone(name, dims, norm)
-    norms = [m for m in backbone.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm))]
+    norms = [
+        m
+        for m in backbone.modules()
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm))
+    ]
     assert norms and all(isinstance(m, NORM_TYPES[norm]) for m in norms)
     if norm == "layer":
         assert all(m.num_groups == 1 for m in norms)

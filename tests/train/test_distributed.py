@@ -41,7 +41,13 @@ SMALL: dict[str, list[str]] = {
     "moco": ["moco.hidden_dim=32", "moco.out_dim=16", "moco.queue_size=16"],
     "simclr": ["simclr.hidden_dim=32", "simclr.out_dim=16", "simclr.norm=layer"],
     "simsiam": ["simsiam.proj_dim=32", "simsiam.pred_hidden_dim=16"],
-    "swav": ["swav.hidden_dim=32", "swav.out_dim=16", "swav.num_prototypes=8", "swav.queue_size=16", "swav.queue_max_batch=4"],
+    "swav": [
+        "swav.hidden_dim=32",
+        "swav.out_dim=16",
+        "swav.num_prototypes=8",
+        "swav.queue_size=16",
+        "swav.queue_max_batch=4",
+    ],
     "vicreg": ["vicreg.expander_dim=32", "vicreg.norm=layer"],
 }
 BATCH_NORM = ["model.norm=batch", "simclr.norm=batch"]  # SimCLR as the paper has it: BatchNorm in backbone and head
@@ -71,7 +77,9 @@ def fixed_views(method: str) -> list[torch.Tensor]:
     return views
 
 
-def one_step(method: str, rows: slice, run_dir: Path, extra: list[str] | tuple[str, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
+def one_step(
+    method: str, rows: slice, run_dir: Path, extra: list[str] | tuple[str, ...] = ()
+) -> dict[str, dict[str, torch.Tensor]]:
     """The trainer's step (DDP when the process group is up) on the fixed views' ``rows``; states before and after."""
     batch = len(range(WORLD * B)[rows])
     trainer = make_trainer(make_config(method, batch, extra), tiny_dataset(2, n=N), run_dir)
@@ -103,11 +111,18 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         params = [id(p) for p in method.parameters()]
         converted = distributed.sync_batch_norm(method, torch.device("cuda"))  # conversion alone needs no GPU
         kinds = {type(m).__name__ for m in converted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
-        results["sync_batch_norm"] = {"same_module": converted is method, "kinds": kinds, "same_parameters": params == [id(p) for p in converted.parameters()]}
+        results["sync_batch_norm"] = {
+            "same_module": converted is method,
+            "kinds": kinds,
+            "same_parameters": params == [id(p) for p in converted.parameters()],
+        }
         for name in STATEFUL:  # a few real steps: sampler, augmentation (different on each process), init
             trainer = make_trainer(make_config(name, B, FIT), tiny_dataset(2, n=N), Path(out_dir) / f"fit-{name}")
             trainer.fit()
-            results[f"fit-{name}"] = {"steps": trainer.step, "state": {k: v.clone() for k, v in trainer.method.state_dict().items()}}
+            results[f"fit-{name}"] = {
+                "steps": trainer.step,
+                "state": {k: v.clone() for k, v in trainer.method.state_dict().items()},
+            }
         config = make_config("moco", B, [*FIT, "train.epochs=2"])  # resume: interrupted after epoch 1 = uninterrupted
         full = make_trainer(config, tiny_dataset(2, n=N), Path(out_dir) / "full")
         full.fit()
@@ -116,7 +131,10 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         resumed = make_trainer(config, tiny_dataset(2, n=N), Path(out_dir) / "half")
         resumed.restore(load_checkpoint(Path(out_dir) / "half"))
         resumed.fit()
-        results["resume"] = {"steps": (full.step, resumed.step), "same": [k for k, v in full.method.state_dict().items() if torch.equal(v, resumed.method.state_dict()[k])]}
+        results["resume"] = {
+            "steps": (full.step, resumed.step),
+            "same": [k for k, v in full.method.state_dict().items() if torch.equal(v, resumed.method.state_dict()[k])],
+        }
         try:
             make_config("icone", 9)
         except UserError as err:  # 9 fits 16 samples, 2 x 9 does not
@@ -141,7 +159,9 @@ def _differences(ranks: list[dict[str, Any]], single: dict[str, dict[str, torch.
     relative to the largest change the single step made to that entry, or to 1% of the largest
     change of any entry where that is more (an entry whose gradient is 0 in exact arithmetic, such
     as a bias before a batch standardisation, moves by rounding only)."""
-    moves = {n: float((v - single["before"][n]).abs().max()) for n, v in single["after"].items() if v.is_floating_point()}
+    moves = {
+        n: float((v - single["before"][n]).abs().max()) for n, v in single["after"].items() if v.is_floating_point()
+    }
     floor = max(0.01 * max(moves.values()), 1e-12)
     out = {}
     for name, expected in single["after"].items():
@@ -188,7 +208,11 @@ def test_batch_norm_on_cpu_keeps_per_process_statistics(two_processes, tmp_path)
 def test_batch_norm_becomes_sync_batch_norm_on_cuda_in_place(two_processes):
     """What the trainer does on CUDA before the optimizer and DDP see the method: the same module,
     the same parameter objects, every batch norm a SyncBatchNorm."""
-    assert two_processes[0]["sync_batch_norm"] == {"same_module": True, "kinds": {"SyncBatchNorm"}, "same_parameters": True}
+    assert two_processes[0]["sync_batch_norm"] == {
+        "same_module": True,
+        "kinds": {"SyncBatchNorm"},
+        "same_parameters": True,
+    }
 
 
 @pytest.mark.parametrize("method", list(STATEFUL))
@@ -209,7 +233,9 @@ def test_resume_on_two_processes_gives_the_uninterrupted_run(two_processes):
 
 def test_batch_size_and_default_lr_are_for_the_whole_batch(two_processes):
     assert "batch size 9 on each of 2 processes (18 in all)" in two_processes[0]["batch_error"]
-    single = resolve_config(build_config(None, ["method=simclr", f"train.batch_size={WORLD * B}"]), tiny_dataset(2, n=N))
+    single = resolve_config(
+        build_config(None, ["method=simclr", f"train.batch_size={WORLD * B}"]), tiny_dataset(2, n=N)
+    )
     assert two_processes[0]["default_lr"] == pytest.approx(single.optim.lr)
 
 
@@ -217,14 +243,34 @@ def test_batch_size_and_default_lr_are_for_the_whole_batch(two_processes):
 
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", "-m", "icone", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD}",
+        "-m",
+        "icone",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
 def test_torchrun_trains_one_run_folder_resumes_and_reports_errors_once(tmp_path):
     npz = write_tiny_npz(tmp_path / "tiny.npz", 2, n=32)
-    train = ["train", "--data", str(npz), "--batch-size", "4", "--out", "run", *FAST, "train.device=cpu", "train.log_every=1"]
+    train = [
+        "train",
+        "--data",
+        str(npz),
+        "--batch-size",
+        "4",
+        "--out",
+        "run",
+        *FAST,
+        "train.device=cpu",
+        "train.log_every=1",
+    ]
     first = _torchrun([*train, "--epochs", "1", "eval.knn_k=5"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("run folder:") == 1  # the other process says nothing
@@ -242,5 +288,9 @@ def test_torchrun_trains_one_run_folder_resumes_and_reports_errors_once(tmp_path
 
     again = _torchrun([*train, "--epochs", "1"], tmp_path)  # rank 0 finds the folder taken; every process stops
     ours = [line for line in again.stderr.splitlines() if line.startswith("error:")]
-    assert ours == ["error: run folder 'run' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out"]
-    assert again.returncode != 0 and re.search(r"exitcode\s*:\s*2\b", again.stderr)  # torchrun's report of the failed processes
+    assert ours == [
+        "error: run folder 'run' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out"
+    ]
+    assert again.returncode != 0 and re.search(
+        r"exitcode\s*:\s*2\b", again.stderr
+    )  # torchrun's report of the failed processes

@@ -64,7 +64,9 @@ def test_untouched_rows_stay_and_catch_up_with_the_exact_decay_when_touched():
 
 def test_state_survives_a_checkpoint_round_trip():
     def run(split: bool) -> torch.Tensor:
-        table = torch.nn.Parameter(torch.randn(6, 2, generator=torch.Generator().manual_seed(2)))  # float32: its decay marks stay float64
+        table = torch.nn.Parameter(
+            torch.randn(6, 2, generator=torch.Generator().manual_seed(2))
+        )  # float32: its decay marks stay float64
         opt = OptimizerSet(RowSparseAdamW([table], lr=1e-2, weight_decay=0.1))
         for step in range(4):
             if split and step == 2:

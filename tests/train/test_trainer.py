@@ -49,7 +49,13 @@ def test_metrics_log_has_steps_and_collapse_monitor(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [0, 1, 2]
-    for key in ("monitor_rankme", "monitor_std", "health/table_mean_cosine", "health/table_max_cosine", "health/table_rankme"):
+    for key in (
+        "monitor_rankme",
+        "monitor_std",
+        "health/table_mean_cosine",
+        "health/table_max_cosine",
+        "health/table_rankme",
+    ):
         assert all(key in r for r in epochs)
     steps = [r for r in records if r["kind"] == "step"]
     assert {"loss", "lr", "loss_vi", "loss_vv", "loss_div"} <= set(steps[0])
@@ -67,7 +73,9 @@ def test_channels_last_trains_like_the_default_layout(spatial_dims):
     """``train.channels_last`` changes the memory layout only: same losses, and the weights really are channels-last."""
     data = tiny_dataset(spatial_dims, n=8)
     _, plain_logs = train_steps("simclr", spatial_dims, batch_size=4, dataset=data)
-    last, last_logs = train_steps("simclr", spatial_dims, batch_size=4, dataset=data, overrides=["train.channels_last=true"])
+    last, last_logs = train_steps(
+        "simclr", spatial_dims, batch_size=4, dataset=data, overrides=["train.channels_last=true"]
+    )
     fmt = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
     convs = [p for p in last.method.backbone.parameters() if p.dim() == spatial_dims + 2]
     assert convs and all(p.is_contiguous(memory_format=fmt) for p in convs)

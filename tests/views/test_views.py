@@ -14,7 +14,17 @@ def spec(dims, **kw):
     return ViewConfig(**base), dims
 
 
-PLAIN = dict(global_scale=(1.0, 1.0), aspect=1.0, flip=False, rotate90=False, brightness=0, contrast=0, gamma=0, blur_prob=0, noise_std=0)
+PLAIN = dict(
+    global_scale=(1.0, 1.0),
+    aspect=1.0,
+    flip=False,
+    rotate90=False,
+    brightness=0,
+    contrast=0,
+    gamma=0,
+    blur_prob=0,
+    noise_std=0,
+)
 
 
 @pytest.mark.parametrize("dims", [2, 3])

@@ -4,11 +4,13 @@
 - :mod:`icone.bench.cells`: running a grid (each cell an ordinary run folder) and writing its reports;
 - :mod:`icone.bench.report`, :mod:`icone.bench.plots`: ``results.csv/json``, ``summary.md``, the plots;
 - :mod:`icone.bench.measure`: peak memory, the machine, timings;
-- :mod:`icone.bench.speed`, :mod:`icone.bench.speed_report`: the speed harness and its table.
+- :mod:`icone.bench.speed_spec`, :mod:`icone.bench.speed`, :mod:`icone.bench.speed_report`: what is
+  timed, the speed harness, and its table.
 """
 
 from icone.bench.cells import run_bench
 from icone.bench.grid import BenchSpec, Cell, build_spec
-from icone.bench.speed import SpeedSpec, build_speed_spec, run_speed
+from icone.bench.speed import run_speed
+from icone.bench.speed_spec import SpeedSpec, build_speed_spec
 
 __all__ = ["BenchSpec", "Cell", "SpeedSpec", "build_spec", "build_speed_spec", "run_bench", "run_speed"]

@@ -26,8 +26,10 @@ def _check_out(spec: BenchSpec) -> None:
         saved = json.loads(grid_file.read_text())
         differ = [k for k, v in spec.settings().items() if saved.get(k) != v]
         if differ:
-            raise UserError(f"'{out}' holds a grid with other {', '.join(differ)} ({', '.join(f'{k}={saved.get(k)!r}' for k in differ)}); "
-                            f"choose another --out or repeat those settings")
+            raise UserError(
+                f"'{out}' holds a grid with other {', '.join(differ)} ({', '.join(f'{k}={saved.get(k)!r}' for k in differ)}); "
+                f"choose another --out or repeat those settings"
+            )
     elif out.exists() and (not out.is_dir() or any(p.name != LOCK for p in out.iterdir())):
         raise UserError(f"'{out}' exists and is not a bench folder; choose another --out")
 
@@ -54,8 +56,15 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
     config = cell_config(spec, cell)
     run_dir = spec.out / "cells" / cell.name
     row: dict[str, Any] = {k: None for k in COLUMNS}
-    row.update(cell=cell.name, method=cell.method, batch_size=cell.batch_size, seed=cell.seed, imbalance=cell.imbalance,
-               lr=cell_lr(config), lr_scaling=config.optim.lr_scaling)
+    row.update(
+        cell=cell.name,
+        method=cell.method,
+        batch_size=cell.batch_size,
+        seed=cell.seed,
+        imbalance=cell.imbalance,
+        lr=cell_lr(config),
+        lr_scaling=config.optim.lr_scaling,
+    )
     minimum = get_method(cell.method).min_batch_size
     if cell.batch_size < minimum:
         row["status"] = f"refused: below min batch ({minimum})"
@@ -99,8 +108,10 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
 def progress_line(position: int, total: int, row: dict[str, Any], how: str) -> str:
     knn = "-" if row["knn_accuracy"] is None else f"{row['knn_accuracy']:.3f}"
     seconds = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f} s"
-    return (f"[{position}/{total}] {row['method']} b={row['batch_size']} r={row['imbalance']:g} s={row['seed']}: "
-            f"{row['status']}  kNN {knn}  train {seconds}  ({how})")
+    return (
+        f"[{position}/{total}] {row['method']} b={row['batch_size']} r={row['imbalance']:g} s={row['seed']}: "
+        f"{row['status']}  kNN {knn}  train {seconds}  ({how})"
+    )
 
 
 def row_order(spec: BenchSpec) -> Callable[[dict[str, Any]], tuple]:
@@ -122,15 +133,19 @@ def _run_grid(spec: BenchSpec, log: Callable[[str], None], debug: bool) -> dict[
     cells = grid_cells(spec)
     for note in spec.notes:
         log(f"note: {note}")
-    log(f"bench: {len(spec.methods)} method(s) x {len(spec.batch_sizes)} batch size(s) x {spec.seeds} seed(s) x "
-        f"{len(spec.imbalance)} imbalance ratio(s) = {len(cells)} cells on {spec.data}, {spec.backbone}, {spec.epochs} epoch(s); into {out}")
+    log(
+        f"bench: {len(spec.methods)} method(s) x {len(spec.batch_sizes)} batch size(s) x {spec.seeds} seed(s) x "
+        f"{len(spec.imbalance)} imbalance ratio(s) = {len(cells)} cells on {spec.data}, {spec.backbone}, {spec.epochs} epoch(s); into {out}"
+    )
     environment = machine_info(spec)
     rows: list[dict[str, Any]] = []
     for position, cell in enumerate(cells, 1):
         try:
             row, how = run_cell(spec, cell, debug)
         except KeyboardInterrupt:
-            log(f"interrupted in cell {cell.name}; run the same command again to continue (finished cells are kept, this one resumes)")
+            log(
+                f"interrupted in cell {cell.name}; run the same command again to continue (finished cells are kept, this one resumes)"
+            )
             raise
         rows.append(row)
         log(progress_line(position, len(cells), row, how))
@@ -138,8 +153,14 @@ def _run_grid(spec: BenchSpec, log: Callable[[str], None], debug: bool) -> dict[
     rows.sort(key=row_order(spec))
     atomic_write_text(out / "summary.md", summary_markdown(spec, rows, environment))
     plots = plot_results(rows, out / "plots")
-    return {"out": str(out), "rows": rows, "files": ["results.csv", "results.json", "summary.md"] + [str(p.relative_to(out)) for p in plots]}
+    return {
+        "out": str(out),
+        "rows": rows,
+        "files": ["results.csv", "results.json", "summary.md"] + [str(p.relative_to(out)) for p in plots],
+    }
 
 
 def machine_info(spec: BenchSpec) -> dict[str, Any]:
-    return environment_of(pick_device(cell_config(spec, Cell(spec.methods[0], spec.batch_sizes[0], 0, spec.imbalance[0])).train.device))
+    return environment_of(
+        pick_device(cell_config(spec, Cell(spec.methods[0], spec.batch_sizes[0], 0, spec.imbalance[0])).train.device)
+    )

@@ -74,7 +74,9 @@ def parse_list(text: str | list | None, kind: type, flag: str) -> list | None:
     try:
         values = [kind(float(v)) if kind is int and float(v) == int(float(v)) else kind(v) for v in items]
     except (TypeError, ValueError):
-        raise UserError(f"{flag} takes a comma-separated list of {kind.__name__}s, e.g. {flag} 1,4,16; got {text!r}") from None
+        raise UserError(
+            f"{flag} takes a comma-separated list of {kind.__name__}s, e.g. {flag} 1,4,16; got {text!r}"
+        ) from None
     if not values:
         raise UserError(f"{flag} is empty; give a comma-separated list, e.g. {flag} 1,4,16")
     return list(dict.fromkeys(values))
@@ -131,7 +133,9 @@ def build_spec(
         imbalance=parse_list(imbalance, float, "--imbalance") or list(base["imbalance"]),
         backbone=backbone or base["backbone"],
         out=Path(out) if out is not None else Path("bench") / name,
-        overrides=list(dict.fromkeys(list(base["overrides"]) + list(overrides or []))),  # a preset's override given again is kept once
+        overrides=list(
+            dict.fromkeys(list(base["overrides"]) + list(overrides or []))
+        ),  # a preset's override given again is kept once
         preset=name,
         command=command,
         notes=notes,
@@ -150,7 +154,13 @@ def build_spec(
 
 def grid_cells(spec: BenchSpec) -> list[Cell]:
     """Run order: seed first, so an interrupted grid has whole seeds rather than whole methods."""
-    return [Cell(m, b, s, r) for s in range(spec.seeds) for r in spec.imbalance for m in spec.methods for b in spec.batch_sizes]
+    return [
+        Cell(m, b, s, r)
+        for s in range(spec.seeds)
+        for r in spec.imbalance
+        for m in spec.methods
+        for b in spec.batch_sizes
+    ]
 
 
 def cell_config(spec: BenchSpec, cell: Cell) -> Config:

@@ -79,15 +79,25 @@ def training_log(run_dir: Path) -> tuple[int | None, int | None, float | None]:
             epochs[int(record["epoch"])] = record
     if not epochs:
         return 0, 0, 0.0
-    return max(epochs), max(int(r["step"]) for r in epochs.values()), sum(float(r.get("epoch_seconds", 0.0)) for r in epochs.values())
-
+    return (
+        max(epochs),
+        max(int(r["step"]) for r in epochs.values()),
+        sum(float(r.get("epoch_seconds", 0.0)) for r in epochs.values()),
+    )
 
 
 def environment_of(device: torch.device) -> dict[str, Any]:
     """Date, platform, CPU, torch version and threads, and the training device."""
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "platform": platform.platform(),
-            "python": platform.python_version(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"}
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu",
+    }
 
 
 def cpu_model() -> str:
@@ -135,5 +145,3 @@ def describe_device(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)} ({device})"
     threads = torch.get_num_threads()
     return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
-
-

@@ -13,12 +13,33 @@ from icone.bench.grid import DEFAULT_NORM, BenchSpec
 from icone.build import REFERENCE_BATCH
 from icone.files import atomic_write_text
 
-METRICS = ["knn_accuracy", "linear_accuracy", "linear_balanced_accuracy", "linear_macro_f1", "rankme", "intrinsic_dimension", "embedding_std"]
+METRICS = [
+    "knn_accuracy",
+    "linear_accuracy",
+    "linear_balanced_accuracy",
+    "linear_macro_f1",
+    "rankme",
+    "intrinsic_dimension",
+    "embedding_std",
+]
 BASELINE = ["knn_accuracy", "linear_accuracy", "linear_balanced_accuracy", "rankme", "intrinsic_dimension"]
 # the row of a cell; empty_cluster_fraction: for methods that cluster (the Method contract)
-COLUMNS = (["cell", "method", "batch_size", "seed", "imbalance", "status", "lr", "lr_scaling", *METRICS, "empty_cluster_fraction"]
-           + [f"baseline_{k}" for k in BASELINE] + ["epochs", "steps", "train_seconds", "peak_memory_bytes", "memory_kind", "run_dir"])
-
+COLUMNS = (
+    [
+        "cell",
+        "method",
+        "batch_size",
+        "seed",
+        "imbalance",
+        "status",
+        "lr",
+        "lr_scaling",
+        *METRICS,
+        "empty_cluster_fraction",
+    ]
+    + [f"baseline_{k}" for k in BASELINE]
+    + ["epochs", "steps", "train_seconds", "peak_memory_bytes", "memory_kind", "run_dir"]
+)
 
 
 def write_results(out: Path, spec: BenchSpec, rows: list[dict[str, Any]], environment: dict[str, Any]) -> None:
@@ -27,9 +48,24 @@ def write_results(out: Path, spec: BenchSpec, rows: list[dict[str, Any]], enviro
     writer.writeheader()
     writer.writerows({k: "" if r.get(k) is None else r[k] for k in COLUMNS} for r in rows)
     atomic_write_text(out / "results.csv", table.getvalue())
-    settings = {**spec.settings(), "norm_default": DEFAULT_NORM, "reference_batch": REFERENCE_BATCH, "methods": spec.methods,
-                "batch_sizes": spec.batch_sizes, "seeds": spec.seeds, "imbalance": spec.imbalance, "preset": spec.preset}
-    document = {"command": spec.command, **environment, "settings": settings, "notes": spec.notes, "columns": COLUMNS, "rows": rows}
+    settings = {
+        **spec.settings(),
+        "norm_default": DEFAULT_NORM,
+        "reference_batch": REFERENCE_BATCH,
+        "methods": spec.methods,
+        "batch_sizes": spec.batch_sizes,
+        "seeds": spec.seeds,
+        "imbalance": spec.imbalance,
+        "preset": spec.preset,
+    }
+    document = {
+        "command": spec.command,
+        **environment,
+        "settings": settings,
+        "notes": spec.notes,
+        "columns": COLUMNS,
+        "rows": rows,
+    }
     atomic_write_text(out / "results.json", json.dumps(document, indent=2))
 
 
@@ -66,21 +102,30 @@ def short_status(status: str) -> str:
 
 def summary_markdown(spec: BenchSpec, rows: list[dict[str, Any]], environment: dict[str, Any]) -> str:
     many = len(spec.imbalance) > 1
-    columns = [("kNN", "knn_accuracy", 3, 1.0), ("linear", "linear_accuracy", 3, 1.0), ("balanced", "linear_balanced_accuracy", 3, 1.0),
-               ("RankMe", "rankme", 1, 1.0), ("ID", "intrinsic_dimension", 1, 1.0)]
+    columns = [
+        ("kNN", "knn_accuracy", 3, 1.0),
+        ("linear", "linear_accuracy", 3, 1.0),
+        ("balanced", "linear_balanced_accuracy", 3, 1.0),
+        ("RankMe", "rankme", 1, 1.0),
+        ("ID", "intrinsic_dimension", 1, 1.0),
+    ]
     if any(r.get("empty_cluster_fraction") is not None for r in rows):
         columns.append(("empty clusters", "empty_cluster_fraction", 3, 1.0))
     columns += [("train s", "train_seconds", 1, 1.0), ("peak MiB", "peak_memory_bytes", 0, 2**20)]
     stats = {key: aggregate(rows, key) for _, key, _, _ in columns}
     memory = next((r["memory_kind"] for r in rows if r.get("memory_kind")), "cuda_max_allocated or cpu_rss_growth")
     lines = [
-        "# icone bench", "",
-        f"Command: `{spec.command or '(Python API)'}`", "",
+        "# icone bench",
+        "",
+        f"Command: `{spec.command or '(Python API)'}`",
+        "",
         f"Date: {environment['date']}; machine: {environment['platform']}, {environment['cpu']}, {environment['cpu_count']} CPUs, "
-        f"torch {environment['torch']} ({environment['torch_threads']} threads), device {environment['device']}", "",
+        f"torch {environment['torch']} ({environment['torch_threads']} threads), device {environment['device']}",
+        "",
         f"Grid: data `{spec.data}`, backbone `{spec.backbone}`, {spec.epochs} epoch(s), norm `{DEFAULT_NORM}` unless overridden, "
         f"overrides `{' '.join(spec.overrides) or 'none'}`; lr per cell: the `lr` column (what `icone train` resolves: a method's "
-        f"default or `optim.base_lr`, stated for batch {REFERENCE_BATCH}, scaled by the `lr_scaling` column).", "",
+        f"default or `optim.base_lr`, stated for batch {REFERENCE_BATCH}, scaled by the `lr_scaling` column).",
+        "",
     ]
     lines += [f"Note: {note}" for note in spec.notes] + ([""] if spec.notes else [])
     lines += [f"Mean ± sample std over the seeds that finished (n = runs ok / cells); peak memory is {memory}.", ""]
@@ -95,19 +140,34 @@ def summary_markdown(spec: BenchSpec, rows: list[dict[str, Any]], environment: d
                 ok = sum(r["status"] == "ok" for r in group)
                 runs = f"{ok}/{len(group)}" if ok else short_status(group[0]["status"])
                 cells = [format_stats(stats[key].get((method, ratio, batch)), d, s) for _, key, d, s in columns]
-                lines.append("| " + " | ".join([method, str(batch)] + ([f"{ratio:g}"] if many else []) + [runs] + cells) + " |")
-    lines += ["", "## kNN accuracy by batch size", "", "| method | " + " | ".join(f"B={b}" for b in spec.batch_sizes) + " |",
-              "|---|" + "---|" * len(spec.batch_sizes)]
+                lines.append(
+                    "| " + " | ".join([method, str(batch)] + ([f"{ratio:g}"] if many else []) + [runs] + cells) + " |"
+                )
+    lines += [
+        "",
+        "## kNN accuracy by batch size",
+        "",
+        "| method | " + " | ".join(f"B={b}" for b in spec.batch_sizes) + " |",
+        "|---|" + "---|" * len(spec.batch_sizes),
+    ]
     for method in spec.methods:
         for ratio in spec.imbalance:
             label = method + (f" (r={ratio:g})" if many else "")
-            lines.append(f"| {label} | " + " | ".join(format_stats(stats["knn_accuracy"].get((method, ratio, b)), 3) for b in spec.batch_sizes) + " |")
+            lines.append(
+                f"| {label} | "
+                + " | ".join(format_stats(stats["knn_accuracy"].get((method, ratio, b)), 3) for b in spec.batch_sizes)
+                + " |"
+            )
     for ratio in spec.imbalance:
         base = baseline_stats(rows, "knn_accuracy", ratio)
         if base:
             where = f" at imbalance {ratio:g}" if many else ""
             lines += ["", f"Untrained encoder (same backbone and seeds){where}: kNN {format_stats(base, 3)}."]
-    failed = [r for r in rows if r["status"].startswith(("diverged", "failed", "refused: ")) and "min batch" not in r["status"]]
+    failed = [
+        r
+        for r in rows
+        if r["status"].startswith(("diverged", "failed", "refused: ")) and "min batch" not in r["status"]
+    ]
     if failed:
         lines += ["", "## Cells that did not finish", ""] + [f"- {r['cell']}: {r['status']}" for r in failed]
     return "\n".join(lines) + "\n"
@@ -115,7 +175,11 @@ def summary_markdown(spec: BenchSpec, rows: list[dict[str, Any]], environment: d
 
 def baseline_stats(rows: list[dict[str, Any]], key: str, ratio: float) -> tuple[float, float, int] | None:
     """The untrained encoder's ``key`` at one imbalance ratio (it does not depend on the method)."""
-    per_seed = {r["seed"]: float(r[f"baseline_{key}"]) for r in rows if r["imbalance"] == ratio and r.get(f"baseline_{key}") is not None}
+    per_seed = {
+        r["seed"]: float(r[f"baseline_{key}"])
+        for r in rows
+        if r["imbalance"] == ratio and r.get(f"baseline_{key}") is not None
+    }
     values = list(per_seed.values())
     stats = mean_std(values)
     return (*stats, len(values)) if stats else None

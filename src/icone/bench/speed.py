@@ -18,19 +18,16 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from icone.bench.grid import DEFAULT_NORM, PAPER_METHODS, overrides_for, parse_list, parse_methods, refuse_owned
 from icone.bench.measure import PeakMemory, describe_device, environment_of, release_memory, time_calls
 from icone.bench.speed_report import mib, write_speed
+from icone.bench.speed_spec import SpeedSpec, input_dataset, method_config
 from icone.build import build_method, resolve_config, view_maker
-from icone.config import Config, build_config
-from icone.data import Dataset, IndexedDataset, Split
+from icone.config import Config
+from icone.data import Dataset, IndexedDataset
 from icone.errors import UserError
 from icone.methods import Method, get_method
 from icone.methods.base import NoOptions
@@ -42,133 +39,43 @@ from icone.train.optim import build_optimizer
 from icone.train.step import Schedule, TrainStep
 from icone.views import ViewMaker
 
-DEFAULT_METHODS = PAPER_METHODS
-DEFAULT_BATCH_SIZES = [1, 4, 16]
-DEFAULT_INSTANCES = [1_000, 100_000, 1_000_000]
-DEFAULT_BACKBONE = "smallcnn"
-DEFAULT_INPUT_SIZE = 28
-DEFAULT_REPEATS = 10
-DEFAULT_WARMUP = 3
-DEFAULT_OUT = Path("bench") / "speed"
-# options the flags set: give them as flags, not as KEY=VALUE
-OWNED = {"method": "--methods", "data.source": "--data", "model.backbone": "--backbone", "train.batch_size": "--batch-sizes",
-         "model.spatial_dims": "--spatial-dims"}
-
-
-@dataclass
-class SpeedSpec:
-    """What to time: methods x batch sizes (x table sizes for instance-table methods) on one input."""
-
-    methods: list[str]
-    batch_sizes: list[int]
-    instances: list[int]
-    backbone: str = DEFAULT_BACKBONE
-    data: str | None = None  # a source gives the input shape, view defaults and the DataLoader's samples
-    input_size: int = DEFAULT_INPUT_SIZE  # random input without a source: C x S x S (x S)
-    spatial_dims: int = 2
-    repeats: int = DEFAULT_REPEATS
-    warmup: int = DEFAULT_WARMUP
-    out: Path = DEFAULT_OUT
-    overrides: list[str] = field(default_factory=list)
-    command: str = ""
-
-
-def _positive(values: list[int], flag: str) -> list[int]:
-    if min(values) < 1:
-        raise UserError(f"{flag} must be at least 1, got {min(values)}")
-    return values
-
-
-def build_speed_spec(
-    methods: str | list | None = None, batch_sizes: str | list | None = None, instances: str | list | None = None,
-    backbone: str | None = None, data: str | None = None, input_size: int | None = None, spatial_dims: int | None = None,
-    repeats: int | None = None, warmup: int | None = None, out: str | Path | None = None, overrides: list[str] | None = None,
-    command: str = "",
-) -> SpeedSpec:
-    """The spec from explicit values and the defaults; every bad input fails here, before any timing."""
-    from icone.data import resolve
-    from icone.nets import parse_backbone_name
-
-    if data is not None and (input_size is not None or spatial_dims is not None):
-        raise UserError("--data gives the input shape; drop --input-size/--spatial-dims (or resize the source with data.resize=...)")
-    name = backbone or DEFAULT_BACKBONE
-    _, pinned = parse_backbone_name(name)
-    if spatial_dims not in (None, 2, 3):
-        raise UserError(f"--spatial-dims must be 2 or 3, got {spatial_dims}")
-    if pinned is not None and spatial_dims not in (None, pinned):
-        raise UserError(f"--backbone {name} is {pinned}D but --spatial-dims is {spatial_dims}; make them agree")
-    spec = SpeedSpec(
-        methods=parse_methods(methods) or list(DEFAULT_METHODS),
-        batch_sizes=_positive(parse_list(batch_sizes, int, "--batch-sizes") or list(DEFAULT_BATCH_SIZES), "--batch-sizes"),
-        instances=_positive(parse_list(instances, int, "--instances") or list(DEFAULT_INSTANCES), "--instances"),
-        backbone=name,
-        data=data,
-        input_size=_positive([input_size or DEFAULT_INPUT_SIZE], "--input-size")[0],
-        spatial_dims=spatial_dims or pinned or 2,
-        repeats=_positive([DEFAULT_REPEATS if repeats is None else repeats], "--repeats")[0],
-        warmup=DEFAULT_WARMUP if warmup is None else warmup,
-        out=Path(out) if out is not None else DEFAULT_OUT,
-        overrides=list(overrides or []),
-        command=command,
-    )
-    if spec.warmup < 0:
-        raise UserError(f"--warmup must be 0 or more, got {spec.warmup}")
-    if spec.out.exists() and not spec.out.is_dir():
-        raise UserError(f"--out '{spec.out}' is a file; give a folder")
-    refuse_owned(spec.overrides, OWNED, "--speed")
-    if data is not None:
-        resolve(data)
-    for method in spec.methods:  # bad KEY=VALUE and method options fail here
-        get_method(method).make_options(method_config(spec, method, spec.batch_sizes[0]).method_options)
-    runnable = [(m, b) for m in spec.methods for b in spec.batch_sizes if b >= get_method(m).min_batch_size]
-    if not runnable:
-        needs = ", ".join(f"{m} needs {get_method(m).min_batch_size}" for m in spec.methods)
-        raise UserError(f"nothing to time: every method is below its smallest batch size ({needs}); raise --batch-sizes")
-    return spec
-
-
-def method_config(spec: SpeedSpec, method: str, batch_size: int) -> Config:
-    """The config of one method at one batch size: the bench's norm, the user's overrides."""
-    values = {"method": method, "data": {"source": spec.data or "random"}, "train": {"batch_size": batch_size},
-              "model": {"backbone": spec.backbone, "norm": DEFAULT_NORM}}
-    return build_config(values, overrides_for(spec.overrides, method))
-
-
-def input_dataset(spec: SpeedSpec, config: Config) -> Dataset:
-    """The source (``--data``) or random samples, enough for a few batches of the largest size."""
-    if spec.data is not None:
-        from icone.data import load_dataset
-
-        return load_dataset(config.data, seed=config.train.seed)
-    n = 4 * max(spec.batch_sizes)
-    shape = (n, config.model.in_channels or 1) + (spec.input_size,) * spec.spatial_dims
-    samples = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    return Dataset(name="random", train=Split(samples, np.full(n, -1)), test=None)
-
-
 # ---- timing -----------------------------------------------------------------------------------
 
 
 class BackboneFloor(Method):
     """The backbone alone: one pass per view size, loss = mean square of the features. Not registered."""
 
-    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_step(
+        self, views: list[torch.Tensor], index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return forward_by_shape(self.backbone, views).float().pow(2).mean(), {}
 
 
-def _batches(train_set: IndexedDataset, batch_size: int, instances: int, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    train_set: IndexedDataset, batch_size: int, instances: int, count: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Random samples with random indices in ``[0, instances)`` (pinned on CUDA, as the loader does)."""
     generator = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(count):
         x = train_set.samples[torch.randint(0, len(train_set), (batch_size,), generator=generator)]
-        batches.append((x.pin_memory() if device.type == "cuda" else x, torch.randint(0, instances, (batch_size,), generator=generator)))
+        batches.append(
+            (
+                x.pin_memory() if device.type == "cuda" else x,
+                torch.randint(0, instances, (batch_size,), generator=generator),
+            )
+        )
     return batches
 
 
 def time_training(
-    spec: SpeedSpec, config: Config, build: Callable[[], Method], train_set: IndexedDataset, instances: int,
-    maker: ViewMaker | None = None, pipeline: bool = False,
+    spec: SpeedSpec,
+    config: Config,
+    build: Callable[[], Method],
+    train_set: IndexedDataset,
+    instances: int,
+    maker: ViewMaker | None = None,
+    pipeline: bool = False,
 ) -> tuple[dict[str, Any], ViewMaker]:
     """Step seconds of the method ``build`` makes, at ``config``'s batch size, with its peak memory
     (building included: IConE's table counts) and parameters; with ``pipeline`` also the view
@@ -177,11 +84,21 @@ def time_training(
     batches = iter(_batches(train_set, config.train.batch_size, instances, spec.warmup + spec.repeats, device))
     meter = PeakMemory(device)
     with meter:
-        method = build().to(device, memory_format=memory_format(config.train.channels_last, int(config.model.spatial_dims))).train()
+        method = (
+            build()
+            .to(device, memory_format=memory_format(config.train.channels_last, int(config.model.spatial_dims)))
+            .train()
+        )
         maker = maker or view_maker(config, method)
         step = TrainStep(
-            method, build_optimizer(method, config), Schedule(spec.warmup + spec.repeats), float(config.optim.lr), device,
-            grad_clip=config.optim.grad_clip, precision=config.train.precision, channels_last=config.train.channels_last,
+            method,
+            build_optimizer(method, config),
+            Schedule(spec.warmup + spec.repeats),
+            float(config.optim.lr),
+            device,
+            grad_clip=config.optim.grad_clip,
+            precision=config.train.precision,
+            channels_last=config.train.channels_last,
             spatial_dims=int(config.model.spatial_dims),
         )
         seconds = time_calls(device, lambda: step(*next(batches), maker), spec.warmup, spec.repeats)
@@ -193,7 +110,9 @@ def time_training(
         x = _batches(train_set, config.train.batch_size, len(train_set), 1, device)[0][0].to(device)
         result["views_seconds"] = time_calls(device, lambda: maker(x), spec.warmup, spec.repeats)
         loader = _loader_batches(train_set, config, device)
-        result["loader_seconds"] = time_calls(device, lambda: maker(next(loader).to(device, non_blocking=True)), spec.warmup, spec.repeats)
+        result["loader_seconds"] = time_calls(
+            device, lambda: maker(next(loader).to(device, non_blocking=True)), spec.warmup, spec.repeats
+        )
         del loader, x
     step = method = batches = None  # freed before the next record is measured
     release_memory(device)
@@ -204,7 +123,9 @@ def _loader_batches(train_set: IndexedDataset, config: Config, device: torch.dev
     """The training loader, epoch after epoch."""
     epoch = 0
     while True:
-        for x, _, _ in train_loader(train_set, config.train.batch_size, config.train.seed, epoch, config.data.num_workers, device):
+        for x, _, _ in train_loader(
+            train_set, config.train.batch_size, config.train.seed, epoch, config.data.num_workers, device
+        ):
             yield x
         epoch += 1
 
@@ -225,16 +146,42 @@ def view_layout(maker: ViewMaker) -> str:
 
 # ---- the run ----------------------------------------------------------------------------------
 
-RECORD_KEYS = ["method", "batch_size", "instances", "status", "step_seconds", "step_seconds_min", "step_seconds_max", "backbone_step_seconds",
-               "overhead_ratio", "views_seconds", "train_samples_per_second", "views_samples_per_second", "loader_samples_per_second",
-               "peak_memory_bytes", "backbone_peak_memory_bytes", "memory_kind", "parameters", "views", "input_shape", "backbone",
-               "precision", "device", "repeats", "warmup"]
+RECORD_KEYS = [
+    "method",
+    "batch_size",
+    "instances",
+    "status",
+    "step_seconds",
+    "step_seconds_min",
+    "step_seconds_max",
+    "backbone_step_seconds",
+    "overhead_ratio",
+    "views_seconds",
+    "train_samples_per_second",
+    "views_samples_per_second",
+    "loader_samples_per_second",
+    "peak_memory_bytes",
+    "backbone_peak_memory_bytes",
+    "memory_kind",
+    "parameters",
+    "views",
+    "input_shape",
+    "backbone",
+    "precision",
+    "device",
+    "repeats",
+    "warmup",
+]
 
 
 def planned(spec: SpeedSpec) -> list[tuple[str, int, int]]:
     """(method, batch size, instances): instance-table methods at every N, the others at the smallest."""
-    return [(m, b, n) for m in spec.methods for b in spec.batch_sizes
-            for n in (spec.instances if get_method(m).cost_grows_with_instances else [min(spec.instances)])]
+    return [
+        (m, b, n)
+        for m in spec.methods
+        for b in spec.batch_sizes
+        for n in (spec.instances if get_method(m).cost_grows_with_instances else [min(spec.instances)])
+    ]
 
 
 def _first_line(err: BaseException) -> str:
@@ -245,13 +192,29 @@ def _median(seconds: list[float]) -> float:
     return float(statistics.median(seconds))
 
 
-def measure(spec: SpeedSpec, method: str, batch: int, instances: int, dataset: Dataset, train_set: IndexedDataset,
-            floors: dict[tuple[str, int], dict[str, Any]], debug: bool = False) -> dict[str, Any]:
+def measure(
+    spec: SpeedSpec,
+    method: str,
+    batch: int,
+    instances: int,
+    dataset: Dataset,
+    train_set: IndexedDataset,
+    floors: dict[tuple[str, int], dict[str, Any]],
+    debug: bool = False,
+) -> dict[str, Any]:
     """One record: the method's step against the backbone's (measured once per view layout and batch size)."""
     record: dict[str, Any] = {k: None for k in RECORD_KEYS}
     config = method_config(spec, method, batch)
-    record.update(method=method, batch_size=batch, instances=instances, backbone=spec.backbone, repeats=spec.repeats, warmup=spec.warmup,
-                  input_shape=[dataset.in_channels, *dataset.spatial_shape], device=describe_device(pick_device(config.train.device)))
+    record.update(
+        method=method,
+        batch_size=batch,
+        instances=instances,
+        backbone=spec.backbone,
+        repeats=spec.repeats,
+        warmup=spec.warmup,
+        input_shape=[dataset.in_channels, *dataset.spatial_shape],
+        device=describe_device(pick_device(config.train.device)),
+    )
     minimum = get_method(method).min_batch_size
     if batch < minimum:
         record["status"] = f"refused: below min batch ({minimum})"
@@ -262,7 +225,15 @@ def measure(spec: SpeedSpec, method: str, batch: int, instances: int, dataset: D
         result, maker = time_training(spec, config, lambda: build_method(config, instances), train_set, instances)
         key = (view_layout(maker), batch)
         if key not in floors:
-            floors[key] = time_training(spec, config, lambda: build_floor(config, len(train_set)), train_set, len(train_set), maker, pipeline=True)[0]
+            floors[key] = time_training(
+                spec,
+                config,
+                lambda: build_floor(config, len(train_set)),
+                train_set,
+                len(train_set),
+                maker,
+                pipeline=True,
+            )[0]
         floor = floors[key]
     except UserError as err:
         failed = f"refused: {err}"
@@ -276,13 +247,26 @@ def measure(spec: SpeedSpec, method: str, batch: int, instances: int, dataset: D
         release_memory(pick_device(config.train.device))
         record["status"] = failed
         return record
-    step, base, views, fetched = (_median(s) for s in (result["seconds"], floor["seconds"], floor["views_seconds"], floor["loader_seconds"]))
+    step, base, views, fetched = (
+        _median(s) for s in (result["seconds"], floor["seconds"], floor["views_seconds"], floor["loader_seconds"])
+    )
     record.update(
-        status="ok", step_seconds=step, step_seconds_min=min(result["seconds"]), step_seconds_max=max(result["seconds"]),
-        backbone_step_seconds=base, overhead_ratio=step / base, views_seconds=views, train_samples_per_second=batch / step,
-        views_samples_per_second=batch / views, loader_samples_per_second=batch / fetched, peak_memory_bytes=result["peak_memory_bytes"],
-        backbone_peak_memory_bytes=floor["peak_memory_bytes"], memory_kind=result["memory_kind"], parameters=result["parameters"],
-        views=view_layout(maker), precision=result["precision"],
+        status="ok",
+        step_seconds=step,
+        step_seconds_min=min(result["seconds"]),
+        step_seconds_max=max(result["seconds"]),
+        backbone_step_seconds=base,
+        overhead_ratio=step / base,
+        views_seconds=views,
+        train_samples_per_second=batch / step,
+        views_samples_per_second=batch / views,
+        loader_samples_per_second=batch / fetched,
+        peak_memory_bytes=result["peak_memory_bytes"],
+        backbone_peak_memory_bytes=floor["peak_memory_bytes"],
+        memory_kind=result["memory_kind"],
+        parameters=result["parameters"],
+        views=view_layout(maker),
+        precision=result["precision"],
     )
     record["chose"] = ", ".join(f"{k}={v}" for k, v in result["chose"].items()) or None  # e.g. IConE's table path
     return record
@@ -293,16 +277,25 @@ def progress_line(position: int, total: int, record: dict[str, Any]) -> str:
     head = f"[{position}/{total}] {record['method']} b={record['batch_size']}{n}: "
     if record["status"] != "ok":
         return head + record["status"]
-    return (head + f"{record['step_seconds'] * 1e3:.1f} ms/step, backbone {record['backbone_step_seconds'] * 1e3:.1f} ms, "
-            f"overhead x{record['overhead_ratio']:.2f}, {record['train_samples_per_second']:.0f} samples/s "
-            f"(loader + views {record['loader_samples_per_second']:.0f}), peak {mib(record['peak_memory_bytes'])} MiB")
+    return (
+        head + f"{record['step_seconds'] * 1e3:.1f} ms/step, backbone {record['backbone_step_seconds'] * 1e3:.1f} ms, "
+        f"overhead x{record['overhead_ratio']:.2f}, {record['train_samples_per_second']:.0f} samples/s "
+        f"(loader + views {record['loader_samples_per_second']:.0f}), peak {mib(record['peak_memory_bytes'])} MiB"
+    )
 
 
 def warm_up(spec: SpeedSpec, config: Config, dataset: Dataset, train_set: IndexedDataset) -> None:
     """Two untimed backbone steps, so that one-time costs (kernel selection, allocator arenas, lazy
     initialisation) land in no record's time or peak memory."""
     config = resolve_config(config, dataset)
-    time_training(dataclasses.replace(spec, warmup=1, repeats=1), config, lambda: build_floor(config, len(train_set)), train_set, len(train_set), pipeline=True)
+    time_training(
+        dataclasses.replace(spec, warmup=1, repeats=1),
+        config,
+        lambda: build_floor(config, len(train_set)),
+        train_set,
+        len(train_set),
+        pipeline=True,
+    )
 
 
 def run_speed(spec: SpeedSpec, log: Callable[[str], None] = print, debug: bool = False) -> dict[str, Any]:
@@ -315,9 +308,11 @@ def run_speed(spec: SpeedSpec, log: Callable[[str], None] = print, debug: bool =
     spec.out.mkdir(parents=True, exist_ok=True)
     plan = planned(spec)
     source = f"source {spec.data}" if spec.data else "random samples"
-    log(f"speed: {len(spec.methods)} method(s) x {len(spec.batch_sizes)} batch size(s) = {len(plan)} record(s) on {spec.backbone}, "
+    log(
+        f"speed: {len(spec.methods)} method(s) x {len(spec.batch_sizes)} batch size(s) = {len(plan)} record(s) on {spec.backbone}, "
         f"input {'x'.join(map(str, [dataset.in_channels, *dataset.spatial_shape]))} ({source}), {info['device']}; "
-        f"median of {spec.repeats} steps after {spec.warmup} warm-up; into {spec.out}")
+        f"median of {spec.repeats} steps after {spec.warmup} warm-up; into {spec.out}"
+    )
     warm_up(spec, first, dataset, train_set)
     floors: dict[tuple[str, int], dict[str, Any]] = {}
     records: list[dict[str, Any]] = []
@@ -326,5 +321,3 @@ def run_speed(spec: SpeedSpec, log: Callable[[str], None] = print, debug: bool =
         log(progress_line(position, len(plan), records[-1]))
         write_speed(spec, records, info)
     return {"out": str(spec.out), "records": records, "files": ["speed.json", "speed.md"]}
-
-

@@ -65,7 +65,9 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     """Row indices of a train/test split that keeps class proportions (plain shuffle if unlabelled)."""
     rng = np.random.default_rng(seed)
     train, test = [], []
-    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)] if (labels >= 0).all() else [np.arange(len(labels))]
+    groups = (
+        [np.flatnonzero(labels == c) for c in np.unique(labels)] if (labels >= 0).all() else [np.arange(len(labels))]
+    )
     for rows in groups:
         rows = rng.permutation(rows)
         n_test = int(round(len(rows) * test_fraction)) if len(rows) > 1 else 0

@@ -39,7 +39,10 @@ def check_finite_and_varied(samples: np.ndarray, split: str, sources: np.ndarray
     if constant:
         log.warning(
             "%d of %d %s samples are constant (e.g. %s): they carry no information to learn from",
-            constant, len(samples), split, _name(sources, first_constant, split),
+            constant,
+            len(samples),
+            split,
+            _name(sources, first_constant, split),
         )
 
 
@@ -61,10 +64,14 @@ def check_labels(labels: np.ndarray, count: int, what: str) -> tuple[np.ndarray,
         return np.full(count, -1, np.int64), True
     labels = labels[:, 0]
     if labels.dtype.kind == "f" and not (np.isfinite(labels) & (labels == np.round(labels))).all():
-        raise UserError(f"{what} holds non-integer values (e.g. {labels[~(labels == np.round(labels))][0]}); store integer classes 0..C-1")
+        raise UserError(
+            f"{what} holds non-integer values (e.g. {labels[~(labels == np.round(labels))][0]}); store integer classes 0..C-1"
+        )
     labels = labels.astype(np.int64)
     if (labels < -1).any():
-        raise UserError(f"{what} holds negative classes (e.g. {labels[labels < -1][0]}); classes are 0..C-1, and -1 means unknown")
+        raise UserError(
+            f"{what} holds negative classes (e.g. {labels[labels < -1][0]}); classes are 0..C-1, and -1 means unknown"
+        )
     return labels, False
 
 

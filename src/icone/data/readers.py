@@ -38,7 +38,9 @@ def _raw(path: Path) -> np.ndarray:
                 image = image.convert("RGB")
             return np.asarray(image)
     except Exception as err:  # every reader has its own exception types
-        raise UserError(f"cannot read '{path}' ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'corrupt file'}); remove or replace the file") from None
+        raise UserError(
+            f"cannot read '{path}' ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'corrupt file'}); remove or replace the file"
+        ) from None
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -62,7 +64,9 @@ def read_volume(path: Path) -> np.ndarray:
         if suffix(path) in (".nii", ".nii.gz"):
             array = np.moveaxis(array, -1, 0)
         if array.shape[0] > 4:
-            raise UserError(f"'{path}' has shape {array.shape}; expected D x H x W or C x D x H x W with at most 4 channels")
+            raise UserError(
+                f"'{path}' has shape {array.shape}; expected D x H x W or C x D x H x W with at most 4 channels"
+            )
     else:
         if suffix(path) in (".nii", ".nii.gz", ".npy"):
             raise UserError(

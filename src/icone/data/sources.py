@@ -45,7 +45,9 @@ def resolve(spec: str) -> tuple[str, Path | None]:
         raise UserError(f"cannot tell what '{path}' holds; {SOURCE_HELP}")
     files = _files(path, IMAGE_SUFFIXES + VOLUME_SUFFIXES)
     if not files:
-        raise UserError(f"folder '{path}' holds no images or volumes ({', '.join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)}); point to a folder with data")
+        raise UserError(
+            f"folder '{path}' holds no images or volumes ({', '.join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)}); point to a folder with data"
+        )
     return ("volumes" if is_volume_file(files[0]) else "folder"), path
 
 
@@ -67,7 +69,9 @@ def _stack(arrays: list[np.ndarray], files: list[Path], resize: list[int] | None
     channels = Counter(a.shape[0] for a in arrays)
     if len(channels) > 1:
         odd = next(f for f, a in zip(files, arrays) if a.shape[0] != channels.most_common(1)[0][0])
-        raise UserError(f"samples have different channel counts {sorted(channels)} (e.g. '{odd}'); convert them to one channel count")
+        raise UserError(
+            f"samples have different channel counts {sorted(channels)} (e.g. '{odd}'); convert them to one channel count"
+        )
     if resize is not None:
         return np.stack([_resize(a, resize) for a in arrays])
     shapes = Counter(a.shape[1:] for a in arrays)
@@ -100,7 +104,9 @@ def load_files(root: Path, kind: str, resize: list[int] | None, test_fraction: f
     reader = read_image if kind == "folder" else read_volume
     files = _files(root, IMAGE_SUFFIXES if kind == "folder" else VOLUME_SUFFIXES)
     if not files:
-        raise UserError(f"folder '{root}' holds no {'images' if kind == 'folder' else 'volumes'}; point to a folder with data")
+        raise UserError(
+            f"folder '{root}' holds no {'images' if kind == 'folder' else 'volumes'}; point to a folder with data"
+        )
     labels, names = _labels_from_folders(root, files)
     first = reader(files[0])
     spatial = first.shape[1:] if resize is None else tuple(resize * (first.ndim - 1) if len(resize) == 1 else resize)
@@ -152,7 +158,9 @@ def load_npz(path: Path, resize: list[int] | None) -> Dataset:
     except Exception as err:
         raise UserError(f"cannot read '{path}' as .npz ({type(err).__name__}); re-download or re-save it") from None
     if "train_images" not in keys:
-        raise UserError(f"'{path}' has no 'train_images' array (found: {', '.join(sorted(keys)) or 'nothing'}); expected the MedMNIST layout train_images/train_labels/test_images/test_labels")
+        raise UserError(
+            f"'{path}' has no 'train_images' array (found: {', '.join(sorted(keys)) or 'nothing'}); expected the MedMNIST layout train_images/train_labels/test_images/test_labels"
+        )
 
     def split(prefix: str) -> Split | None:
         if f"{prefix}_images" not in keys:
@@ -167,7 +175,11 @@ def load_npz(path: Path, resize: list[int] | None) -> Dataset:
         if f"{prefix}_labels" in keys:
             labels, multi = check_labels(archive[f"{prefix}_labels"], n, f"'{path}': {prefix}_labels")
             if multi:
-                log.warning("'%s': %s_labels has several labels per sample (multi-label); the run is evaluated without kNN and linear probe", path, prefix)
+                log.warning(
+                    "'%s': %s_labels has several labels per sample (multi-label); the run is evaluated without kNN and linear probe",
+                    path,
+                    prefix,
+                )
         return Split(images, labels, np.asarray([f"{path}:{prefix}_images[{i}]" for i in range(n)]))
 
     train, test = split("train"), split("test")

@@ -8,7 +8,9 @@ from torch import nn
 
 
 @torch.no_grad()
-def embed_samples(backbone: nn.Module, samples: torch.Tensor | np.ndarray, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def embed_samples(
+    backbone: nn.Module, samples: torch.Tensor | np.ndarray, device: torch.device, batch_size: int = 256
+) -> torch.Tensor:
     """Pooled features ``N x d`` (float32, on the CPU) of un-augmented samples, in eval mode."""
     samples = torch.as_tensor(samples)
     was_training = backbone.training

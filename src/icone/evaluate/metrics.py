@@ -35,7 +35,11 @@ def twonn_dimension(embeddings: np.ndarray | torch.Tensor, max_points: int = 500
 
 
 def knn_predict(
-    train: np.ndarray | torch.Tensor, train_labels: np.ndarray, test: np.ndarray | torch.Tensor, k: int = 20, temperature: float = 0.07
+    train: np.ndarray | torch.Tensor,
+    train_labels: np.ndarray,
+    test: np.ndarray | torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
 ) -> np.ndarray:
     """Weighted kNN on cosine similarity (Wu et al., CVPR 2018; DINO's evaluation).
 
@@ -53,7 +57,9 @@ def knn_predict(
     return torch.cat(predictions).numpy()
 
 
-def linear_probe(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray, seed: int = 0) -> dict[str, float]:
+def linear_probe(
+    train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray, seed: int = 0
+) -> dict[str, float]:
     """Logistic regression on standardised frozen features: accuracy, balanced accuracy, macro-F1."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score

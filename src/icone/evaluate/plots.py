@@ -79,7 +79,11 @@ def plot_embeddings(features: np.ndarray, labels: np.ndarray, path: Path, title:
     from sklearn.decomposition import PCA
 
     plt = _pyplot()
-    coords = PCA(n_components=2).fit_transform(np.asarray(features, np.float64)) if len(features) > 2 else np.zeros((len(features), 2))
+    coords = (
+        PCA(n_components=2).fit_transform(np.asarray(features, np.float64))
+        if len(features) > 2
+        else np.zeros((len(features), 2))
+    )
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(coords[:, 0], coords[:, 1], c=labels if (labels >= 0).all() else "grey", s=4, cmap="tab10")
     ax.set_title(title or "embeddings (PCA)")

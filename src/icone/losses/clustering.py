@@ -41,7 +41,9 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
 
 
 def swav_loss(
-    scores: torch.Tensor | Sequence[torch.Tensor], codes: torch.Tensor | Sequence[torch.Tensor], temperature: float = 0.1
+    scores: torch.Tensor | Sequence[torch.Tensor],
+    codes: torch.Tensor | Sequence[torch.Tensor],
+    temperature: float = 0.1,
 ) -> torch.Tensor:
     """Swapped prediction (SwAV, arXiv 2006.09882, eq. 1-2 and multi-crop).
 
@@ -52,7 +54,9 @@ def swav_loss(
     """
     scores, codes = stack_views(scores, "scores"), stack_views(codes, "codes")
     if scores.shape[1:] != codes.shape[1:]:
-        raise ValueError(f"scores (V x B x K) and codes (G x B x K) must share B and K, got {tuple(scores.shape)} and {tuple(codes.shape)}")
+        raise ValueError(
+            f"scores (V x B x K) and codes (G x B x K) must share B and K, got {tuple(scores.shape)} and {tuple(codes.shape)}"
+        )
     check_positive(temperature=temperature)
     views, coded = scores.shape[0], codes.shape[0]
     if views < 2 or coded > views:

@@ -12,7 +12,9 @@ def check_pair(a: torch.Tensor, b: torch.Tensor, names: str, min_batch: int = 1)
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f"{names} must both be B x d with the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[0] < min_batch:
-        raise ValueError(f"{names}: the loss needs at least {min_batch} samples (its batch statistics are undefined below), got {a.shape[0]}")
+        raise ValueError(
+            f"{names}: the loss needs at least {min_batch} samples (its batch statistics are undefined below), got {a.shape[0]}"
+        )
 
 
 def check_positive(**values: float) -> None:

@@ -58,7 +58,9 @@ def dino_loss(
     check_positive(student_temp=student_temp, teacher_temp=teacher_temp)
     views, teachers = student.shape[0], teacher.shape[0]
     if teachers > views or (views == 1 and teachers == 1):
-        raise ValueError(f"need at least one student view other than a teacher view; got {views} student and {teachers} teacher views")
+        raise ValueError(
+            f"need at least one student view other than a teacher view; got {views} student and {teachers} teacher views"
+        )
     targets = F.softmax((teacher.detach() - center.detach()) / teacher_temp, dim=-1)
     log_probs = F.log_softmax(student / student_temp, dim=-1)
     return pair_cross_entropies(targets, log_probs, other_view_pairs(teachers, views)).mean()

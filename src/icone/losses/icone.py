@@ -31,7 +31,10 @@ def icone_view_view_alignment(z: torch.Tensor) -> torch.Tensor:
 
 
 def _cosines_and_self_pairs(
-    rows: torch.Tensor, table: torch.Tensor, rows_index: torch.Tensor | None = None, table_index: torch.Tensor | None = None
+    rows: torch.Tensor,
+    table: torch.Tensor,
+    rows_index: torch.Tensor | None = None,
+    table_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosines of ``rows`` against ``table`` and the mask of self-pairs.
 
@@ -93,11 +96,18 @@ def icone_uniformity(
     cos, same = _cosines_and_self_pairs(table if rows is None else rows, table, rows_index, table_index)
     sq = (2 - 2 * cos).clamp(min=0)  # squared distance of unit vectors
     pairs = (same.numel() - same.sum()).clamp(min=1)
-    return torch.logsumexp((-t * sq).masked_fill(same, float("-inf")).reshape(-1), dim=0) - torch.log(pairs.to(cos.dtype))
+    return torch.logsumexp((-t * sq).masked_fill(same, float("-inf")).reshape(-1), dim=0) - torch.log(
+        pairs.to(cos.dtype)
+    )
 
 
 def icone_batch_diversity(
-    rows: torch.Tensor, rows_index: torch.Tensor, sample: torch.Tensor, sample_index: torch.Tensor, diversity: str = "hinge", t: float = 2.0
+    rows: torch.Tensor,
+    rows_index: torch.Tensor,
+    sample: torch.Tensor,
+    sample_index: torch.Tensor,
+    diversity: str = "hinge",
+    t: float = 2.0,
 ) -> torch.Tensor:
     """An N-independent estimate of ``L_div`` (``hinge`` or ``uniformity``) from the batch's rows.
 

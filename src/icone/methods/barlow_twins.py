@@ -47,7 +47,9 @@ class BarlowTwins(TwoViewMethod):
         dim = options.projector_dim
         self.projector = MLP(self.feature_dim, dim, dim, layers=options.projector_layers, norm=options.norm)
 
-    def pair_step(self, pair: torch.Tensor, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pair_step(
+        self, pair: torch.Tensor, batch: int, index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z = self.projector(self.backbone(pair)).float()
         z1, z2 = distributed.all_gather_cat(z[:batch]), distributed.all_gather_cat(z[batch:])
         loss = losses.barlow_twins_loss(z1, z2, lambd=self.options.lambd)

@@ -78,7 +78,9 @@ class Method(nn.Module):
     def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.training_step(views, index)
 
-    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_step(
+        self, views: list[torch.Tensor], index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def initialize(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -114,7 +116,9 @@ class Method(nn.Module):
         return split_decay(self.named_parameters(), lr, weight_decay)
 
 
-def split_decay(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, **extra: Any) -> list[dict[str, Any]]:
+def split_decay(
+    named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float, **extra: Any
+) -> list[dict[str, Any]]:
     """Two optimizer groups: weights with decay, biases and norm parameters without."""
     decay, no_decay = [], []
     for _, param in named:

@@ -22,7 +22,9 @@ class BYOLOptions:
     hidden_dim: int = option(4096, low=1)  # projector feature -> 4096 -> 256, predictor 256 -> 4096 -> 256 (paper)
     out_dim: int = option(256, low=1)
     norm: str = option("layer", choices=HEAD_NORMS)  # head norm; ours (the paper's BatchNorm needs a batch)
-    momentum: float = option(0.996, low=0, high=1)  # EMA of the target, raised to final_momentum by a cosine (paper §3.2)
+    momentum: float = option(
+        0.996, low=0, high=1
+    )  # EMA of the target, raised to final_momentum by a cosine (paper §3.2)
     final_momentum: float = option(1.0, low=0, high=1)
 
 
@@ -49,7 +51,9 @@ class BYOL(TwoViewMethod):
         self.target_backbone = frozen_copy(self.backbone)
         self.target_projector = frozen_copy(self.projector)
 
-    def pair_step(self, pair: torch.Tensor, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pair_step(
+        self, pair: torch.Tensor, batch: int, index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         b = batch
         p = self.predictor(self.projector(self.backbone(pair))).float()
         with torch.no_grad():

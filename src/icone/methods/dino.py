@@ -36,14 +36,20 @@ def default_num_prototypes(num_instances: int) -> int:
 @dataclass
 class DINOOptions:
     num_prototypes: int | None = option(None, low=1)  # K; None: clip(N // 4, 8, 65536)
-    hidden_dim: int = option(2048, low=1)  # head: feature -> 2048 -> 2048 -> 256, L2-normalise, weight-normalised K outputs (paper)
+    hidden_dim: int = option(
+        2048, low=1
+    )  # head: feature -> 2048 -> 2048 -> 256, L2-normalise, weight-normalised K outputs (paper)
     bottleneck_dim: int = option(256, low=1)
     head_layers: int = option(3, low=1)
     norm: str = option("none", choices=HEAD_NORMS)  # head norm (paper: none)
     student_temp: float = option(0.1, above=0)
     teacher_temp: float = option(0.04, above=0)  # after the warm-up
-    warmup_teacher_temp: float = option(0.04, above=0)  # the warm-up starts here (paper default: no warm-up, 0.04 -> 0.04)
-    warmup_fraction: float = option(0.3, low=0, high=1)  # share of training steps for the linear warm-up (ours; the paper: 30 epochs)
+    warmup_teacher_temp: float = option(
+        0.04, above=0
+    )  # the warm-up starts here (paper default: no warm-up, 0.04 -> 0.04)
+    warmup_fraction: float = option(
+        0.3, low=0, high=1
+    )  # share of training steps for the linear warm-up (ours; the paper: 30 epochs)
     center_momentum: float = option(0.9, low=0, high=1)
     momentum: float = option(0.996, low=0, high=1)  # teacher EMA, raised to final_momentum by a cosine
     final_momentum: float = option(1.0, low=0, high=1)
@@ -54,7 +60,9 @@ class DINOHead(nn.Module):
 
     def __init__(self, in_dim: int, options: DINOOptions, num_prototypes: int) -> None:
         super().__init__()
-        self.mlp = MLP(in_dim, options.hidden_dim, options.bottleneck_dim, layers=options.head_layers, norm=options.norm)
+        self.mlp = MLP(
+            in_dim, options.hidden_dim, options.bottleneck_dim, layers=options.head_layers, norm=options.norm
+        )
         self.last_layer = CentroidLayer(options.bottleneck_dim, num_prototypes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,14 +116,20 @@ class DINO(Method):
         ramp = min(self._progress / opts.warmup_fraction, 1.0)
         return opts.warmup_teacher_temp + ramp * (opts.teacher_temp - opts.warmup_teacher_temp)
 
-    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_step(
+        self, views: list[torch.Tensor], index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         globals_ = min(self.global_crops, len(views))
         b = views[0].shape[0]
         student = forward_by_shape(lambda x: self.head(self.backbone(x)), views).float().reshape(len(views), b, -1)
         with torch.no_grad():
-            teacher = self.teacher_head(self.teacher_backbone(torch.cat(views[:globals_]))).float().reshape(globals_, b, -1)
+            teacher = (
+                self.teacher_head(self.teacher_backbone(torch.cat(views[:globals_]))).float().reshape(globals_, b, -1)
+            )
         temp = self.teacher_temp()
-        loss = losses.dino_loss(student, teacher, self.center, student_temp=self.options.student_temp, teacher_temp=temp)
+        loss = losses.dino_loss(
+            student, teacher, self.center, student_temp=self.options.student_temp, teacher_temp=temp
+        )
         self._batch_center = teacher.mean(dim=(0, 1))
         with torch.no_grad():
             targets = torch.softmax((teacher - self.center) / temp, dim=-1)

@@ -50,12 +50,16 @@ def crop_min_scale(epoch: int, epochs: int, start: float = 0.26, end: float = 0.
 @dataclass
 class ExCBOptions:
     num_clusters: int | None = option(None, low=2)  # K; None: default_num_clusters(N) = round(N / 4) in [2, 65536]
-    hidden_dim: int | None = option(None, low=1)  # projector/predictor hidden width; None: min(2048, 4 d) (paper 2048, d = 2048)
+    hidden_dim: int | None = option(
+        None, low=1
+    )  # projector/predictor hidden width; None: min(2048, 4 d) (paper 2048, d = 2048)
     bottleneck_dim: int = option(256, low=1)  # projection size the centroids live in (paper 256)
     projector_layers: int = option(3, low=1)  # linear layers: d -> hidden -> hidden -> bottleneck (paper)
     head_norm: str = option("layer", choices=HEAD_NORMS)  # norm inside projector/predictor MLPs (paper: batch)
     predictor: bool = True  # student predictor on top of the projection (paper: on)
-    predictor_norm: str = option("layer", choices=HEAD_NORMS)  # norm on the projection before the predictor (paper: BN(256))
+    predictor_norm: str = option(
+        "layer", choices=HEAD_NORMS
+    )  # norm on the projection before the predictor (paper: BN(256))
     balancing: bool = True  # False: plain sharpened teacher softmax(z_t / 0.04), no balancing, no boost
     argmax_boost: bool = True  # reference-code extra: x1.01 at each sample's balanced argmax, clamp
     teacher_temperature: float = option(0.04, above=0)
@@ -66,7 +70,9 @@ class ExCBOptions:
     crop_schedule: bool = True  # min global crop scale crop_scale_start -> crop_scale_end over training
     crop_scale_start: float = option(0.26, above=0, high=1)
     crop_scale_end: float = option(0.14, above=0, high=1)
-    eval_assignments: str = option("balanced", choices=ASSIGNMENTS)  # cluster_assignments: argmax of B(z_t; s) (final sizes) | raw argmax of z_t
+    eval_assignments: str = option(
+        "balanced", choices=ASSIGNMENTS
+    )  # cluster_assignments: argmax of B(z_t; s) (final sizes) | raw argmax of z_t
     kmeans_init: bool = True  # centroids from spherical k-means on untrained projections
     kmeans_iters: int = option(50, low=0)
     kmeans_restarts: int = option(10, low=0)  # reruns while a cluster is empty; then empty clusters are seeded by hand
@@ -79,7 +85,7 @@ class ExCB(Method):
     batch_needs = "nothing (cluster sizes are running estimates)"
     paper = "Metaxas, Tzimiropoulos & Patras, ECCV 2024, arXiv 2407.11168"
     min_batch_size = 1
-    default_lr = 1e-3  # AdamW (ours, measured on digits: docs/excb.md); the paper uses SGD lr 0.6 at batch size 1024
+    default_lr = 1e-3  # AdamW (ours: docs/excb.md); the paper uses SGD lr 0.6 at batch size 1024
     default_weight_decay = 0.05  # AdamW (ours); the paper uses 1e-4 with SGD
     default_norm = "group"
     default_local_crops = 2  # ours, for cost; the paper uses 6 (views.local_crops=6)
@@ -90,12 +96,22 @@ class ExCB(Method):
         opts = options
         self.num_clusters = opts.num_clusters or default_num_clusters(num_instances)
         self.hidden_dim = opts.hidden_dim or default_hidden_dim(self.feature_dim)
-        self.projector = MLP(self.feature_dim, self.hidden_dim, opts.bottleneck_dim, layers=opts.projector_layers, norm=opts.head_norm)
+        self.projector = MLP(
+            self.feature_dim, self.hidden_dim, opts.bottleneck_dim, layers=opts.projector_layers, norm=opts.head_norm
+        )
         self.centroids = CentroidLayer(opts.bottleneck_dim, self.num_clusters)
         if opts.predictor:
             self.predictor_norm = norm_layer(opts.predictor_norm, opts.bottleneck_dim, dims=1)
-            self.predictor = MLP(opts.bottleneck_dim, self.hidden_dim, opts.bottleneck_dim, layers=2, norm=opts.head_norm)
-        self.teacher = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "projector": copy.deepcopy(self.projector), "centroids": copy.deepcopy(self.centroids)})
+            self.predictor = MLP(
+                opts.bottleneck_dim, self.hidden_dim, opts.bottleneck_dim, layers=2, norm=opts.head_norm
+            )
+        self.teacher = nn.ModuleDict(
+            {
+                "backbone": copy.deepcopy(backbone),
+                "projector": copy.deepcopy(self.projector),
+                "centroids": copy.deepcopy(self.centroids),
+            }
+        )
         self.teacher.requires_grad_(False)
         self.register_buffer("sizes", torch.full((self.num_clusters,), 1.0 / self.num_clusters))
         self.register_buffer("epoch_counts", torch.zeros(self.num_clusters))
@@ -151,7 +167,9 @@ class ExCB(Method):
 
     # ---- the step ------------------------------------------------------------------------
 
-    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_step(
+        self, views: list[torch.Tensor], index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         opts, g = self.options, self._check_views(views)
         b = views[0].shape[0]
         student = self.student_outputs(views, g)
@@ -174,7 +192,13 @@ class ExCB(Method):
 
     @torch.no_grad()
     def _step_metrics(
-        self, raw: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, student: torch.Tensor, pairs: list[tuple[int, int]], per_pair: torch.Tensor
+        self,
+        raw: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor,
+        student: torch.Tensor,
+        pairs: list[tuple[int, int]],
+        per_pair: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """Detached scalars: distinct teacher labels, confidence, agreement, balancing effect, loss parts."""
         s_labels = student.argmax(-1)
@@ -184,7 +208,9 @@ class ExCB(Method):
         metrics = {
             "teacher_distinct_labels": (losses.excb_assignment_counts(labels, self.num_clusters) > 0).sum().float(),
             "teacher_confidence": targets.max(-1).values.mean(),
-            "teacher_student_agreement": torch.stack([(labels[t] == s_labels[s]).float().mean() for t, s in pairs]).mean(),
+            "teacher_student_agreement": torch.stack(
+                [(labels[t] == s_labels[s]).float().mean() for t, s in pairs]
+            ).mean(),
             "balance_changed_labels": (labels != raw.argmax(-1)).float().mean(),
             "loss_projector": per_pair[on_projector].mean(),
         }
@@ -220,7 +246,9 @@ class ExCB(Method):
             assign = nearest_centroid(x, centroids)
         self.centroids.weight.copy_(centroids)
         self.teacher["centroids"].weight.copy_(centroids)
-        self.epoch_counts.copy_(torch.bincount(assign, minlength=self.num_clusters).float())  # epoch 0: k-means occupancy
+        self.epoch_counts.copy_(
+            torch.bincount(assign, minlength=self.num_clusters).float()
+        )  # epoch 0: k-means occupancy
 
     @torch.no_grad()
     def _initial_projections(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], limit: int) -> torch.Tensor:

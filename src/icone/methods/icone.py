@@ -43,7 +43,9 @@ class IConEOptions:
     diversity: str = option("hinge", choices=DIVERSITIES)
     projector: str = option("none", choices=PROJECTORS)  # none | linear | mlp (MLP with LayerNorm)
     projector_dim: int = option(128, low=1)
-    table_init: str = option("features", choices=TABLE_INITS)  # features: rows = untrained encoder's embeddings (ours) | normal N(0, std^2)
+    table_init: str = option(
+        "features", choices=TABLE_INITS
+    )  # features: rows = untrained encoder's embeddings (ours) | normal N(0, std^2)
     table_init_std: float = option(0.02, above=0)
     table_lr_scale: float = option(10.0, above=0)  # table lr = encoder lr * this (ours: 10; the public reading: 1)
     table_weight_decay: float | None = option(None, low=0)  # None: the encoder's weight decay
@@ -53,12 +55,20 @@ class IConEOptions:
     w_div: float = option(1.0, low=0)
     temperature: float = option(0.1, above=0)  # infonce only
     negatives: int = option(4096, low=1)  # infonce: table rows sampled as negatives per step
-    diversity_rows: int = option(8192, low=1)  # full-table diversity up to this many rows; above it (and on the sparse path) the batch's rows vs a sample
-    sample_rows: int = option(1024, low=1)  # rows in that sample (a uniform draw per step; the estimate is unbiased, its variance ~ 1 / this)
+    diversity_rows: int = option(
+        8192, low=1
+    )  # full-table diversity up to this many rows; above it (and on the sparse path) the batch's rows vs a sample
+    sample_rows: int = option(
+        1024, low=1
+    )  # rows in that sample (a uniform draw per step; the estimate is unbiased, its variance ~ 1 / this)
     uniformity_t: float = option(2.0, above=0)
-    table_path: str = option("auto", choices=TABLE_PATHS)  # auto (sparse above diversity_rows instances) | dense | sparse
+    table_path: str = option(
+        "auto", choices=TABLE_PATHS
+    )  # auto (sparse above diversity_rows instances) | dense | sparse
     table_dtype: str = option("float32", choices=tuple(TABLE_DTYPES))  # the table and its optimizer moments
-    frame_resync_every: int = option(1000, low=1)  # sparse path, frame diversity: recompute the d x d matrix every this many steps
+    frame_resync_every: int = option(
+        1000, low=1
+    )  # sparse path, frame diversity: recompute the d x d matrix every this many steps
 
 
 class IConE(Method):
@@ -87,7 +97,9 @@ class IConE(Method):
         self.embedding_dim = dim
         dtype = TABLE_DTYPES[options.table_dtype]
         self.table = nn.Parameter((torch.randn(num_instances, dim) * options.table_init_std).to(dtype))
-        self.sparse = options.table_path == "sparse" or (options.table_path == "auto" and num_instances > options.diversity_rows)
+        self.sparse = options.table_path == "sparse" or (
+            options.table_path == "auto" and num_instances > options.diversity_rows
+        )
         self.uses_gram = self.sparse and options.diversity == "frame"
         if self.uses_gram:  # G = E_n^T E_n of the normalised rows, kept in step with the table
             self.register_buffer("frame_gram", torch.zeros(dim, dim, dtype=torch.float64))
@@ -136,12 +148,20 @@ class IConE(Method):
             return losses.icone_frame_diversity(self.table.float())
         if not self.sparse and n <= opts.diversity_rows:
             table = self.table.float()
-            return losses.icone_hinge_diversity(table) if opts.diversity == "hinge" else losses.icone_uniformity(table, t=opts.uniformity_t)
+            return (
+                losses.icone_hinge_diversity(table)
+                if opts.diversity == "hinge"
+                else losses.icone_uniformity(table, t=opts.uniformity_t)
+            )
         sample = torch.randint(0, n, (opts.sample_rows,), device=index.device)
         others = self.table.detach()[sample].float()
-        return losses.icone_batch_diversity(batch_rows, index, others, sample, diversity=opts.diversity, t=opts.uniformity_t)
+        return losses.icone_batch_diversity(
+            batch_rows, index, others, sample, diversity=opts.diversity, t=opts.uniformity_t
+        )
 
-    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_step(
+        self, views: list[torch.Tensor], index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         opts = self.options
         b = views[0].shape[0]
         z = forward_by_shape(self.embed, views).float()  # (V*B) x d, one backbone pass per view size
@@ -151,9 +171,13 @@ class IConE(Method):
         if opts.alignment == "cosine":
             l_vi = losses.icone_view_instance_alignment(z, batch_rows.detach() if opts.detach_table else batch_rows)
         else:
-            negatives = torch.randint(0, self.num_instances, (min(opts.negatives, self.num_instances),), device=z.device)
+            negatives = torch.randint(
+                0, self.num_instances, (min(opts.negatives, self.num_instances),), device=z.device
+            )
             aligned_table = self.table.detach() if opts.detach_table else self.table
-            l_vi = losses.icone_infonce_alignment(z, aligned_table, index, negatives, temperature=opts.temperature, sparse_grad=self.sparse)
+            l_vi = losses.icone_infonce_alignment(
+                z, aligned_table, index, negatives, temperature=opts.temperature, sparse_grad=self.sparse
+            )
             touched = torch.cat([index, negatives])
         l_vv = losses.icone_view_view_alignment(z)
         l_div = self.diversity(index, batch_rows)
@@ -179,7 +203,13 @@ class IConE(Method):
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         encoder = [(n, p) for n, p in self.named_parameters() if n != "table"]
         table_wd = weight_decay if self.options.table_weight_decay is None else self.options.table_weight_decay
-        table_group = {"params": [self.table], "lr": lr * self.options.table_lr_scale, "weight_decay": table_wd, "lr_scale": self.options.table_lr_scale, "row_sparse": self.sparse}
+        table_group = {
+            "params": [self.table],
+            "lr": lr * self.options.table_lr_scale,
+            "weight_decay": table_wd,
+            "lr_scale": self.options.table_lr_scale,
+            "row_sparse": self.sparse,
+        }
         return split_decay(encoder, lr, weight_decay) + [table_group]
 
     @torch.no_grad()
@@ -198,4 +228,3 @@ class IConE(Method):
         if self.uses_gram:
             health["frame_gram_drift"] = self.frame_gram_drift
         return health
-

@@ -30,7 +30,9 @@ def default_queue_size(num_instances: int) -> int:
 @dataclass
 class MoCoOptions:
     temperature: float = option(0.2, above=0)  # MoCo v2
-    momentum: float = option(0.99, low=0, high=1)  # ours (MoCo v2: 0.999, tuned for long ImageNet runs; MoCo v3 uses 0.99)
+    momentum: float = option(
+        0.99, low=0, high=1
+    )  # ours (MoCo v2: 0.999, tuned for long ImageNet runs; MoCo v3 uses 0.99)
     queue_size: int | None = option(None, low=1)  # None: min(65536, largest power of two <= N)
     hidden_dim: int = option(2048, low=1)  # MoCo v2 head: feature -> 2048 -> ReLU -> 128, no BN
     out_dim: int = option(128, low=1)
@@ -69,7 +71,9 @@ class MoCo(TwoViewMethod):
     def keys(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=-1)
 
-    def pair_step(self, pair: torch.Tensor, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pair_step(
+        self, pair: torch.Tensor, batch: int, index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         opts, b = self.options, batch
         q = self.projector(self.backbone(pair)).float()
         k = self.keys(pair)

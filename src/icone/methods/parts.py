@@ -28,7 +28,9 @@ def require_two_views(method: str, spec: ViewConfig) -> None:
 def require_two_or_more_views(method: str, spec: ViewConfig) -> None:
     """Multi-crop methods predict one view from another, so they need at least two views."""
     if spec.global_crops + spec.local_crops < 2:
-        raise UserError(f"{method} predicts one view from another and needs at least two views; use views.global_crops=2")
+        raise UserError(
+            f"{method} predicts one view from another and needs at least two views; use views.global_crops=2"
+        )
 
 
 def forward_by_shape(net: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor]) -> torch.Tensor:
@@ -50,10 +52,14 @@ class TwoViewMethod(Method):
         require_two_views(self.name, spec)
         return spec
 
-    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_step(
+        self, views: list[torch.Tensor], index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.pair_step(torch.cat(views[:2]), views[0].shape[0], index)
 
-    def pair_step(self, pair: torch.Tensor, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pair_step(
+        self, pair: torch.Tensor, batch: int, index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``pair``: the two views of the batch, ``2B x C x spatial`` (first view first)."""
         raise NotImplementedError
 

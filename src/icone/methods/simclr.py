@@ -45,7 +45,9 @@ class SimCLR(TwoViewMethod):
         super().__init__(backbone, options, num_instances)
         self.projector = MLP(self.feature_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
 
-    def pair_step(self, pair: torch.Tensor, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pair_step(
+        self, pair: torch.Tensor, batch: int, index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z = self.projector(self.backbone(pair)).float()
         z1, z2 = distributed.all_gather_cat(z[:batch]), distributed.all_gather_cat(z[batch:])
         loss = losses.nt_xent(z1, z2, temperature=self.options.temperature)

@@ -45,10 +45,15 @@ class SimSiam(TwoViewMethod):
         super().__init__(backbone, options, num_instances)
         dim = options.proj_dim
         # the output norm has no affine parameters (the paper's BatchNorm1d(affine=False), or its batch-free twin)
-        self.projector = nn.Sequential(MLP(self.feature_dim, dim, dim, layers=3, norm=options.norm), norm_layer(options.norm, dim, dims=1, affine=False))
+        self.projector = nn.Sequential(
+            MLP(self.feature_dim, dim, dim, layers=3, norm=options.norm),
+            norm_layer(options.norm, dim, dims=1, affine=False),
+        )
         self.predictor = MLP(dim, options.pred_hidden_dim, dim, layers=2, norm=options.norm)
 
-    def pair_step(self, pair: torch.Tensor, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pair_step(
+        self, pair: torch.Tensor, batch: int, index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         b = batch
         z = self.projector(self.backbone(pair))
         p = self.predictor(z).float()

@@ -36,9 +36,15 @@ def default_queue_size(num_instances: int) -> int:
 @dataclass
 class SwAVOptions:
     num_prototypes: int | None = option(None, low=1)  # K; None: clip(N // 4, 8, 3000)
-    queue_size: int | None = option(None, low=0)  # embeddings kept for Sinkhorn (all processes); None: min(3840, N); 0: no queue
-    queue_start: float = option(0.0, low=0, high=1)  # share of training after which the queue is used (ours: at once; paper: epoch 15)
-    queue_max_batch: int = option(1, low=0)  # the queue is used only while B x processes <= this (ours; the paper: up to 256)
+    queue_size: int | None = option(
+        None, low=0
+    )  # embeddings kept for Sinkhorn (all processes); None: min(3840, N); 0: no queue
+    queue_start: float = option(
+        0.0, low=0, high=1
+    )  # share of training after which the queue is used (ours: at once; paper: epoch 15)
+    queue_max_batch: int = option(
+        1, low=0
+    )  # the queue is used only while B x processes <= this (ours; the paper: up to 256)
     hidden_dim: int = option(2048, low=1)  # projector feature -> 2048 -> 128 (paper)
     out_dim: int = option(128, low=1)
     norm: str = option("layer", choices=HEAD_NORMS)  # head norm; ours (the paper's BatchNorm needs a batch)
@@ -54,9 +60,8 @@ class SwAV(Method):
     processes, one FIFO, filled from the first step); their scores are recomputed with the
     current prototypes. It enters Sinkhorn only where the batch alone cannot be equipartitioned:
     by default at B = 1 over all processes (where Sinkhorn over one sample gives a uniform code),
-    from the second step on, once ``queue_start`` of training has passed. On small data a queue
-    made SwAV collapse at every batch size we tried (digits, B = 1, 4, 32), while B >= 4 without
-    it did not; ``swav.queue_max_batch`` extends its use to larger batches (the paper: <= 256).
+    from the second step on, once ``queue_start`` of training has passed; ``swav.queue_max_batch``
+    extends its use to larger batches (the paper: <= 256; why ours is 1: docs/methods.md).
     ``default_lr`` is for AdamW (ours); the paper uses LARS, lr 4.8 at batch 4096, wd 1e-6.
     Local crops: 2 by default (ours; the paper uses 6).
     """
@@ -106,7 +111,9 @@ class SwAV(Method):
         start = len(queued) + distributed.rank() * b
         return q[start : start + b]
 
-    def training_step(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_step(
+        self, views: list[torch.Tensor], index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         globals_ = min(self.global_crops, len(views))
         b = views[0].shape[0]
         z = forward_by_shape(self.embed, views)  # (V * B) x d, view-major

@@ -49,10 +49,16 @@ class VICReg(TwoViewMethod):
         dim = options.expander_dim
         self.expander = MLP(self.feature_dim, dim, dim, layers=options.expander_layers, norm=options.norm)
 
-    def pair_step(self, pair: torch.Tensor, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pair_step(
+        self, pair: torch.Tensor, batch: int, index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         opts = self.options
         z = self.expander(self.backbone(pair)).float()
         z1, z2 = distributed.all_gather_cat(z[:batch]), distributed.all_gather_cat(z[batch:])
         terms = losses.vicreg_terms(z1, z2)
-        loss = opts.sim_coeff * terms["invariance"] + opts.std_coeff * terms["variance"] + opts.cov_coeff * terms["covariance"]
+        loss = (
+            opts.sim_coeff * terms["invariance"]
+            + opts.std_coeff * terms["variance"]
+            + opts.cov_coeff * terms["covariance"]
+        )
         return full_batch_gradient(loss), {k: v.detach() for k, v in terms.items()}

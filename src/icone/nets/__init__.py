@@ -4,4 +4,14 @@ from icone.nets.backbones import BACKBONES, build_backbone, parse_backbone_name
 from icone.nets.heads import MLP, CentroidLayer
 from icone.nets.norms import HEAD_NORMS, NORMS, group_count, norm_layer
 
-__all__ = ["BACKBONES", "HEAD_NORMS", "MLP", "NORMS", "CentroidLayer", "build_backbone", "group_count", "norm_layer", "parse_backbone_name"]
+__all__ = [
+    "BACKBONES",
+    "HEAD_NORMS",
+    "MLP",
+    "NORMS",
+    "CentroidLayer",
+    "build_backbone",
+    "group_count",
+    "norm_layer",
+    "parse_backbone_name",
+]

@@ -32,7 +32,9 @@ def parse_backbone_name(name: str) -> tuple[str, int | None]:
         if base.endswith(suffix):
             base, dims = base[: -len(suffix)], d
     if base not in BACKBONES:
-        raise UserError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)} (optionally with -2d or -3d)")
+        raise UserError(
+            f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)} (optionally with -2d or -3d)"
+        )
     return base, dims
 
 
@@ -45,7 +47,11 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         channels = in_channels
         for stage, out in enumerate((width, 2 * width, 4 * width, 8 * width)):
-            layers += [conv(channels, out, 3, stride=1 if stage == 0 else 2, padding=1, bias=False), norm_layer(norm, out, spatial_dims), nn.ReLU(inplace=True)]
+            layers += [
+                conv(channels, out, 3, stride=1 if stage == 0 else 2, padding=1, bias=False),
+                norm_layer(norm, out, spatial_dims),
+                nn.ReLU(inplace=True),
+            ]
             channels = out
         self.features = nn.Sequential(*layers)
         self.feature_dim = channels
@@ -57,7 +63,9 @@ class SmallCNN(nn.Module):
 class MonaiResNet(nn.Module):
     """MONAI's ResNet without its classifier: pooled features of width ``8 * width * expansion``."""
 
-    def __init__(self, depth: int, spatial_dims: int, in_channels: int, width: int, norm: str, small_stem: bool) -> None:
+    def __init__(
+        self, depth: int, spatial_dims: int, in_channels: int, width: int, norm: str, small_stem: bool
+    ) -> None:
         super().__init__()
         from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck
 
@@ -85,7 +93,9 @@ def build_backbone(model: ModelConfig) -> nn.Module:
     """The backbone ``model`` describes (resolved: dims, channels and norm set), with a ``feature_dim`` attribute."""
     base, _ = parse_backbone_name(model.backbone)
     if model.spatial_dims is None or model.in_channels is None or model.norm is None:
-        raise ValueError("model.spatial_dims, in_channels and norm must be resolved (icone.build.resolve_config fills them)")
+        raise ValueError(
+            "model.spatial_dims, in_channels and norm must be resolved (icone.build.resolve_config fills them)"
+        )
     dims, channels, norm = int(model.spatial_dims), int(model.in_channels), str(model.norm)
     if base == "smallcnn":
         return SmallCNN(dims, channels, model.width, norm)

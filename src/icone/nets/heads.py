@@ -16,7 +16,9 @@ class MLP(nn.Module):
     it is the usual final BN) after the last layer.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, norm: str = "layer", last_norm: bool = False) -> None:
+    def __init__(
+        self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, norm: str = "layer", last_norm: bool = False
+    ) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (layers - 1) + [out_dim]
         modules: list[nn.Module] = []

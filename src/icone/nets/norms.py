@@ -28,9 +28,13 @@ def norm_layer(norm: str, channels: int, dims: int, affine: bool = True) -> nn.M
     if norm == "group":
         return nn.GroupNorm(group_count(channels), channels, affine=affine)
     if norm == "layer":
-        return nn.LayerNorm(channels, elementwise_affine=affine) if dims == 1 else nn.GroupNorm(1, channels, affine=affine)
+        return (
+            nn.LayerNorm(channels, elementwise_affine=affine) if dims == 1 else nn.GroupNorm(1, channels, affine=affine)
+        )
     if norm == "instance" and dims > 1:
         return (nn.InstanceNorm2d, nn.InstanceNorm3d)[dims - 2](channels, affine=affine)
     if norm == "none":
         return nn.Identity()
-    raise ValueError(f"no {norm!r} norm for {dims}D inputs; choose one of: {', '.join(NORMS if dims > 1 else HEAD_NORMS)}")
+    raise ValueError(
+        f"no {norm!r} norm for {dims}D inputs; choose one of: {', '.join(NORMS if dims > 1 else HEAD_NORMS)}"
+    )

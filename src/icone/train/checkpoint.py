@@ -34,7 +34,9 @@ def load_file(path: str | Path) -> Any:
             "can run code when loaded, and its own checkpoints and exports hold none"
         ) from None
     except Exception as err:
-        raise UserError(f"cannot read checkpoint '{path}' ({type(err).__name__}); it is corrupt or not a PyTorch file") from None
+        raise UserError(
+            f"cannot read checkpoint '{path}' ({type(err).__name__}); it is corrupt or not a PyTorch file"
+        ) from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -43,7 +45,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         candidate = path / "checkpoints" / "last.pt"
         if not candidate.is_file():
-            raise UserError(f"'{path}' has no checkpoints/last.pt; give a run folder that has trained at least one epoch, or a .pt file")
+            raise UserError(
+                f"'{path}' has no checkpoints/last.pt; give a run folder that has trained at least one epoch, or a .pt file"
+            )
         path = candidate
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist; give a run folder or a .pt file")

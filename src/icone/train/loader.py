@@ -13,7 +13,12 @@ from icone.data import IndexedDataset
 
 
 def train_loader(
-    train_set: IndexedDataset, batch_size: int, seed: int, epoch: int, num_workers: int = 0, device: torch.device | None = None,
+    train_set: IndexedDataset,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    num_workers: int = 0,
+    device: torch.device | None = None,
     shuffle: bool = True,
 ) -> DataLoader:
     """Epoch ``epoch``'s batches: a seeded shuffle (a ``DistributedSampler`` share under ``torchrun``),

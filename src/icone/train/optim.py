@@ -31,7 +31,14 @@ class RowSparseAdamW(torch.optim.Optimizer):
     applies the same update to the same rows.
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
     def _state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -105,7 +112,13 @@ def all_reduce_row_gradients(optimizer: torch.optim.Optimizer | OptimizerSet) ->
         if not group.get("row_sparse"):
             continue
         for p in group["params"]:
-            grad = p.grad if p.grad is not None else torch.sparse_coo_tensor(torch.zeros(1, 0, dtype=torch.long, device=p.device), p.new_zeros((0, *p.shape[1:])), p.shape)
+            grad = (
+                p.grad
+                if p.grad is not None
+                else torch.sparse_coo_tensor(
+                    torch.zeros(1, 0, dtype=torch.long, device=p.device), p.new_zeros((0, *p.shape[1:])), p.shape
+                )
+            )
             rows, values = distributed.all_reduce_rows(*sparse_rows(grad))
             p.grad = torch.sparse_coo_tensor(rows[None], values.to(p.dtype), p.shape, is_coalesced=True)
 
@@ -134,7 +147,9 @@ class OptimizerSet:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("optimizers")
         if saved is None or len(saved) != len(self.optimizers):
-            raise ValueError("the checkpoint's optimizer state has another set of optimizers (icone.table_path changed?)")
+            raise ValueError(
+                "the checkpoint's optimizer state has another set of optimizers (icone.table_path changed?)"
+            )
         for optimizer, item in zip(self.optimizers, saved):
             optimizer.load_state_dict(item)
 

@@ -93,28 +93,44 @@ class Trainer:
         self.on_checkpoint = on_checkpoint  # called after every checkpoint written (main process)
         if distributed.is_main_process():
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        method = method.to(device, memory_format=memory_format(config.train.channels_last, int(config.model.spatial_dims)))
+        method = method.to(
+            device, memory_format=memory_format(config.train.channels_last, int(config.model.spatial_dims))
+        )
         self.method = distributed.sync_batch_norm(method, device)  # before the optimizer and DDP see it
         self.optimizer = build_optimizer(self.method, config)
         self.train_set = IndexedDataset(dataset.train)
         self.steps_per_epoch = len(self.train_set) // (config.train.batch_size * distributed.world_size())
         total_steps = self.steps_per_epoch * config.train.epochs
-        schedule = Schedule(total_steps, int(round(config.optim.warmup_epochs * self.steps_per_epoch)), config.optim.min_lr_ratio)
+        schedule = Schedule(
+            total_steps, int(round(config.optim.warmup_epochs * self.steps_per_epoch)), config.optim.min_lr_ratio
+        )
         model: torch.nn.Module = self.method
         if distributed.is_distributed():
             # row-sparse tables are kept identical by their optimizer, which exchanges only the touched rows
             distributed.ddp_ignore(self.method, row_sparse_parameter_names(self.method, self.optimizer))
-            model = torch.nn.parallel.DistributedDataParallel(self.method, device_ids=[device.index] if device.type == "cuda" else None)
+            model = torch.nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[device.index] if device.type == "cuda" else None
+            )
         self.model = model
         train = config.train
         self.train_step = TrainStep(
-            self.method, self.optimizer, schedule, float(config.optim.lr), device, grad_clip=config.optim.grad_clip,
-            precision=train.precision, channels_last=train.channels_last, spatial_dims=int(config.model.spatial_dims), model=model,
+            self.method,
+            self.optimizer,
+            schedule,
+            float(config.optim.lr),
+            device,
+            grad_clip=config.optim.grad_clip,
+            precision=train.precision,
+            channels_last=train.channels_last,
+            spatial_dims=int(config.model.spatial_dims),
+            model=model,
         )
         self.epoch = 0
         self.saved_epoch: int | None = None  # the epoch of the last checkpoint written or restored
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
-        self.monitor_rows = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(0))[: train.monitor_samples]
+        self.monitor_rows = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(0))[
+            : train.monitor_samples
+        ]
 
     @property
     def step(self) -> int:
@@ -181,10 +197,14 @@ class Trainer:
     def monitor(self) -> dict[str, float]:
         """Collapse monitor on a fixed subset: RankMe and per-dimension std of normalised features,
         and the method's own health (on the main process, which writes the log; nothing elsewhere)."""
-        health = {f"{HEALTH_PREFIX}{k}": v for k, v in self.method.epoch_metrics().items()}  # every process: it may reset state
+        health = {
+            f"{HEALTH_PREFIX}{k}": v for k, v in self.method.epoch_metrics().items()
+        }  # every process: it may reset state
         if not distributed.is_main_process():
             return {}
-        features = embed_samples(self.method.evaluation_backbone(), self.train_set.samples[self.monitor_rows], self.device)
+        features = embed_samples(
+            self.method.evaluation_backbone(), self.train_set.samples[self.monitor_rows], self.device
+        )
         return {"monitor_rankme": rankme(features), "monitor_std": embedding_std(features), **health}
 
     def fit(self, until_epoch: int | None = None) -> TrainResult:
@@ -198,7 +218,11 @@ class Trainer:
             self.log.write({"kind": "epoch", "epoch": 0, "step": 0, **self.monitor()})
         progress = _progress(self.progress and distributed.is_main_process())
         with progress:
-            task = progress.add_task(f"{config.method} epoch {self.epoch + 1}/{config.train.epochs}", total=self.total_steps, completed=self.step)
+            task = progress.add_task(
+                f"{config.method} epoch {self.epoch + 1}/{config.train.epochs}",
+                total=self.total_steps,
+                completed=self.step,
+            )
             while self.epoch < last_epoch:
                 # augmentations differ between processes (rank 0 draws what a single process draws)
                 seed_everything(config.train.seed * 1_000_003 + self.epoch + 7_919 * distributed.rank())
@@ -206,20 +230,42 @@ class Trainer:
                 self.model.train()
                 started = time.perf_counter()
                 last_loss = torch.zeros(())
-                loader = train_loader(self.train_set, config.train.batch_size, config.train.seed, self.epoch, config.data.num_workers, self.device)
+                loader = train_loader(
+                    self.train_set,
+                    config.train.batch_size,
+                    config.train.seed,
+                    self.epoch,
+                    config.data.num_workers,
+                    self.device,
+                )
                 for x, index, _ in loader:
                     last_loss, metrics = self.train_step(x, index, views)
                     if self.step % config.train.log_every == 0:
                         last_loss = distributed.all_reduce_mean(last_loss)  # every process stops together on NaN
                         self._check_finite(last_loss)
-                        record = {"kind": "step", "epoch": self.epoch + 1, "step": self.step, "loss": float(last_loss), "lr": self.train_step.lr}
+                        record = {
+                            "kind": "step",
+                            "epoch": self.epoch + 1,
+                            "step": self.step,
+                            "loss": float(last_loss),
+                            "lr": self.train_step.lr,
+                        }
                         self.log.write({**record, **_scalars(metrics)})
-                        progress.update(task, description=f"{config.method} epoch {self.epoch + 1}/{config.train.epochs} loss {float(last_loss):.4f}")
+                        progress.update(
+                            task,
+                            description=f"{config.method} epoch {self.epoch + 1}/{config.train.epochs} loss {float(last_loss):.4f}",
+                        )
                     progress.advance(task)
                 last_loss = distributed.all_reduce_mean(last_loss)
                 self._check_finite(last_loss)
                 self.epoch += 1
-                record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": float(last_loss), "epoch_seconds": time.perf_counter() - started}
+                record = {
+                    "kind": "epoch",
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "loss": float(last_loss),
+                    "epoch_seconds": time.perf_counter() - started,
+                }
                 self.log.write({**record, **self.monitor()})
                 self.save()
         return TrainResult(self.run_dir, self.method, self.epoch, self.step)

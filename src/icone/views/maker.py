@@ -33,7 +33,13 @@ def _orientations(batch: int, dims: int, flip: bool, rotate: bool, device: torch
 
 
 def random_affine(
-    batch: int, dims: int, scale: tuple[float, float], flip: bool, rotate: bool, device: torch.device, aspect: float = 4 / 3
+    batch: int,
+    dims: int,
+    scale: tuple[float, float],
+    flip: bool,
+    rotate: bool,
+    device: torch.device,
+    aspect: float = 4 / 3,
 ) -> torch.Tensor:
     """``B x d x (d+1)`` maps from output to input coordinates (``affine_grid`` convention).
 
@@ -73,9 +79,13 @@ class ViewMaker:
     ``spatial_dims`` sides) from resolved view options (no ``None`` left)."""
 
     def __init__(self, spec: ViewConfig, spatial_dims: int) -> None:
-        unresolved = [k for k in ("local_crops", "global_size", "local_size", "flip", "rotate90") if getattr(spec, k) is None]
+        unresolved = [
+            k for k in ("local_crops", "global_size", "local_size", "flip", "rotate90") if getattr(spec, k) is None
+        ]
         if unresolved:
-            raise ValueError(f"view options {', '.join(unresolved)} are not resolved (icone.build.resolve_config fills them)")
+            raise ValueError(
+                f"view options {', '.join(unresolved)} are not resolved (icone.build.resolve_config fills them)"
+            )
         self.spec = spec
         self.spatial_dims = spatial_dims
         self.global_shape = (int(spec.global_size),) * spatial_dims
@@ -87,9 +97,12 @@ class ViewMaker:
 
     def _geometric(self, x: torch.Tensor, shape: tuple[int, ...], scale: tuple[float, float]) -> torch.Tensor:
         spec = self.spec
-        theta = random_affine(x.shape[0], self.spatial_dims, tuple(scale), bool(spec.flip), bool(spec.rotate90), x.device, spec.aspect)
+        theta = random_affine(
+            x.shape[0], self.spatial_dims, tuple(scale), bool(spec.flip), bool(spec.rotate90), x.device, spec.aspect
+        )
         grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *shape], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
     def _intensity(self, x: torch.Tensor) -> torch.Tensor:
         spec, b = self.spec, x.shape[0]
         per_sample = (b,) + (1,) * (x.ndim - 1)
@@ -101,9 +114,13 @@ class ViewMaker:
             x = unit.pow(g) * (high - low) + low
         if spec.contrast > 0:
             mean = x.mean(reduce, keepdim=True)
-            x = (x - mean) * torch.empty(per_sample, device=x.device).uniform_(1 - spec.contrast, 1 + spec.contrast) + mean
+            x = (x - mean) * torch.empty(per_sample, device=x.device).uniform_(
+                1 - spec.contrast, 1 + spec.contrast
+            ) + mean
         if spec.brightness > 0:
-            x = x + torch.empty(per_sample, device=x.device).uniform_(-spec.brightness, spec.brightness) * x.std(reduce, keepdim=True)
+            x = x + torch.empty(per_sample, device=x.device).uniform_(-spec.brightness, spec.brightness) * x.std(
+                reduce, keepdim=True
+            )
         if spec.blur_prob > 0:
             sigma = torch.empty(b, device=x.device).uniform_(*spec.blur_sigma)
             blurred = gaussian_blur(x, sigma)
@@ -117,6 +134,12 @@ class ViewMaker:
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Views of a batch ``B x C x spatial``: global crops first, then local crops."""
         x = x.float()
-        views = [self._intensity(self._geometric(x, self.global_shape, self.spec.global_scale)) for _ in range(self.spec.global_crops)]
-        views += [self._intensity(self._geometric(x, self.local_shape, self.spec.local_scale)) for _ in range(int(self.spec.local_crops))]
+        views = [
+            self._intensity(self._geometric(x, self.global_shape, self.spec.global_scale))
+            for _ in range(self.spec.global_crops)
+        ]
+        views += [
+            self._intensity(self._geometric(x, self.local_shape, self.spec.local_scale))
+            for _ in range(int(self.spec.local_crops))
+        ]
         return views
