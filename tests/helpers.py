@@ -100,9 +100,9 @@ def write_tiny_npz(path: Path, spatial_dims: int = 2, n: int = 48, rgb: bool = F
 
     np.savez(
         path,
-        train_images=to_uint8(dataset.train.samples),
+        train_images=to_uint8(np.asarray(dataset.train.samples)),
         train_labels=dataset.train.labels[:, None],
-        test_images=to_uint8(dataset.test.samples),
+        test_images=to_uint8(np.asarray(dataset.test.samples)),
         test_labels=dataset.test.labels[:, None],
     )
     return path

@@ -27,7 +27,7 @@ def test_digits_is_28x28_ten_classes_and_test_split_is_fixed():
 def test_synthetic3d_is_3d_labelled_and_class_not_readable_from_mean_intensity():
     data = load("synthetic3d")
     assert data.spatial_dims == 3 and data.num_classes == 4
-    means = data.train.samples.reshape(len(data.train), -1).mean(1)
+    means = np.asarray(data.train.samples).reshape(len(data.train), -1).mean(1)
     from sklearn.linear_model import LogisticRegression
 
     accuracy = LogisticRegression().fit(means[:, None], data.train.labels).score(means[:, None], data.train.labels)

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,7 +173,7 @@ def test_crop_scale_schedule():
 def test_kmeans_init_leaves_no_empty_cluster():
     data = tiny_dataset(2, n=32)
     method = make_method()
-    x = torch.as_tensor(data.train.samples)
+    x = torch.from_numpy(np.asarray(data.train.samples))
     method.initialize([(x[:16], torch.arange(16)), (x[16:], torch.arange(16, 32))])
     assert torch.equal(method.centroids.weight, method.teacher["centroids"].weight)
     assert torch.allclose(method.centroids.weight.norm(dim=1), torch.ones(8), atol=1e-5)
@@ -185,7 +186,7 @@ def test_kmeans_init_leaves_no_empty_cluster():
 def test_kmeans_init_keeps_norm_buffers():
     method = make_method(norm="batch")
     before = {n: b.clone() for n, b in method.named_buffers()}
-    x = torch.as_tensor(tiny_dataset(2, n=32).train.samples)
+    x = torch.from_numpy(np.asarray(tiny_dataset(2, n=32).train.samples))
     method.initialize([(x, torch.arange(32))])
     for name, buffer in method.named_buffers():
         if name != "epoch_counts":
@@ -193,7 +194,7 @@ def test_kmeans_init_keeps_norm_buffers():
 
 
 def test_cluster_assignments_balanced_or_raw():
-    x = torch.as_tensor(tiny_dataset(2, n=32).train.samples)
+    x = torch.from_numpy(np.asarray(tiny_dataset(2, n=32).train.samples))
     method = make_method()
     method.initialize([(x, torch.arange(32))])
     method.sizes.copy_(torch.tensor([0.93] + [0.01] * 7))  # cluster 0 far oversized

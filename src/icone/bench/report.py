@@ -11,17 +11,10 @@ from typing import Any
 
 from icone.bench.grid import DEFAULT_NORM, BenchSpec
 from icone.build import REFERENCE_BATCH
+from icone.evaluate.report import KEYS
 from icone.files import atomic_write_text
 
-METRICS = [
-    "knn_accuracy",
-    "linear_accuracy",
-    "linear_balanced_accuracy",
-    "linear_macro_f1",
-    "rankme",
-    "intrinsic_dimension",
-    "embedding_std",
-]
+METRICS = list(KEYS)  # what evaluation reports, for the trained and (baseline_*) the untrained encoder
 BASELINE = ["knn_accuracy", "linear_accuracy", "linear_balanced_accuracy", "rankme", "intrinsic_dimension"]
 # the row of a cell; empty_cluster_fraction: for methods that cluster (the Method contract)
 COLUMNS = (

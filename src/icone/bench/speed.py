@@ -58,7 +58,7 @@ def _batches(
     generator = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(count):
-        x = train_set.samples[torch.randint(0, len(train_set), (batch_size,), generator=generator)]
+        x = train_set.rows(torch.randint(0, len(train_set), (batch_size,), generator=generator))
         batches.append(
             (
                 x.pin_memory() if device.type == "cuda" else x,

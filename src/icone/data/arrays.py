@@ -1,27 +1,28 @@
-"""In-memory samples: one split is an array ``N x C x (D x) H x W`` plus labels (``-1`` when unknown)."""
+"""A loaded dataset: splits of samples (:mod:`icone.data.samples`) with labels (``-1`` when unknown)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import numpy as np
+
+from icone.data.samples import ArraySamples, Samples
 
 
 @dataclass
 class Split:
-    samples: np.ndarray  # float32, N x C x spatial
-    labels: np.ndarray  # int64, N; -1 where unknown
-    sources: np.ndarray | None = None  # str, N: where each sample comes from (a file, or source:row)
+    """Samples and their labels; an array given as ``samples`` is held in memory (with ``sources``, if given)."""
 
-    def __post_init__(self) -> None:
-        self.samples = np.ascontiguousarray(self.samples, dtype=np.float32)
+    samples: Samples  # N samples C x spatial (an array N x C x spatial is wrapped in ArraySamples)
+    labels: np.ndarray  # int64, N; -1 where unknown
+    sources: InitVar[np.ndarray | None] = None  # str, N: where each sample of an array comes from
+
+    def __post_init__(self, sources: np.ndarray | None) -> None:
+        if not isinstance(self.samples, Samples):
+            self.samples = ArraySamples(self.samples, sources)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if len(self.samples) != len(self.labels):
             raise ValueError(f"{len(self.samples)} samples but {len(self.labels)} labels")
-        if self.sources is not None:
-            self.sources = np.asarray(self.sources, dtype=str).reshape(-1)
-            if len(self.sources) != len(self.samples):
-                raise ValueError(f"{len(self.samples)} samples but {len(self.sources)} sources")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -31,7 +32,7 @@ class Split:
         return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
     def subset(self, rows: np.ndarray) -> Split:
-        return Split(self.samples[rows], self.labels[rows], None if self.sources is None else self.sources[rows])
+        return Split(self.samples.subset(rows), self.labels[rows])
 
 
 @dataclass
@@ -46,15 +47,15 @@ class Dataset:
 
     @property
     def spatial_dims(self) -> int:
-        return self.train.samples.ndim - 2
+        return len(self.train.samples.sample_shape) - 1
 
     @property
     def in_channels(self) -> int:
-        return int(self.train.samples.shape[1])
+        return int(self.train.samples.sample_shape[0])
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.train.samples.shape[2:])
+        return tuple(int(s) for s in self.train.samples.sample_shape[1:])
 
     @property
     def num_classes(self) -> int:

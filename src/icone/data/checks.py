@@ -7,29 +7,35 @@ import os
 
 import numpy as np
 
+from icone.data.samples import ArraySamples, Samples
 from icone.errors import UserError
 
 log = logging.getLogger("icone")
 CHUNK = 256  # samples checked at a time (no full-size temporary arrays)
 
 
-def _name(sources: np.ndarray | None, row: int, split: str) -> str:
-    if sources is not None and len(sources) > row and sources[row]:
-        return f"'{sources[row]}'"
-    return f"{split} sample {row}"
+def _name(samples: Samples, row: int, split: str) -> str:
+    source = samples.source(row)
+    return f"'{source}'" if source and not source.startswith("[") else f"{split} sample {row}"
 
 
-def check_finite_and_varied(samples: np.ndarray, split: str, sources: np.ndarray | None = None) -> None:
-    """Refuse NaN or infinite values (naming the first sample that has them); warn about constant samples."""
+def check_finite_and_varied(samples: Samples, split: str) -> None:
+    """Refuse NaN or infinite values (naming the first sample that has them); warn about constant samples.
+
+    Samples in memory are checked whole; lazy samples check what they read themselves.
+    """
+    if not isinstance(samples, ArraySamples):
+        return
+    values = samples.array
     constant, first_constant = 0, None
-    for start in range(0, len(samples), CHUNK):
-        chunk = samples[start : start + CHUNK].reshape(min(CHUNK, len(samples) - start), -1)
+    for start in range(0, len(values), CHUNK):
+        chunk = values[start : start + CHUNK].reshape(min(CHUNK, len(values) - start), -1)
         finite = np.isfinite(chunk).all(axis=1)
         if not finite.all():
             row = start + int(np.flatnonzero(~finite)[0])
             bad = int((~np.isfinite(chunk[row - start])).sum())
             raise UserError(
-                f"{_name(sources, row, split)} holds {bad} NaN or infinite value(s); fix or remove it "
+                f"{_name(samples, row, split)} holds {bad} NaN or infinite value(s); fix or remove it "
                 "(icone cannot learn from undefined pixels)"
             )
         flat = chunk.max(axis=1) == chunk.min(axis=1)
@@ -42,7 +48,7 @@ def check_finite_and_varied(samples: np.ndarray, split: str, sources: np.ndarray
             constant,
             len(samples),
             split,
-            _name(sources, first_constant, split),
+            _name(samples, first_constant, split),
         )
 
 

@@ -6,17 +6,30 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from icone.data.arrays import Split
+from icone.data.samples import ArraySamples
 
 
 class IndexedDataset(TorchDataset):
-    """Wraps a :class:`Split`; ``index`` is the row in the (subsampled) training split."""
+    """Wraps a :class:`Split`; ``index`` is the row in the (subsampled) training split.
+
+    Samples in memory are served as views of one tensor; lazy samples are read per item (in the
+    DataLoader's workers with ``data.num_workers``).
+    """
 
     def __init__(self, split: Split) -> None:
-        self.samples = torch.from_numpy(split.samples)
+        self.samples = split.samples
+        self.tensor = torch.from_numpy(split.samples.array) if isinstance(split.samples, ArraySamples) else None
         self.labels = torch.from_numpy(split.labels)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        return self.samples[index], index, int(self.labels[index])
+        sample = self.tensor[index] if self.tensor is not None else torch.from_numpy(self.samples[index])
+        return sample, index, int(self.labels[index])
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The samples of ``index`` as one tensor ``len(index) x C x spatial``."""
+        if self.tensor is not None:
+            return self.tensor[index]
+        return torch.from_numpy(self.samples[index.numpy()])

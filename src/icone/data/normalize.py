@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from icone.data.arrays import Dataset
+from icone.data.samples import ArraySamples
 
 _SAMPLE = 2_000_000  # values per channel used to estimate the statistics
 
@@ -42,11 +43,11 @@ def intensity_statistics(samples: np.ndarray, mode: str) -> tuple[np.ndarray, np
 
 
 def normalize_dataset(dataset: Dataset, mode: str) -> Dataset:
-    """Normalise every split in place with the training split's statistics."""
-    offset, scale = intensity_statistics(dataset.train.samples, mode)
-    shape = (1, -1) + (1,) * dataset.spatial_dims
+    """Normalise every split with the training split's statistics (in place for samples in memory)."""
+    train = dataset.train.samples
+    values = train.array if isinstance(train, ArraySamples) else train.statistics_sample()
+    offset, scale = intensity_statistics(values, mode)
     for split in (dataset.train, dataset.test):
         if split is not None:
-            split.samples -= offset.reshape(shape)
-            split.samples /= scale.reshape(shape)
+            split.samples.normalize(offset, scale)
     return dataset

@@ -15,6 +15,7 @@ from icone.data.checks import check_finite_and_varied, check_fits_in_memory, che
 from icone.data.imbalance import long_tail_rows
 from icone.data.normalize import normalize_dataset
 from icone.data.readers import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_volume_file, read_image, read_volume, suffix
+from icone.data.samples import ArraySamples
 from icone.data.synthetic import digits, synthetic3d
 from icone.errors import UserError
 
@@ -180,7 +181,7 @@ def load_npz(path: Path, resize: list[int] | None) -> Dataset:
                     path,
                     prefix,
                 )
-        return Split(images, labels, np.asarray([f"{path}:{prefix}_images[{i}]" for i in range(n)]))
+        return Split(ArraySamples(images, name=f"{path}:{prefix}_images"), labels)
 
     train, test = split("train"), split("test")
     return Dataset(name=path.stem, train=train, test=test)
@@ -201,12 +202,13 @@ def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
         dataset = load_files(path, kind, config.resize, config.test_fraction)
     if kind in BUILTIN and config.resize is not None:
         for split in (dataset.train, dataset.test):
-            split.samples = np.stack([_resize(x, config.resize) for x in split.samples])
+            resized = np.stack([_resize(x, config.resize) for x in split.samples.array])
+            split.samples = ArraySamples(resized, split.samples.sources, split.samples.name)
     if len(dataset.train) == 0:
         raise UserError(f"data source '{config.source}' has no training samples")
     for name, split in (("training", dataset.train), ("test", dataset.test)):
         if split is not None:
-            check_finite_and_varied(split.samples, name, split.sources)
+            check_finite_and_varied(split.samples, name)
     dataset = normalize_dataset(dataset, config.normalize)
     if config.imbalance_ratio != 1:
         dataset.train = dataset.train.subset(long_tail_rows(dataset.train.labels, config.imbalance_ratio, seed))

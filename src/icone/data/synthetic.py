@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from icone.data.arrays import Dataset, Split, stratified_split
+from icone.data.samples import ArraySamples
 
 SYNTHETIC3D_CLASSES = ["sphere", "shell", "rod", "pair"]
 
@@ -26,8 +27,8 @@ def digits(test_fraction: float = 0.2) -> Dataset:
     train, test = stratified_split(labels, test_fraction, seed=0)
     return Dataset(
         name="digits",
-        train=Split(images[train], labels[train]),
-        test=Split(images[test], labels[test]),
+        train=Split(ArraySamples(images[train], name="digits:train"), labels[train]),
+        test=Split(ArraySamples(images[test], name="digits:test"), labels[test]),
         class_names=[str(d) for d in range(10)],
         view_defaults={"flip": False, "rotate90": False},
     )
@@ -82,7 +83,7 @@ def synthetic3d(size: int = 28, per_class: int = 200, test_fraction: float = 0.2
     train, test = stratified_split(labels_array, test_fraction, seed=0)
     return Dataset(
         name="synthetic3d",
-        train=Split(samples[train], labels_array[train]),
-        test=Split(samples[test], labels_array[test]),
+        train=Split(ArraySamples(samples[train], name="synthetic3d:train"), labels_array[train]),
+        test=Split(ArraySamples(samples[test], name="synthetic3d:test"), labels_array[test]),
         class_names=list(SYNTHETIC3D_CLASSES),
     )

@@ -71,8 +71,8 @@ def occupancy_on_train(method: Method, dataset: Dataset, device: torch.device) -
     """Cluster occupancy of a clustering method's assignments over the training set (``{}`` for other methods)."""
     if method.num_clusters is None:
         return {}
-    samples = torch.as_tensor(dataset.train.samples)
-    labels = torch.cat([method.cluster_assignments(chunk.to(device)).cpu() for chunk in samples.split(256)])
+    chunks = dataset.train.samples.chunks(256)
+    labels = torch.cat([method.cluster_assignments(torch.from_numpy(chunk).to(device)).cpu() for chunk in chunks])
     return cluster_occupancy(labels, int(method.num_clusters))
 
 

@@ -202,9 +202,7 @@ class Trainer:
         }  # every process: it may reset state
         if not distributed.is_main_process():
             return {}
-        features = embed_samples(
-            self.method.evaluation_backbone(), self.train_set.samples[self.monitor_rows], self.device
-        )
+        features = embed_samples(self.method.evaluation_backbone(), self.train_set.rows(self.monitor_rows), self.device)
         return {"monitor_rankme": rankme(features), "monitor_std": embedding_std(features), **health}
 
     def fit(self, until_epoch: int | None = None) -> TrainResult:
