@@ -20,6 +20,7 @@ from icone.methods import Method, batch_free_methods, get_method
 from icone.nets import build_backbone, parse_backbone_name
 from icone.runtime import seed_everything
 from icone.views import ViewMaker
+from icone.weights import load_initial_weights
 
 REFERENCE_BATCH = 64  # the batch size a method's default lr (and optim.base_lr) is stated for
 
@@ -107,12 +108,17 @@ def check_batch_size(config: Config, method_cls: type[Method], num_samples: int)
         )
 
 
-def build_method(config: Config, num_instances: int) -> Method:
-    """The method of a resolved config with a freshly initialised backbone (seeded: the same config gives the same weights)."""
+def build_method(config: Config, num_instances: int, initial_weights: bool = True) -> Method:
+    """The method of a resolved config with a freshly initialised backbone (seeded: the same config gives
+    the same weights), or with the weights of ``model.init`` (before the method copies the backbone
+    into its teachers). ``initial_weights=False``: skip ``model.init`` (weights follow from a checkpoint)."""
     seed_everything(config.train.seed)
     method_cls = get_method(config.method)
     options = method_cls.make_options(config.method_options)
-    return method_cls(build_backbone(config.model), options, num_instances)
+    backbone = build_backbone(config.model)
+    if initial_weights and config.model.init:
+        load_initial_weights(backbone, config.model.init)
+    return method_cls(backbone, options, num_instances)
 
 
 def view_maker(config: Config, method: Method, epoch: int = 0) -> ViewMaker:

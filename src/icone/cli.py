@@ -98,41 +98,83 @@ def _print_eval(result: dict, title: str) -> None:
 def evaluate(
     run: Path = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT"),
     data: Optional[str] = typer.Option(None, "--data", help="Evaluate on another source of the same kind."),
+    label_fractions: Optional[str] = typer.Option(
+        None, "--label-fractions", help="Few-label probes on these shares of the labels, e.g. 0.01,0.1,1."
+    ),
+    shots: Optional[str] = typer.Option(
+        None, "--shots", help="Few-label probes with this many labels per class, e.g. 1,5,10."
+    ),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Stratified draws per few-label budget (default 5)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
 ) -> None:
-    """kNN, linear probe, RankMe and intrinsic dimension of a trained encoder (and of the untrained one)."""
+    """kNN, linear probe, RankMe and intrinsic dimension of a trained encoder and of its starting point; few-label probes."""
+    from icone.bench.grid import parse_list
     from icone.runs import evaluate_run
 
-    result = evaluate_run(run, data)
+    fractions = parse_list(label_fractions, float, "--label-fractions")
+    result = evaluate_run(run, data, fractions, parse_list(shots, int, "--shots"), repeats)
     if as_json:
         print(json.dumps(result))
-    else:
-        _print_eval(result, f"{result['method']} on {result['data']}")
+        return
+    _print_eval(result, f"{result['method']} on {result['data']}")
+    if "few_label" in result:
+        _print_few_label(result)
+
+
+def _print_few_label(result: dict) -> None:
+    table = Table(title="few labels: linear probe balanced accuracy / kNN accuracy (mean ± std over draws)")
+    for column in ("labels", "per draw", "untrained linear", "trained linear", "untrained kNN", "trained kNN"):
+        table.add_column(column, justify="right" if column != "labels" else "left")
+    baseline = result["baseline"].get("few_label", {})
+
+    def cell(entry: dict | None, key: str) -> str:
+        return "-" if entry is None else f"{entry[key]['mean']:.3f} ± {entry[key]['std']:.3f}"
+
+    for group, label in (("fractions", "{} of the labels"), ("shots", "{} per class")):
+        for budget, entry in result["few_label"][group].items():
+            before = baseline.get(group, {}).get(budget)
+            name = label.format(f"{float(budget):.0%}" if group == "fractions" else budget)
+            table.add_row(name, str(entry["labels_used"]), cell(before, "linear_balanced_accuracy"), cell(entry, "linear_balanced_accuracy"),
+                          cell(before, "knn_accuracy"), cell(entry, "knn_accuracy"))  # fmt: skip
+    console.print(table)
 
 
 @app.command()
 def embed(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT"),
-    data: str = typer.Option(..., "--data"),
-    out: Path = typer.Option(..., "--out", help="A .npz (features, indices, labels, splits) or .npy (records) file."),
+    data: str = typer.Option(..., "--data", help="The source to embed (any source the backbone fits)."),
+    out: Path = typer.Option(..., "--out", help="FILE.parquet (streamed), FILE.h5ad (AnnData), FILE.npz or FILE.npy."),
+    plot: bool = typer.Option(
+        False, "--plot", help="Also a 2D map of the embeddings (UMAP, or PCA without umap-learn): OUT.png."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
-    """Features of every sample of a source, with indices, labels and splits."""
+    """One row per sample: index, source file, patch position, split, label and embedding."""
     from icone.runs import embed_run
 
-    console.print(f"embeddings written to {embed_run(checkpoint, data, out, overwrite)}")
+    summary = embed_run(checkpoint, data, out, overwrite, plot)
+    console.print(
+        f"{summary['rows']} embeddings written to {summary['out']}"
+        + (f"; map: {summary['plot']}" if "plot" in summary else "")
+    )
 
 
 @app.command()
 def export(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT"),
     out: Path = typer.Option(..., "--out"),
+    format: str = typer.Option(
+        "icone",
+        "--format",
+        help="icone (backbone.pt), torchscript, onnx (checked with onnxruntime), safetensors, monai.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
-    """Backbone weights plus the config to rebuild them (load with icone.load_backbone)."""
+    """The evaluated backbone in a format: icone's, TorchScript, ONNX, safetensors + JSON, or a MONAI ResNet state dict + JSON."""
     from icone.runs import export_run
 
-    console.print(f"backbone written to {export_run(checkpoint, out, overwrite)}")
+    files = export_run(checkpoint, out, format, overwrite)
+    console.print(f"backbone written to {', '.join(str(f) for f in files)}")
 
 
 @app.command()

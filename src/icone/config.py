@@ -91,6 +91,9 @@ class ModelConfig:
     small_stem: bool = True  # 3x3 stride-1 stem without max-pool, for small images
     spatial_dims: int | None = option(None, choices=(2, 3))  # taken from the data when not set
     in_channels: int | None = option(None, low=1)  # taken from the data
+    init: str | None = (
+        None  # start from these weights: a run folder, backbone.pt, checkpoint, .safetensors or MONAI ResNet state dict
+    )
 
 
 @dataclass
@@ -129,6 +132,11 @@ class EvalConfig:
     knn_k: int = option(20, low=1)
     after_train: bool = True
     max_train_samples: int = option(50000, low=1)  # embeddings used as kNN memory / probe training set
+    label_fractions: list[float] = option(
+        factory=list, above=0, high=1
+    )  # few-label probes: shares of the training labels
+    shots: list[int] = option(factory=list, low=1)  # few-label probes: labelled samples per class
+    repeats: int = option(5, low=1)  # draws per few-label budget (mean and std over them)
 
 
 @dataclass

@@ -90,12 +90,21 @@ class ArraySamples(Samples):
 
     in_memory = True
 
-    def __init__(self, array: np.ndarray, sources: Sequence[str] | np.ndarray | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        array: np.ndarray,
+        sources: Sequence[str] | np.ndarray | None = None,
+        name: str = "",
+        positions: np.ndarray | None = None,
+    ) -> None:
         self.array = np.ascontiguousarray(array, dtype=np.float32)
         self.sources = None if sources is None else np.asarray(sources, dtype=str).reshape(-1)
         if self.sources is not None and len(self.sources) != len(self.array):
             raise ValueError(f"{len(self.array)} samples but {len(self.sources)} sources")
         self.name = name
+        self.positions = (
+            None if positions is None else np.asarray(positions, dtype=np.int64).reshape(len(self.array), -1)
+        )
 
     def __len__(self) -> int:
         return len(self.array)
@@ -116,6 +125,9 @@ class ArraySamples(Samples):
     def source(self, row: int) -> str:
         return str(self.sources[row]) if self.sources is not None else f"{self.name}[{row}]"
 
+    def position(self, row: int) -> tuple[int, ...]:
+        return () if self.positions is None else tuple(int(v) for v in self.positions[row])
+
     def normalize(self, offset: np.ndarray, scale: np.ndarray) -> None:
         shape = (1, -1) + (1,) * (self.array.ndim - 2)
         self.array -= np.asarray(offset, np.float32).reshape(shape)
@@ -124,7 +136,9 @@ class ArraySamples(Samples):
     def subset(self, rows: np.ndarray) -> ArraySamples:
         rows = np.asarray(rows, dtype=np.int64)
         sources = self.sources[rows] if self.sources is not None else np.asarray([self.source(r) for r in rows])
-        return ArraySamples(self.array[rows], sources, self.name)
+        return ArraySamples(
+            self.array[rows], sources, self.name, None if self.positions is None else self.positions[rows]
+        )
 
 
 class SubsetSamples(Samples):

@@ -129,13 +129,15 @@ def load_single_volume(path: Path, patch: int = 32) -> Dataset:
     d, h, w = volume.shape[1:]
     if min(d, h, w) < patch:
         return Dataset(name=path.name, train=Split(volume[None], np.full(1, -1)), test=None)
-    crops = [
-        volume[:, z : z + patch, y : y + patch, x : x + patch]
+    origins = [
+        (z, y, x)
         for z in range(0, d - patch + 1, patch)
         for y in range(0, h - patch + 1, patch)
         for x in range(0, w - patch + 1, patch)
     ]
-    return Dataset(name=path.name, train=Split(np.stack(crops), np.full(len(crops), -1)), test=None)
+    crops = np.stack([volume[:, z : z + patch, y : y + patch, x : x + patch] for z, y, x in origins])
+    samples = ArraySamples(crops, [str(path)] * len(crops), positions=np.asarray(origins))
+    return Dataset(name=path.name, train=Split(samples, np.full(len(crops), -1)), test=None)
 
 
 def _npz_images(images: np.ndarray) -> np.ndarray:

@@ -8,7 +8,16 @@ import torch.nn.functional as F
 
 from icone.stats import as_float_tensor, cluster_occupancy, embedding_std, rankme
 
-__all__ = ["cluster_occupancy", "embedding_std", "knn_predict", "linear_probe", "rankme", "twonn_dimension"]
+__all__ = [
+    "cluster_occupancy",
+    "embedding_std",
+    "knn_predict",
+    "linear_probe",
+    "linear_probe_predictions",
+    "probe_scores",
+    "rankme",
+    "twonn_dimension",
+]
 
 
 def twonn_dimension(embeddings: np.ndarray | torch.Tensor, max_points: int = 5000, seed: int = 0) -> float:
@@ -57,20 +66,32 @@ def knn_predict(
     return torch.cat(predictions).numpy()
 
 
+def linear_probe_predictions(
+    train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, seed: int = 0
+) -> np.ndarray:
+    """Predictions of a logistic regression fitted on standardised frozen features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    probe.fit(np.asarray(train, np.float64), train_labels)
+    return probe.predict(np.asarray(test, np.float64))
+
+
 def linear_probe(
     train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray, seed: int = 0
 ) -> dict[str, float]:
     """Logistic regression on standardised frozen features: accuracy, balanced accuracy, macro-F1."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     if len(np.unique(train_labels)) < 2:
         return {}
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    probe.fit(np.asarray(train, np.float64), train_labels)
-    predicted = probe.predict(np.asarray(test, np.float64))
+    return probe_scores(test_labels, linear_probe_predictions(train, train_labels, test, seed))
+
+
+def probe_scores(test_labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy and macro-F1 of a probe's predictions."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
     return {
         "linear_accuracy": float(accuracy_score(test_labels, predicted)),
         "linear_balanced_accuracy": float(balanced_accuracy_score(test_labels, predicted)),

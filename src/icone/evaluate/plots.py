@@ -74,18 +74,64 @@ def plot_training(run_dir: Path) -> list[Path]:
     return written
 
 
-def plot_embeddings(features: np.ndarray, labels: np.ndarray, path: Path, title: str = "") -> Path:
-    """First two principal components of the embeddings, coloured by label."""
+def map_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Two coordinates per sample: UMAP (McInnes et al. 2018; the ``umap`` extra) where installed, else PCA."""
+    features = np.asarray(features, np.float64)
+    if len(features) < 3:
+        return np.zeros((len(features), 2)), "PCA"
+    try:
+        import umap
+    except ImportError:
+        umap = None
+    if umap is not None and len(features) > 10:
+        reducer = umap.UMAP(n_neighbors=min(15, len(features) - 1), random_state=seed)
+        return np.asarray(reducer.fit_transform(features)), "UMAP"
     from sklearn.decomposition import PCA
 
+    return PCA(n_components=2).fit_transform(features), "PCA"
+
+
+def plot_map(features: np.ndarray, colours: np.ndarray, path: Path, title: str = "", legend: str = "label") -> Path:
+    """A 2D map of the embeddings (:func:`map_2d`), each point coloured by its label (or cluster)."""
     plt = _pyplot()
-    coords = (
-        PCA(n_components=2).fit_transform(np.asarray(features, np.float64))
-        if len(features) > 2
-        else np.zeros((len(features), 2))
+    coords, how = map_2d(features)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    points = ax.scatter(
+        coords[:, 0], coords[:, 1], c=colours, s=5, cmap="tab10" if len(np.unique(colours)) <= 10 else "tab20"
     )
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(coords[:, 0], coords[:, 1], c=labels if (labels >= 0).all() else "grey", s=4, cmap="tab10")
-    ax.set_title(title or "embeddings (PCA)")
+    if len(np.unique(colours)) <= 20:
+        ax.legend(*points.legend_elements(), title=legend, fontsize=7, loc="best", markerscale=0.8)
+    ax.set_title(f"{title} ({how})" if title else how)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, path: Path, class_names: list[str] | None = None, title: str = "") -> Path:
+    """The full-label probe's confusion matrix, rows normalised (recall on the diagonal)."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix, np.float64)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    names = class_names or [str(c) for c in range(len(matrix))]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(names), 1.0 + 0.45 * len(names)))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if matrix[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    f"{shares[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if shares[i, j] > 0.5 else "black",
+                )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "linear probe, test split")
     fig.tight_layout()
     return save_figure(fig, path)

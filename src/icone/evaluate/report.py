@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,16 @@ from torch import nn
 from icone.config import EvalConfig
 from icone.data import Dataset
 from icone.evaluate.embeddings import embed_samples
-from icone.evaluate.metrics import cluster_occupancy, embedding_std, knn_predict, linear_probe, rankme, twonn_dimension
+from icone.evaluate.few_label import few_label_metrics, per_class_recall
+from icone.evaluate.metrics import (
+    cluster_occupancy,
+    embedding_std,
+    knn_predict,
+    linear_probe_predictions,
+    probe_scores,
+    rankme,
+    twonn_dimension,
+)
 from icone.methods import Method
 
 KEYS = (
@@ -26,44 +36,63 @@ KEYS = (
 )
 
 
-def evaluate_features(
-    train: torch.Tensor,
-    train_labels: np.ndarray,
-    test: torch.Tensor | None,
-    test_labels: np.ndarray | None,
-    config: EvalConfig,
-) -> dict[str, Any]:
-    """All metrics of frozen features; classification metrics only where labels exist."""
-    result: dict[str, Any] = {k: None for k in KEYS}
-    result["rankme"] = rankme(train)
-    result["intrinsic_dimension"] = twonn_dimension(train)
-    result["embedding_std"] = embedding_std(train)
-    labelled = (
-        (train_labels >= 0).all()
-        and test is not None
-        and test_labels is not None
-        and len(test)
-        and (test_labels >= 0).all()
-    )
-    if labelled and len(np.unique(train_labels)) > 1:
-        predicted = knn_predict(train, train_labels, test, k=config.knn_k)
-        result["knn_accuracy"] = float(accuracy_score(test_labels, predicted))
-        result.update(linear_probe(train.numpy(), train_labels, test.numpy(), test_labels))
-    return result
+@dataclass
+class Features:
+    """Frozen features of a dataset's training split (up to ``eval.max_train_samples``) and test split."""
+
+    train: torch.Tensor
+    train_labels: np.ndarray
+    test: torch.Tensor | None
+    test_labels: np.ndarray | None
+
+    @property
+    def labelled(self) -> bool:
+        """Labels on both splits, and at least two classes to tell apart."""
+        test_ok = (
+            self.test is not None and self.test_labels is not None and len(self.test) and (self.test_labels >= 0).all()
+        )
+        return bool(test_ok and (self.train_labels >= 0).all() and len(np.unique(self.train_labels)) > 1)
 
 
-def evaluate_backbone(
-    backbone: nn.Module, dataset: Dataset, config: EvalConfig, device: torch.device
-) -> dict[str, Any]:
+def embed_dataset(backbone: nn.Module, dataset: Dataset, config: EvalConfig, device: torch.device) -> Features:
     train_split = dataset.train
     if len(train_split) > config.max_train_samples:
         rows = np.random.default_rng(0).choice(len(train_split), config.max_train_samples, replace=False)
         train_split = train_split.subset(np.sort(rows))
     train = embed_samples(backbone, train_split.samples, device)
     test = embed_samples(backbone, dataset.test.samples, device) if dataset.test is not None else None
-    return evaluate_features(
-        train, train_split.labels, test, dataset.test.labels if dataset.test is not None else None, config
-    )
+    return Features(train, train_split.labels, test, dataset.test.labels if dataset.test is not None else None)
+
+
+def evaluate_features(features: Features, config: EvalConfig) -> dict[str, Any]:
+    """All metrics of frozen features; classification metrics (and ``per_class_recall`` of the
+    full-label probe, few-label budgets when ``eval.label_fractions`` / ``eval.shots`` ask) only where labels exist."""
+    result: dict[str, Any] = {k: None for k in KEYS}
+    result["rankme"] = rankme(features.train)
+    result["intrinsic_dimension"] = twonn_dimension(features.train)
+    result["embedding_std"] = embedding_std(features.train)
+    if not features.labelled:
+        return result
+    train, test = features.train, features.test
+    predicted = knn_predict(train, features.train_labels, test, k=config.knn_k)
+    result["knn_accuracy"] = float(accuracy_score(features.test_labels, predicted))
+    probed = linear_probe_predictions(train.numpy(), features.train_labels, test.numpy())
+    result.update(probe_scores(features.test_labels, probed))
+    classes = int(max(features.train_labels.max(), features.test_labels.max())) + 1
+    result["per_class_recall"], result["confusion_matrix"] = per_class_recall(features.test_labels, probed, classes)
+    result["confusion_matrix"] = result["confusion_matrix"].tolist()
+    if config.label_fractions or config.shots:
+        result["few_label"] = few_label_metrics(
+            train, features.train_labels, test, features.test_labels, config.label_fractions, config.shots,
+            config.repeats, knn_k=config.knn_k,
+        )  # fmt: skip
+    return result
+
+
+def evaluate_backbone(
+    backbone: nn.Module, dataset: Dataset, config: EvalConfig, device: torch.device
+) -> dict[str, Any]:
+    return evaluate_features(embed_dataset(backbone, dataset, config, device), config)
 
 
 @torch.no_grad()

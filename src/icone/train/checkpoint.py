@@ -3,8 +3,6 @@ read with ``weights_only=True``, so opening a file someone sent can never run co
 
 from __future__ import annotations
 
-import pickle
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,31 +10,12 @@ import torch
 
 from icone.errors import UserError
 from icone.files import atomic_write
+from icone.weights import load_torch_file
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temp file beside ``path``, then rename over it."""
     atomic_write(path, lambda handle: torch.save(obj, handle))
-
-
-def load_file(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)``: tensors and plain containers only, with one-line errors."""
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a foreign file
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "global" not in str(err).lower():  # a byte stream that is no pickle at all
-            raise UserError(f"cannot read checkpoint '{path}' (not a PyTorch file, or a corrupt one)") from None
-        raise UserError(
-            f"'{path}' holds objects other than tensors and plain containers; icone does not open files that "
-            "can run code when loaded, and its own checkpoints and exports hold none"
-        ) from None
-    except Exception as err:
-        raise UserError(
-            f"cannot read checkpoint '{path}' ({type(err).__name__}); it is corrupt or not a PyTorch file"
-        ) from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -51,7 +30,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = candidate
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist; give a run folder or a .pt file")
-    checkpoint = load_file(path)
+    checkpoint = load_torch_file(path)
     if not isinstance(checkpoint, dict) or "config" not in checkpoint:
         raise UserError(f"'{path}' is not an icone checkpoint or export (no config inside)")
     checkpoint["path"] = str(path)

@@ -29,6 +29,7 @@ from icone.train.loader import train_loader
 from icone.train.optim import build_optimizer, row_sparse_parameter_names
 from icone.train.step import Schedule, TrainStep
 from icone.views import ViewMaker
+from icone.weights import EVALUATED
 
 
 class MetricsLog:
@@ -57,6 +58,11 @@ class MetricsLog:
                     kept.append(line)
         kept.append(json.dumps({"kind": "resume", "epoch": epoch, "step": step, "time": time.time()}))
         atomic_write_text(self.path, "\n".join(kept) + "\n")
+
+
+def module_path(root: torch.nn.Module, module: torch.nn.Module) -> str:
+    """The dotted name of ``module`` inside ``root`` (e.g. ``teacher.backbone``)."""
+    return next(name for name, m in root.named_modules() if m is module)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -152,6 +158,7 @@ class Trainer:
             "step": self.step,
             "num_instances": len(self.train_set),
             "world_size": distributed.world_size(),  # train.batch_size is per process: resume with as many
+            EVALUATED: module_path(self.method, self.method.evaluation_backbone()),
         }
 
     def save(self) -> None:

@@ -1,17 +1,12 @@
-"""Run folders: train into one, evaluate one, embed with one. What the CLI commands do."""
+"""``icone train``: check everything, open the run folder, train, export, evaluate."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from icone import distributed
 from icone.build import build_method, resolve_config, view_maker
@@ -19,12 +14,10 @@ from icone.config import Config, build_config, load_yaml, validate
 from icone.data import Dataset, load_dataset
 from icone.data.sources import resolve
 from icone.errors import Interrupted, UserError
-from icone.evaluate.embeddings import embed_samples
-from icone.evaluate.plots import plot_embeddings, plot_training
-from icone.evaluate.report import evaluate_backbone, occupancy_on_train
-from icone.export import export_backbone, load_backbone, method_from_checkpoint
-from icone.files import atomic_write, atomic_write_text
-from icone.run_folder import RunFolder, RunLock, check_replaceable, has_contents
+from icone.evaluate.plots import plot_training
+from icone.export import export_backbone
+from icone.run_folder import RunFolder, check_replaceable, has_contents
+from icone.runs.evaluate import evaluate_method
 from icone.runtime import pick_device
 from icone.train.checkpoint import load_checkpoint
 from icone.train.trainer import Trainer
@@ -204,7 +197,7 @@ def train_run(
     try:
         config, dataset, run_dir, checkpoint, folder = prepare_on_main(config, out, resume, overwrite, explicit)
         device = distributed.process_device(pick_device(config.train.device))  # a resumed run's own device
-        method = build_method(config, num_instances=len(dataset.train))
+        method = build_method(config, num_instances=len(dataset.train), initial_weights=checkpoint is None)
         trainer = Trainer(
             config,
             dataset,
@@ -246,111 +239,3 @@ def train_run(
             folder.close()
         if not was_joined:
             distributed.shutdown()
-
-
-def evaluate_method(
-    method: torch.nn.Module, config: Config, dataset: Dataset, run_dir: Path | None, device: torch.device
-) -> dict[str, Any]:
-    """Metrics of the trained backbone and (under ``baseline``) of the untrained one; writes eval.json."""
-    method = method.to(device)
-    result = evaluate_backbone(method.evaluation_backbone(), dataset, config.eval, device)
-    clusters = occupancy_on_train(method, dataset, device)
-    if clusters:
-        result["clusters"] = clusters
-    untrained = build_method(config, num_instances=len(dataset.train)).to(device)
-    result["baseline"] = evaluate_backbone(untrained.evaluation_backbone(), dataset, config.eval, device)
-    result["method"], result["data"] = config.method, config.data.source
-    if run_dir is not None:
-        atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2))
-        if dataset.test is not None:
-            features = embed_samples(method.evaluation_backbone(), dataset.test.samples, device).numpy()
-            plot_embeddings(
-                features,
-                dataset.test.labels,
-                run_dir / "plots" / "embeddings.png",
-                f"{config.method}: test embeddings (PCA)",
-            )
-    return result
-
-
-def evaluate_run(path: str | Path, data: str | None = None) -> dict[str, Any]:
-    """``icone evaluate``: a run folder or checkpoint, on its own data or on ``data``."""
-    checkpoint = load_checkpoint(path)
-    if checkpoint.get("format") == "icone-backbone-1":
-        raise UserError(f"'{path}' is a backbone export; evaluate its run folder or checkpoints/last.pt instead")
-    config = build_config(checkpoint["config"])
-    method = method_from_checkpoint(checkpoint)
-    if data is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=data, imbalance_ratio=1.0))
-    dataset = load_dataset(config.data, seed=config.train.seed)
-    _check_fit(config, dataset)
-    if data is None and len(dataset.train) != int(checkpoint["num_instances"]):
-        raise UserError(
-            f"the data of '{path}' now has {len(dataset.train)} training samples, the run had {checkpoint['num_instances']}; pass --data"
-        )
-    checkpoint_path = Path(checkpoint["path"])
-    run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" and data is None else None
-    if run_dir is None:
-        return evaluate_method(method, config, dataset, None, pick_device(config.train.device))
-    lock = RunLock(run_dir)
-    try:
-        lock.acquire()
-    except UserError:
-        log.warning("'%s' is in use (still training?): its eval.json and plots are left as they are", run_dir)
-        return evaluate_method(method, config, dataset, None, pick_device(config.train.device))
-    try:
-        return evaluate_method(method, config, dataset, run_dir, pick_device(config.train.device))
-    finally:
-        lock.release()
-
-
-def _check_fit(config: Config, dataset: Dataset) -> None:
-    if dataset.spatial_dims != config.model.spatial_dims or dataset.in_channels != config.model.in_channels:
-        raise UserError(
-            f"the backbone takes {config.model.spatial_dims}D samples with {config.model.in_channels} channel(s), but "
-            f"'{config.data.source}' has {dataset.spatial_dims}D samples with {dataset.in_channels}; use a matching source"
-        )
-
-
-def embed_run(path: str | Path, data: str, out: str | Path, overwrite: bool = False) -> Path:
-    """``icone embed``: features of every split of ``data`` to ``.npz`` (features, indices, labels, splits) or ``.npy``."""
-    out = Path(out)
-    if out.suffix not in (".npz", ".npy"):
-        raise UserError(f"--out '{out}' must end in .npz or .npy")
-    if out.exists() and not overwrite:
-        raise UserError(f"'{out}' already exists; choose another --out or pass --overwrite")
-    item = load_checkpoint(path)
-    config = build_config(item["config"])
-    resolve(data)
-    dataset = load_dataset(dataclasses.replace(config.data, source=data, imbalance_ratio=1.0))
-    _check_fit(config, dataset)
-    device = pick_device(config.train.device)
-    backbone = load_backbone(path, device)
-    parts = [("train", dataset.train)] + ([("test", dataset.test)] if dataset.test is not None else [])
-    features = torch.cat([embed_samples(backbone, split.samples, device) for _, split in parts]).numpy()
-    indices = np.concatenate([np.arange(len(split)) for _, split in parts])
-    labels = np.concatenate([split.labels for _, split in parts])
-    splits = np.concatenate([np.full(len(split), name) for name, split in parts])
-    if out.suffix == ".npz":
-        atomic_write(
-            out, lambda handle: np.savez(handle, features=features, indices=indices, labels=labels, splits=splits)
-        )
-    else:
-        record = np.zeros(
-            len(features),
-            dtype=[("index", "i8"), ("label", "i8"), ("split", "U5"), ("feature", "f4", (features.shape[1],))],
-        )
-        record["index"], record["label"], record["split"], record["feature"] = indices, labels, splits, features
-        atomic_write(out, lambda handle: np.save(handle, record))
-    return out
-
-
-def export_run(path: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """``icone export``: the backbone of a run or checkpoint, with the config to rebuild it."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"'{out}' already exists; choose another --out or pass --overwrite")
-    checkpoint = load_checkpoint(path)
-    config = build_config(checkpoint["config"])
-    backbone = load_backbone(path)
-    return export_backbone(backbone, config, out)

@@ -1,4 +1,5 @@
-"""Exported backbones: weights plus what is needed to rebuild them, and ``load_backbone``."""
+"""Exported backbones: ``backbone.pt`` (weights plus what is needed to rebuild them), ``load_backbone``,
+and ``export_run`` to other formats (:mod:`icone.export.formats`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from icone.errors import UserError
 from icone.methods import Method
 from icone.nets import build_backbone
 from icone.train.checkpoint import atomic_save, load_checkpoint
+from icone.weights import EXPORT_FORMAT
 
 
 def export_backbone(backbone: nn.Module, config: Config, path: str | Path) -> Path:
@@ -22,7 +24,7 @@ def export_backbone(backbone: nn.Module, config: Config, path: str | Path) -> Pa
     path = Path(path)
     atomic_save(
         {
-            "format": "icone-backbone-1",
+            "format": EXPORT_FORMAT,
             "backbone": dataclasses.asdict(config.model),
             "feature_dim": int(backbone.feature_dim),
             "state_dict": backbone.state_dict(),
@@ -36,7 +38,7 @@ def export_backbone(backbone: nn.Module, config: Config, path: str | Path) -> Pa
 def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """A ready backbone (eval mode) from an export, a checkpoint or a run folder."""
     item = load_checkpoint(path)
-    if item.get("format") == "icone-backbone-1":
+    if item.get("format") == EXPORT_FORMAT:
         backbone = build_backbone(ModelConfig(**item["backbone"]))
         backbone.load_state_dict(item["state_dict"])
     else:
@@ -51,7 +53,7 @@ def method_from_checkpoint(checkpoint: dict[str, Any]) -> Method:
             f"'{checkpoint['path']}' is a backbone export, not a training checkpoint; give checkpoints/last.pt or the run folder"
         )
     config = build_config(checkpoint["config"])
-    method = build_method(config, num_instances=int(checkpoint["num_instances"]))
+    method = build_method(config, num_instances=int(checkpoint["num_instances"]), initial_weights=False)
     try:
         method.load_state_dict(checkpoint["model"])
     except RuntimeError as err:
@@ -59,3 +61,23 @@ def method_from_checkpoint(checkpoint: dict[str, Any]) -> Method:
             f"checkpoint '{checkpoint['path']}' does not match its config ({str(err).splitlines()[0]}); it was written by another version"
         ) from None
     return method.eval()
+
+
+def export_run(path: str | Path, out: str | Path, format: str = "icone", overwrite: bool = False) -> list[Path]:
+    """``icone export``: the evaluated backbone of a run, checkpoint or export, in ``format``; returns the files written."""
+    from icone.export.formats import FORMATS, WRITERS
+
+    if format not in FORMATS:
+        raise UserError(f"--format {format!r} is not one of: {', '.join(FORMATS)}")
+    out = Path(out)
+    targets = [out] + ([out.with_suffix(".json")] if format in ("safetensors", "monai") else [])
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise UserError(f"'{existing[0]}' already exists; choose another --out or pass --overwrite")
+    checkpoint = load_checkpoint(path)
+    config = build_config(checkpoint["config"])
+    backbone = load_backbone(path)
+    if format == "icone":
+        return [export_backbone(backbone, config, out)]
+    WRITERS[format](backbone, config, out)
+    return targets

@@ -1,0 +1,148 @@
+"""``icone evaluate``: the metrics of a trained encoder beside those of its starting point, written to ``eval.json``.
+
+The trained encoder is the method's evaluated backbone; the ``baseline`` is the encoder it
+started from: a fresh initialisation of the same seed, or the weights of ``model.init``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from icone.build import build_method
+from icone.config import Config, build_config
+from icone.data import Dataset, load_dataset
+from icone.errors import UserError
+from icone.evaluate.few_label import check_budgets
+from icone.evaluate.plots import plot_confusion, plot_map
+from icone.evaluate.report import Features, embed_dataset, evaluate_features, occupancy_on_train
+from icone.export import method_from_checkpoint
+from icone.files import atomic_write_text
+from icone.methods import Method
+from icone.run_folder import RunLock
+from icone.runtime import pick_device
+from icone.train.checkpoint import load_checkpoint
+from icone.weights import EXPORT_FORMAT
+
+log = logging.getLogger("icone")
+
+
+def check_fit(config: Config, dataset: Dataset) -> None:
+    """The data has the spatial dimensions and channels the backbone takes."""
+    if dataset.spatial_dims != config.model.spatial_dims or dataset.in_channels != config.model.in_channels:
+        raise UserError(
+            f"the backbone takes {config.model.spatial_dims}D samples with {config.model.in_channels} channel(s), but "
+            f"'{config.data.source}' has {dataset.spatial_dims}D samples with {dataset.in_channels}; use a matching source"
+        )
+
+
+def starting_point(config: Config, num_instances: int) -> tuple[Method, str]:
+    """The encoder a run started from (for ``baseline``), and which it is."""
+    if not config.model.init:
+        return build_method(config, num_instances), "initialisation"
+    try:
+        return build_method(config, num_instances), f"model.init={config.model.init}"
+    except UserError as err:
+        log.warning("the baseline is a fresh initialisation, not the run's initial weights (%s)", err)
+        return build_method(config, num_instances, initial_weights=False), "initialisation (model.init not found)"
+
+
+def _map_colours(method: Method, dataset: Dataset, features: Features, device: torch.device) -> tuple[np.ndarray, str]:
+    """Labels where the test split has them, else the method's clusters, else k-means clusters."""
+    if features.test_labels is not None and (features.test_labels >= 0).all():
+        return features.test_labels, "label"
+    if method.num_clusters is not None:
+        chunks = dataset.test.samples.chunks(256)
+        return torch.cat(
+            [method.cluster_assignments(torch.from_numpy(c).to(device)).cpu() for c in chunks]
+        ).numpy(), "cluster"
+    from sklearn.cluster import KMeans
+
+    k = min(8, len(features.test))
+    return KMeans(n_clusters=k, n_init=3, random_state=0).fit_predict(features.test.numpy()), "k-means cluster"
+
+
+def evaluate_method(
+    method: Method, config: Config, dataset: Dataset, run_dir: Path | None, device: torch.device
+) -> dict[str, Any]:
+    """Metrics of the trained backbone and (under ``baseline``) of its starting point; with ``run_dir``,
+    ``eval.json`` and the plots (a map of the test embeddings, the probe's confusion matrix)."""
+    method = method.to(device)
+    features = embed_dataset(method.evaluation_backbone(), dataset, config.eval, device)
+    result = evaluate_features(features, config.eval)
+    clusters = occupancy_on_train(method, dataset, device)
+    if clusters:
+        result["clusters"] = clusters
+    start, what = starting_point(config, len(dataset.train))
+    result["baseline"] = evaluate_features(
+        embed_dataset(start.to(device).evaluation_backbone(), dataset, config.eval, device), config.eval
+    )
+    result["baseline_weights"] = what
+    result["method"], result["data"] = config.method, config.data.source
+    if run_dir is not None:
+        atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2))
+        if features.test is not None and len(features.test):
+            colours, legend = _map_colours(method, dataset, features, device)
+            plot_map(
+                features.test.numpy(),
+                colours,
+                run_dir / "plots" / "embeddings.png",
+                f"{config.method}: test embeddings",
+                legend,
+            )
+        if "confusion_matrix" in result:
+            plot_confusion(
+                np.asarray(result["confusion_matrix"]), run_dir / "plots" / "confusion.png", dataset.class_names
+            )
+    return result
+
+
+def evaluate_run(
+    path: str | Path, data: str | None = None, fractions: list[float] | None = None, shots: list[int] | None = None,
+    repeats: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``icone evaluate``: a run folder or checkpoint, on its own data or on ``data``; with few-label budgets if asked."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("format") == EXPORT_FORMAT:
+        raise UserError(f"'{path}' is a backbone export; evaluate its run folder or checkpoints/last.pt instead")
+    config = build_config(checkpoint["config"])
+    method = method_from_checkpoint(checkpoint)
+    if data is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=data, imbalance_ratio=1.0))
+    asked = {"label_fractions": fractions, "shots": shots, "repeats": repeats}
+    config = dataclasses.replace(
+        config, eval=dataclasses.replace(config.eval, **{k: v for k, v in asked.items() if v is not None})
+    )
+    dataset = load_dataset(config.data, seed=config.train.seed)
+    check_fit(config, dataset)
+    if config.eval.label_fractions or config.eval.shots:
+        if not dataset.train.labelled:
+            raise UserError(
+                f"few-label evaluation needs labels, and '{config.data.source}' has none; drop --label-fractions/--shots"
+            )
+        check_budgets(config.eval.label_fractions, config.eval.shots, dataset.train.labels)
+    if data is None and len(dataset.train) != int(checkpoint["num_instances"]):
+        raise UserError(
+            f"the data of '{path}' now has {len(dataset.train)} training samples, the run had {checkpoint['num_instances']}; pass --data"
+        )
+    checkpoint_path = Path(checkpoint["path"])
+    run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" and data is None else None
+    device = pick_device(config.train.device)
+    if run_dir is None:
+        return evaluate_method(method, config, dataset, None, device)
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except UserError:
+        log.warning("'%s' is in use (still training?): its eval.json and plots are left as they are", run_dir)
+        return evaluate_method(method, config, dataset, None, device)
+    try:
+        return evaluate_method(method, config, dataset, run_dir, device)
+    finally:
+        lock.release()
