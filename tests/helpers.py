@@ -18,7 +18,7 @@ from icone.config import Config, ModelConfig, build_config
 from icone.data.arrays import Dataset, Split
 from icone.nets import build_backbone
 from icone.runtime import pick_device
-from icone.train.trainer import Trainer
+from icone.training.trainer import Trainer
 
 
 def tiny_dataset(

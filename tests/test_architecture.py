@@ -20,7 +20,7 @@ LAYERS = {
     "icone.losses": 4,
     "icone.methods": 5,
     "icone.evaluate": 6,
-    "icone.train": 7,
+    "icone.training": 7,
     "icone.build": 8,
     "icone.export": 9,
     "icone.runs": 10,
@@ -107,8 +107,9 @@ def test_no_module_is_longer_than_450_lines():
 def test_the_checker_catches_an_upward_import(tmp_path):
     """The rule itself: a method importing the trainer would be reported."""
     fake = tmp_path / "fake.py"
-    fake.write_text("from icone.train.trainer import Trainer\nimport icone.losses.common\n")
+    fake.write_text("from icone.training.trainer import Trainer\nimport icone.losses.common\n")
     imported = icone_imports(fake, "icone.methods.fake")
     assert (
-        "icone.train.trainer" in imported and LAYERS[unit("icone.train.trainer")] > LAYERS[unit("icone.methods.fake")]
+        "icone.training.trainer" in imported
+        and LAYERS[unit("icone.training.trainer")] > LAYERS[unit("icone.methods.fake")]
     )

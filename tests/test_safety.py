@@ -91,7 +91,7 @@ def test_overwrite_replaces_a_run_folder(capsys, tmp_path, npz):
 
 
 def test_a_failed_overwrite_puts_the_old_run_back(capsys, tmp_path, npz, monkeypatch):
-    from icone.train.trainer import Trainer
+    from icone.training.trainer import Trainer
 
     run = tmp_path / "run"
     assert run_cli(["train", "--data", npz, "--out", run, *TRAIN], capsys)[0] == 0
@@ -113,7 +113,7 @@ def test_a_failed_overwrite_puts_the_old_run_back(capsys, tmp_path, npz, monkeyp
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(capsys, tmp_path, npz, monkeypatch):
-    from icone.train.trainer import Trainer
+    from icone.training.trainer import Trainer
 
     monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: (_ for _ in ()).throw(MemoryError()))
     run = tmp_path / "run"

@@ -196,7 +196,7 @@ def test_model_init_from_safetensors_and_a_plain_monai_state_dict(capsys, tmp_pa
     assert run_cli(["export", source, "--out", tmp_path / "monai.pt", "--format", "monai"], capsys)[0] == 0
     from icone.build import build_method
     from icone.config import build_config
-    from icone.train.checkpoint import load_checkpoint
+    from icone.training.checkpoint import load_checkpoint
 
     config = build_config(load_checkpoint(source)["config"])
     x = sample_input(2)

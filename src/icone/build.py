@@ -18,7 +18,7 @@ from icone.data.arrays import Dataset
 from icone.errors import UserError
 from icone.methods import Method, batch_free_methods, get_method
 from icone.nets import build_backbone, parse_backbone_name
-from icone.runtime import seed_everything
+from icone.runtime import pick_device, resolve_precision, seed_everything
 from icone.views import ViewMaker
 from icone.weights import load_initial_weights
 
@@ -50,22 +50,31 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
     Returns a copy; the copy is what ``config.yaml`` holds, so re-running it is exact. The learning
     rate is :func:`learning_rate`'s.
     """
+    shape = (dataset.in_channels, *dataset.spatial_shape)
+    return resolve_for_samples(config, shape, len(dataset.train), dataset.view_defaults)
+
+
+def resolve_for_samples(
+    config: Config, sample_shape: tuple[int, ...], num_samples: int, view_defaults: dict | None = None
+) -> Config:
+    """:func:`resolve_config` for ``num_samples`` training samples of ``sample_shape`` (``C x spatial``)."""
     config = copy.deepcopy(config)
     method_cls = get_method(config.method)
     base, backbone_dims = parse_backbone_name(config.model.backbone)
-    data_dims = dataset.spatial_dims
+    channels, spatial_shape = int(sample_shape[0]), tuple(int(s) for s in sample_shape[1:])
+    data_dims = len(spatial_shape)
     for asked in (backbone_dims, config.model.spatial_dims):
         if asked is not None and asked != data_dims:
             raise UserError(
-                f"the data source '{config.data.source}' is {data_dims}D (samples {dataset.spatial_shape}) but a {asked}D backbone "
+                f"the data source '{config.data.source}' is {data_dims}D (samples {spatial_shape}) but a {asked}D backbone "
                 f"was asked for; use model.backbone={base}-{data_dims}d or a {asked}D source"
             )
-    if config.model.in_channels not in (None, dataset.in_channels):
+    if config.model.in_channels not in (None, channels):
         raise UserError(
-            f"model.in_channels={config.model.in_channels} but the data has {dataset.in_channels} channel(s); remove the option"
+            f"model.in_channels={config.model.in_channels} but the data has {channels} channel(s); remove the option"
         )
     config.model.spatial_dims = data_dims
-    config.model.in_channels = dataset.in_channels
+    config.model.in_channels = channels
     config.model.norm = config.model.norm or method_cls.default_norm
     config.optim.lr, config.optim.base_lr = learning_rate(config)
     if config.optim.weight_decay is None:
@@ -73,17 +82,20 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
     views = config.views
     if views.local_crops is None:
         views.local_crops = method_cls.default_local_crops
-    for key, value in dataset.view_defaults.items():
+    for key, value in (view_defaults or {}).items():
         if getattr(views, key) is None:
             setattr(views, key, value)
     views.flip = True if views.flip is None else views.flip
     views.rotate90 = True if views.rotate90 is None else views.rotate90
     if views.global_size is None:
-        views.global_size = max(dataset.spatial_shape)
+        views.global_size = max(spatial_shape)
     if views.local_size is None:
         views.local_size = max(4, int(round(views.global_size * 3 / 7)))
+    config.train.precision = resolve_precision(
+        config.train.precision, pick_device(config.train.device)
+    )  # the choice, saved
     config.method_options = dataclasses.asdict(method_cls.make_options(config.method_options))
-    check_batch_size(config, method_cls, len(dataset.train))
+    check_batch_size(config, method_cls, num_samples)
     validate(config)
     return config
 

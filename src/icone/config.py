@@ -107,6 +107,7 @@ class OptimConfig:
     warmup_epochs: float = option(1.0, low=0)
     min_lr_ratio: float = option(0.01, low=0, high=1)  # cosine schedule ends at lr * min_lr_ratio
     grad_clip: float | None = option(3.0, low=0, hint="0 or null: no clipping")
+    fused: bool = True  # AdamW's fused kernel where torch has one for the device (false: the per-parameter loop)
 
 
 @dataclass
@@ -115,7 +116,19 @@ class TrainConfig:
     batch_size: int = option(16, low=1)
     seed: int = option(0, low=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = option("auto", choices=("auto", "fp32", "bf16"))  # auto: bf16 on CUDA
+    precision: str = option(
+        "auto", choices=("auto", "fp32", "bf16", "fp16")
+    )  # auto: bf16 on GPUs that have it, fp16 + loss scaling on older ones, fp32 on CPU
+    activation_checkpointing: bool = (
+        False  # recompute the backbone's activations in the backward pass: less memory, ~30% more time
+    )
+    checkpoint_every_steps: int = option(
+        0, low=0
+    )  # also checkpoint every N steps (0: per epoch only); --resume continues mid-epoch
+    checkpoint_every_minutes: float = option(0.0, low=0)  # also checkpoint every M minutes (0: off)
+    logger: str = option(
+        "none", choices=("none", "tensorboard", "mlflow")
+    )  # mirror metrics.jsonl there (the tensorboard / mlflow extra)
     channels_last: bool = (
         False  # channels-last memory format for backbone and views (for CUDA tensor cores; not yet measured, so off)
     )

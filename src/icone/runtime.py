@@ -28,9 +28,22 @@ def pick_device(name: str) -> torch.device:
         raise UserError(f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
-def uses_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast: ``train.precision=bf16``, or ``auto`` on a CUDA device."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes in bfloat16 natively (CUDA compute capability 8.0 and later: A100, H100, RTX 30xx...)."""
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the GPU has it natively, fp16 (with loss scaling) on older GPUs, fp32 on a CPU."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if native_bf16(device) else "fp16"
 
 
 def memory_format(channels_last: bool, spatial_dims: int) -> torch.memory_format:
@@ -38,3 +51,19 @@ def memory_format(channels_last: bool, spatial_dims: int) -> torch.memory_format
     if not channels_last:
         return torch.contiguous_format
     return torch.channels_last_3d if int(spatial_dims) == 3 else torch.channels_last
+
+
+def peak_memory(device: torch.device, reset: bool = True) -> dict[str, float]:
+    """Peak memory since the last call: ``peak_memory_mib`` allocated on a CUDA device (then reset),
+    and ``peak_rss_mib``, the process's largest resident set so far (CPU memory)."""
+    import resource
+    import sys
+
+    out: dict[str, float] = {}
+    if device.type == "cuda":
+        out["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out["peak_rss_mib"] = rss / (2**20 if sys.platform == "darwin" else 2**10)
+    return out

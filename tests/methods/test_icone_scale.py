@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from helpers import make_trainer, run_on_processes, small_backbone, tiny_dataset, train_steps
 from icone import distributed, losses
 from icone.methods.icone import IConE, IConEOptions
-from icone.train.checkpoint import load_checkpoint
-from icone.train.optim import OptimizerSet, all_reduce_row_gradients, build_optimizer, clip_grad_norm
+from icone.training.checkpoint import load_checkpoint
+from icone.training.optim import OptimizerSet, all_reduce_row_gradients, build_optimizer, clip_grad_norm
 
 N, D = 12, 5
 
@@ -77,7 +77,8 @@ def _views(batch: int, seed: int = 0) -> list[torch.Tensor]:
 
 def _optimizer(method: IConE):
     return build_optimizer(
-        method, SimpleNamespace(optim=SimpleNamespace(lr=1e-2, weight_decay=0.05, name="adamw", momentum=0.9))
+        method,
+        SimpleNamespace(optim=SimpleNamespace(lr=1e-2, weight_decay=0.05, name="adamw", momentum=0.9, fused=True)),
     )
 
 

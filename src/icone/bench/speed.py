@@ -1,7 +1,7 @@
 """``icone speed`` (also ``icone bench --speed``): a training step of each method against the backbone alone.
 
 For one backbone and input shape, at every batch size of a list, each method's real training step
-is timed (:class:`icone.train.step.TrainStep`: views made on the device, autocast bf16 on CUDA,
+is timed (:class:`icone.training.step.TrainStep`: views made on the device, autocast bf16 on CUDA,
 backward, gradient clipping, optimizer step, ``after_optimizer_step``), and so is the floor no
 method can beat: the backbone alone, forward + backward of the same views (same number and size,
 view making included) plus its optimizer step. ``overhead_ratio = step_seconds /
@@ -34,9 +34,9 @@ from icone.methods.base import NoOptions
 from icone.methods.parts import forward_by_shape
 from icone.nets import build_backbone
 from icone.runtime import memory_format, pick_device, seed_everything
-from icone.train.loader import train_loader
-from icone.train.optim import build_optimizer
-from icone.train.step import Schedule, TrainStep
+from icone.training.loader import train_loader
+from icone.training.optim import build_optimizer
+from icone.training.step import Schedule, TrainStep
 from icone.views import ViewMaker
 
 # ---- timing -----------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def time_training(
         )
         seconds = time_calls(device, lambda: step(*next(batches), maker), spec.warmup, spec.repeats)
     result: dict[str, Any] = {"seconds": seconds, "peak_memory_bytes": meter.peak_bytes, "memory_kind": meter.kind,
-                              "precision": "bf16" if step.use_bf16 else "fp32",
+                              "precision": step.precision,
                               "parameters": sum(p.numel() for p in method.parameters() if p.requires_grad),
                               "chose": method.describe()}  # fmt: skip
     if pipeline:

@@ -30,7 +30,7 @@ def _rate(value: float | None) -> str:
 def speed_markdown(spec: SpeedSpec, records: list[dict[str, Any]], info: dict[str, Any]) -> str:
     """The table, with the command, machine, date and torch version at the top."""
     shape = next((r["input_shape"] for r in records), None)
-    precision = next((r["precision"] for r in records if r.get("precision")), "fp32 on CPU, bf16 on CUDA")
+    precision = next((r["precision"] for r in records if r.get("precision")), "fp32 on CPU; bf16 or fp16 on CUDA")
     memory = next((r["memory_kind"] for r in records if r.get("memory_kind")), "cuda_max_allocated or cpu_rss_growth")
     paths = any(r.get("chose") for r in records)
     lines = [

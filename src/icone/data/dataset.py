@@ -28,6 +28,9 @@ class IndexedDataset(TorchDataset):
         sample = self.tensor[index] if self.tensor is not None else torch.from_numpy(self.samples[index])
         return sample, index, int(self.labels[index])
 
+    def set_epoch(self, epoch: int) -> None:
+        self.samples.set_epoch(epoch)
+
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """The samples of ``index`` as one tensor ``len(index) x C x spatial``."""
         if self.tensor is not None:

@@ -40,6 +40,9 @@ class Samples:
         """The origin of the sample's patch in its source (empty for a whole image)."""
         return ()
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each training epoch (samples whose augmentation depends on the epoch use it)."""
+
     @property
     def shape(self) -> tuple[int, ...]:
         return (len(self), *self.sample_shape)

@@ -15,7 +15,7 @@ from icone.config import Config, ModelConfig, build_config
 from icone.errors import UserError
 from icone.methods import Method
 from icone.nets import build_backbone
-from icone.train.checkpoint import atomic_save, load_checkpoint
+from icone.training.checkpoint import atomic_save, load_checkpoint
 from icone.weights import EXPORT_FORMAT
 
 

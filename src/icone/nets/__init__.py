@@ -1,6 +1,6 @@
 """Backbones (2D/3D ResNets from MONAI, a small CNN), heads (MLPs, centroid layer) and their norms."""
 
-from icone.nets.backbones import BACKBONES, build_backbone, parse_backbone_name
+from icone.nets.backbones import BACKBONES, build_backbone, parse_backbone_name, set_activation_checkpointing
 from icone.nets.heads import MLP, CentroidLayer
 from icone.nets.norms import HEAD_NORMS, NORMS, group_count, norm_layer
 
@@ -14,4 +14,5 @@ __all__ = [
     "group_count",
     "norm_layer",
     "parse_backbone_name",
+    "set_activation_checkpointing",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from icone.config import ModelConfig
 from icone.errors import UserError
@@ -56,8 +57,14 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.feature_dim = channels
 
+    checkpointing = False  # recompute each stage's activations in the backward pass (set_activation_checkpointing)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(2).mean(2)
+        if not recomputes(self):
+            return self.features(x).flatten(2).mean(2)
+        for stage in range(0, len(self.features), 3):  # conv, norm, ReLU
+            x = checkpoint(self.features[stage : stage + 3], x, use_reentrant=False)
+        return x.flatten(2).mean(2)
 
 
 class MonaiResNet(nn.Module):
@@ -85,8 +92,32 @@ class MonaiResNet(nn.Module):
             replace_batch_norm(self.net, norm, spatial_dims)
         self.feature_dim = 8 * width * block.expansion
 
+    checkpointing = False  # recompute each residual stage's activations in the backward pass
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if not recomputes(self):
+            return self.net(x)
+        net = self.net  # MONAI's ResNet.forward, its four residual stages checkpointed
+        x = net.act(net.bn1(net.conv1(x)))
+        if not net.no_max_pool:
+            x = net.maxpool(x)
+        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+            x = checkpoint(layer, x, use_reentrant=False)
+        return net.avgpool(x).view(x.size(0), -1)
+
+
+def recomputes(backbone: nn.Module) -> bool:
+    """Activation checkpointing applies: switched on, training, and a gradient to compute."""
+    return backbone.checkpointing and backbone.training and torch.is_grad_enabled()
+
+
+def set_activation_checkpointing(module: nn.Module, on: bool = True) -> None:
+    """Switch activation checkpointing on (or off) for every backbone inside ``module`` (teachers too:
+    they run without gradients, where it does nothing). Memory falls to about one stage's activations
+    per backbone; each step recomputes the forward pass once more."""
+    for child in module.modules():
+        if isinstance(child, (SmallCNN, MonaiResNet)):
+            child.checkpointing = on
 
 
 def build_backbone(model: ModelConfig) -> nn.Module:

@@ -30,7 +30,7 @@ from icone.export import load_backbone
 from icone.files import atomic_path, atomic_write
 from icone.runs.evaluate import check_fit
 from icone.runtime import pick_device
-from icone.train.checkpoint import load_checkpoint
+from icone.training.checkpoint import load_checkpoint
 from icone.weights import require
 
 FORMATS = (".parquet", ".h5ad", ".npz", ".npy")

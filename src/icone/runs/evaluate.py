@@ -27,7 +27,7 @@ from icone.files import atomic_write_text
 from icone.methods import Method
 from icone.run_folder import RunLock
 from icone.runtime import pick_device
-from icone.train.checkpoint import load_checkpoint
+from icone.training.checkpoint import load_checkpoint
 from icone.weights import EXPORT_FORMAT
 
 log = logging.getLogger("icone")

@@ -19,8 +19,8 @@ from icone.export import export_backbone
 from icone.run_folder import RunFolder, check_replaceable, has_contents
 from icone.runs.evaluate import evaluate_method
 from icone.runtime import pick_device
-from icone.train.checkpoint import load_checkpoint
-from icone.train.trainer import Trainer
+from icone.training.checkpoint import load_checkpoint
+from icone.training.trainer import Trainer
 
 log = logging.getLogger("icone")
 
@@ -33,6 +33,10 @@ RESUMABLE = {
     "data.num_workers",
     "eval.after_train",
     "optim.lr",
+    "train.checkpoint_every_steps",
+    "train.checkpoint_every_minutes",
+    "train.logger",
+    "train.activation_checkpointing",
 }
 
 
@@ -164,6 +168,18 @@ def prepare_on_main(
     return config, dataset, run_dir, checkpoint, folder
 
 
+def eval_record(result: dict[str, Any], epoch: int, step: int) -> dict[str, Any]:
+    """The evaluation's numbers as one ``metrics.jsonl`` record (``baseline_*`` for the starting point)."""
+    record: dict[str, Any] = {"kind": "eval", "epoch": epoch, "step": step}
+    for key, value in result.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            record[key] = value
+    for key, value in result.get("baseline", {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            record[f"baseline_{key}"] = value
+    return record
+
+
 def _interrupted(run_dir: Path, trainer: Trainer | None) -> Interrupted:
     where = f" at epoch {trainer.epoch + 1}, step {trainer.step}" if trainer is not None else ""
     if trainer is not None and trainer.saved_epoch:
@@ -229,12 +245,15 @@ def train_run(
         plot_training(run_dir)
         if config.eval.after_train:
             summary["eval"] = evaluate_method(result.method, config, dataset, run_dir, trainer.device)
+            trainer.log.write(eval_record(summary["eval"], trainer.epoch, trainer.step))
         return summary
     except BaseException:
         if folder is not None:
             folder.failed()
         raise
     finally:
+        if trainer is not None:
+            trainer.log.close()
         if folder is not None:
             folder.close()
         if not was_joined:

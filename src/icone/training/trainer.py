@@ -6,7 +6,6 @@ meets methods only through the contract in :mod:`icone.methods.base`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,44 +19,19 @@ from icone.config import Config, save_config
 from icone.data import Dataset, IndexedDataset
 from icone.errors import TrainingDiverged
 from icone.evaluate.embeddings import embed_samples
-from icone.files import atomic_write_text
 from icone.methods import HEALTH_PREFIX, Method
-from icone.runtime import memory_format, seed_everything
+from icone.nets import set_activation_checkpointing
+from icone.runtime import memory_format, peak_memory, seed_everything
 from icone.stats import embedding_std, rankme
-from icone.train.checkpoint import atomic_save
-from icone.train.loader import train_loader
-from icone.train.optim import build_optimizer, row_sparse_parameter_names
-from icone.train.step import Schedule, TrainStep
+from icone.training.checkpoint import atomic_save, restore_rng_state, rng_state
+from icone.training.loader import train_loader
+from icone.training.logs import MetricsLog
+from icone.training.optim import build_optimizer, row_sparse_parameter_names
+from icone.training.step import Schedule, TrainStep
 from icone.views import ViewMaker
 from icone.weights import EVALUATED
 
-
-class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (main process only)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, record: dict[str, Any]) -> None:
-        if distributed.is_main_process():
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    def resume_at(self, epoch: int, step: int) -> None:
-        """Drop the records a resumed run will write again (after its checkpoint), then mark the resume."""
-        if not distributed.is_main_process():
-            return
-        kept = []
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                if int(record.get("step", 0)) <= step:
-                    kept.append(line)
-        kept.append(json.dumps({"kind": "resume", "epoch": epoch, "step": step, "time": time.time()}))
-        atomic_write_text(self.path, "\n".join(kept) + "\n")
+MAX_SKIPPED = 100  # fp16: more overflowing steps in a row than this is a divergence, not a loss scale to find
 
 
 def module_path(root: torch.nn.Module, module: torch.nn.Module) -> str:
@@ -103,6 +77,7 @@ class Trainer:
             device, memory_format=memory_format(config.train.channels_last, int(config.model.spatial_dims))
         )
         self.method = distributed.sync_batch_norm(method, device)  # before the optimizer and DDP see it
+        set_activation_checkpointing(self.method, config.train.activation_checkpointing)
         self.optimizer = build_optimizer(self.method, config)
         self.train_set = IndexedDataset(dataset.train)
         self.steps_per_epoch = len(self.train_set) // (config.train.batch_size * distributed.world_size())
@@ -133,7 +108,9 @@ class Trainer:
         )
         self.epoch = 0
         self.saved_epoch: int | None = None  # the epoch of the last checkpoint written or restored
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.saved_at = time.monotonic()
+        self.resume_batch, self.resume_rng = 0, None  # where a mid-epoch checkpoint stopped
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", train.logger)
         self.monitor_rows = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(0))[
             : train.monitor_samples
         ]
@@ -148,38 +125,57 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        return {
+    def state(self, batch: int = 0) -> dict[str, Any]:
+        """A checkpoint: after ``epoch`` whole epochs and ``batch`` batches of the next one (with the RNG state there)."""
+        state = {
             "config": self.config.to_dict(),
             "method": self.config.method,
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
+            "batch": batch,
+            "train_step": self.train_step.state_dict(),
             "num_instances": len(self.train_set),
             "world_size": distributed.world_size(),  # train.batch_size is per process: resume with as many
             EVALUATED: module_path(self.method, self.method.evaluation_backbone()),
         }
+        if batch:
+            state["rng"] = rng_state()
+        return state
 
-    def save(self) -> None:
+    def save(self, batch: int = 0) -> None:
+        """``checkpoints/last.pt`` (and ``epoch_K.pt`` every ``train.save_every`` epochs); ``batch``: mid-epoch."""
         self.saved_epoch = self.epoch
+        self.saved_at = time.monotonic()
         if not distributed.is_main_process():
             return
-        state = self.state()
+        state = self.state(batch)
         atomic_save(state, self.run_dir / "checkpoints" / "last.pt")
         every = self.config.train.save_every
-        if every and self.epoch % every == 0:
+        if every and not batch and self.epoch % every == 0:
             atomic_save(state, self.run_dir / "checkpoints" / f"epoch_{self.epoch}.pt")
         if self.on_checkpoint is not None:
             self.on_checkpoint()
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by :meth:`save` (compatibility checked by the caller)."""
+        """Continue from a checkpoint written by :meth:`save` (compatibility checked by the caller), mid-epoch included."""
         self.method.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.epoch, self.train_step.step = int(checkpoint["epoch"]), int(checkpoint["step"])
+        self.train_step.load_state_dict(checkpoint.get("train_step", {"step": checkpoint["step"]}))
+        self.epoch = int(checkpoint["epoch"])
+        self.resume_batch, self.resume_rng = int(checkpoint.get("batch", 0)), checkpoint.get("rng")
         self.saved_epoch = self.epoch
         self.log.resume_at(self.epoch, self.step)
+
+    def _step_checkpoint_due(self) -> bool:
+        train = self.config.train
+        if train.checkpoint_every_steps and self.step % train.checkpoint_every_steps == 0:
+            return True
+        return (
+            bool(train.checkpoint_every_minutes)
+            and time.monotonic() - self.saved_at >= 60 * train.checkpoint_every_minutes
+        )
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -190,6 +186,9 @@ class Trainer:
     def _check_finite(self, loss: torch.Tensor) -> None:
         if bool(torch.isfinite(loss)):
             return
+        step = self.train_step
+        if step.scaler is not None and step.last_skipped and step.consecutive_skipped < MAX_SKIPPED:
+            return  # fp16: an overflowing step is skipped by the loss scaler, not a divergence
         lower = f"optim.lr={self.config.optim.lr / 3:.3g}"
         if self.saved_epoch is None:
             advice = f"no checkpoint had been written, so nothing is kept; run again with a lower rate ({lower}) or a larger batch"
@@ -212,6 +211,27 @@ class Trainer:
         features = embed_samples(self.method.evaluation_backbone(), self.train_set.rows(self.monitor_rows), self.device)
         return {"monitor_rankme": rankme(features), "monitor_std": embedding_std(features), **health}
 
+    def _epoch_loader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """This epoch's batches, from where a mid-epoch checkpoint stopped; its RNG state put back after
+        the loader has drawn its worker seed, so the steps see exactly what they would have seen."""
+        config, start = self.config, self.resume_batch
+        self.train_set.set_epoch(self.epoch)
+        loader = iter(
+            train_loader(
+                self.train_set,
+                config.train.batch_size,
+                config.train.seed,
+                self.epoch,
+                config.data.num_workers,
+                self.device,
+                start_batch=start,
+            )
+        )
+        if self.resume_rng is not None:
+            restore_rng_state(self.resume_rng)
+        self.resume_batch, self.resume_rng = 0, None
+        return loader
+
     def fit(self, until_epoch: int | None = None) -> TrainResult:
         """Train to ``train.epochs`` (or stop after ``until_epoch``, as an interruption would)."""
         config = self.config
@@ -233,18 +253,12 @@ class Trainer:
                 seed_everything(config.train.seed * 1_000_003 + self.epoch + 7_919 * distributed.rank())
                 views = self.views(self.epoch)
                 self.model.train()
-                started = time.perf_counter()
+                started, skipped = time.perf_counter(), self.train_step.skipped_steps
                 last_loss = torch.zeros(())
-                loader = train_loader(
-                    self.train_set,
-                    config.train.batch_size,
-                    config.train.seed,
-                    self.epoch,
-                    config.data.num_workers,
-                    self.device,
-                )
-                for x, index, _ in loader:
+                batch = self.resume_batch
+                for x, index, _ in self._epoch_loader():
                     last_loss, metrics = self.train_step(x, index, views)
+                    batch += 1
                     if self.step % config.train.log_every == 0:
                         last_loss = distributed.all_reduce_mean(last_loss)  # every process stops together on NaN
                         self._check_finite(last_loss)
@@ -261,6 +275,8 @@ class Trainer:
                             description=f"{config.method} epoch {self.epoch + 1}/{config.train.epochs} loss {float(last_loss):.4f}",
                         )
                     progress.advance(task)
+                    if batch < self.steps_per_epoch and self._step_checkpoint_due():
+                        self.save(batch)
                 last_loss = distributed.all_reduce_mean(last_loss)
                 self._check_finite(last_loss)
                 self.epoch += 1
@@ -271,7 +287,9 @@ class Trainer:
                     "loss": float(last_loss),
                     "epoch_seconds": time.perf_counter() - started,
                 }
-                self.log.write({**record, **self.monitor()})
+                if self.train_step.scaler is not None:
+                    record["skipped_steps"] = self.train_step.skipped_steps - skipped
+                self.log.write({**record, **peak_memory(self.device), **self.monitor()})
                 self.save()
         return TrainResult(self.run_dir, self.method, self.epoch, self.step)
 

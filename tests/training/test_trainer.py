@@ -7,8 +7,8 @@ import torch
 
 from helpers import make_trainer, tiny_dataset, train_steps
 from icone.errors import TrainingDiverged
-from icone.train.checkpoint import load_checkpoint
-from icone.train.step import Schedule
+from icone.training.checkpoint import load_checkpoint
+from icone.training.step import Schedule
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icone.train.optim import OptimizerSet, RowSparseAdamW, clip_grad_norm
+from icone.training.optim import OptimizerSet, RowSparseAdamW, clip_grad_norm
 
 LRS = [1e-2, 5e-3, 2e-2, 1e-2]
 

@@ -26,7 +26,7 @@ from icone.build import build_method, resolve_config
 from icone.config import Config, build_config
 from icone.errors import UserError
 from icone.methods import get_method, registry
-from icone.train.checkpoint import load_checkpoint
+from icone.training.checkpoint import load_checkpoint
 
 WORLD = 2  # processes
 B = 2  # batch per process; the single process takes WORLD * B

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from icone.methods import Method
-from icone.runtime import memory_format, uses_bf16
-from icone.train.optim import OptimizerSet, all_reduce_row_gradients, clip_grad_norm
+from icone.runtime import AUTOCAST, memory_format, resolve_precision
+from icone.training.optim import OptimizerSet, all_reduce_row_gradients, clip_grad_norm
 from icone.views import ViewMaker
 
 
@@ -37,11 +37,13 @@ class TrainStep:
 
     Per step: each optimizer group's lr is ``base_lr x group["lr_scale"] x schedule``; a group with
     ``weight_decay_start_scale`` gets a weight decay falling from that multiple of its own to 1x by
-    a cosine; views are made on the device; the forward runs under bf16 autocast where
-    ``precision`` asks for it; then backward, the exchange of row-sparse gradients across
-    processes, gradient clipping (``grad_clip``; 0 or ``None``: off), the optimizer step and the
-    method's ``after_optimizer_step``. ``model`` is what the forward calls (a DDP wrapper of the
-    method under ``torchrun``; the method itself by default).
+    a cosine; views are made on the device; the forward runs under autocast for ``precision``
+    ``bf16`` or ``fp16`` (``fp32``: none; ``auto`` as :func:`icone.runtime.resolve_precision`);
+    then backward (``fp16``: of the loss scaled by a ``GradScaler``), the exchange of row-sparse
+    gradients across processes, gradient clipping (``grad_clip``; 0 or ``None``: off; on the
+    unscaled gradients), the optimizer step (``fp16``: skipped when a gradient overflowed, and
+    counted in ``skipped_steps``) and the method's ``after_optimizer_step``. ``model`` is what the
+    forward calls (a DDP wrapper of the method under ``torchrun``; the method itself by default).
     """
 
     def __init__(
@@ -60,9 +62,26 @@ class TrainStep:
         self.method, self.optimizer, self.schedule = method, optimizer, schedule
         self.base_lr, self.device, self.grad_clip = base_lr, device, grad_clip
         self.model = model if model is not None else method
-        self.use_bf16 = uses_bf16(precision, device)
+        self.precision = resolve_precision(precision, device)
+        self.autocast = AUTOCAST.get(self.precision)
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
         self.memory_format = memory_format(channels_last, spatial_dims)
         self.step = 0  # steps done
+        self.skipped_steps = 0  # fp16: steps whose gradients overflowed (the optimizer did not step)
+        self.consecutive_skipped = 0
+        self.last_skipped = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the step: the count, the skipped steps, the loss scale."""
+        state: dict[str, Any] = {"step": self.step, "skipped_steps": self.skipped_steps}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     @property
     def lr(self) -> float:
@@ -83,14 +102,24 @@ class TrainStep:
         self.set_schedules()
         x, index = x.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)
         made = [v.contiguous(memory_format=self.memory_format) for v in views(x)]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             loss, metrics = self.model(made, index)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         all_reduce_row_gradients(self.optimizer)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.grad_clip:
             clip_grad_norm(self.method.parameters(), self.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()  # a host sync, fp16 only: did this step overflow?
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.last_skipped = self.scaler.get_scale() < scale
+            self.skipped_steps += int(self.last_skipped)
+            self.consecutive_skipped = self.consecutive_skipped + 1 if self.last_skipped else 0
+        else:
+            self.optimizer.step()
         self.step += 1
         self.method.after_optimizer_step(self.step, self.schedule.total_steps)
         return loss.detach(), metrics

@@ -1,0 +1,199 @@
+"""``icone train``, ``evaluate``, ``embed``, ``export``, ``methods``, ``data``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from icone.cli.app import app, console
+from icone.errors import UserError
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    overrides: Optional[list[str]] = typer.Argument(
+        None, metavar="[KEY=VALUE]...", help="Config overrides, e.g. train.lr=1e-4 icone.diversity=frame"
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (e.g. runs/X/config.yaml)."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="digits, synthetic3d, a .npz, a folder, a volume; or npz:/folder:/volumes:PATH."
+    ),
+    method: Optional[str] = typer.Option(None, "--method", help="Method name (see 'icone methods')."),
+    backbone: Optional[str] = typer.Option(
+        None, "--backbone", help="resnet18, resnet50 or smallcnn (optionally -2d/-3d)."
+    ),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step (1 to 64 is the point)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<method>-<data>-<time>)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train an encoder; ends with kNN and RankMe of the untrained vs the trained encoder."""
+    from icone.config import build_config, load_yaml, merge, nest, parse_overrides
+
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one")
+    flags = {
+        "data.source": data,
+        "method": method,
+        "model.backbone": backbone,
+        "train.batch_size": batch_size,
+        "train.epochs": epochs,
+        "train.seed": seed,
+    }
+    items = list(overrides or [])
+    values = load_yaml(config) if config is not None else None
+    cfg = build_config(values, items, flags)  # a bad option fails here, before torch is imported
+    explicit = merge(merge(values or {}, nest(flags)), parse_overrides(items, cfg.method))  # what the user gave
+    from icone.runs import train_run
+
+    summary = train_run(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress, explicit=explicit)
+    if "eval" in summary:
+        _print_eval(summary["eval"], f"{summary['eval']['method']} on {summary['eval']['data']}")
+    if "run_dir" in summary:
+        console.print(f"run folder: [bold]{summary['run_dir']}[/bold] (backbone.pt, eval.json, metrics.jsonl, plots/)")
+
+
+def _print_eval(result: dict, title: str) -> None:
+    from icone.evaluate.report import format_table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("untrained", justify="right")
+    table.add_column("trained", justify="right")
+    for row in format_table(result):
+        table.add_row(*row)
+    console.print(table)
+    if result.get("clusters"):
+        console.print(
+            "cluster occupancy (training set): " + ", ".join(f"{k} {v:.3f}" for k, v in result["clusters"].items())
+        )
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT"),
+    data: Optional[str] = typer.Option(None, "--data", help="Evaluate on another source of the same kind."),
+    label_fractions: Optional[str] = typer.Option(
+        None, "--label-fractions", help="Few-label probes on these shares of the labels, e.g. 0.01,0.1,1."
+    ),
+    shots: Optional[str] = typer.Option(
+        None, "--shots", help="Few-label probes with this many labels per class, e.g. 1,5,10."
+    ),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Stratified draws per few-label budget (default 5)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
+) -> None:
+    """kNN, linear probe, RankMe and intrinsic dimension of a trained encoder and of its starting point; few-label probes."""
+    from icone.bench.grid import parse_list
+    from icone.runs import evaluate_run
+
+    fractions = parse_list(label_fractions, float, "--label-fractions")
+    result = evaluate_run(run, data, fractions, parse_list(shots, int, "--shots"), repeats)
+    if as_json:
+        print(json.dumps(result))
+        return
+    _print_eval(result, f"{result['method']} on {result['data']}")
+    if "few_label" in result:
+        _print_few_label(result)
+
+
+def few_label_lines(result: dict) -> list[str]:
+    """The few-label table as plain lines: balanced accuracy of the linear probe and kNN accuracy, mean ± std over draws."""
+    baseline = result["baseline"].get("few_label", {})
+    head = ("labels", "per draw", "untrained linear", "trained linear", "untrained kNN", "trained kNN")
+    widths = (15, 8, 16, 16, 14, 14)
+
+    def cell(entry: dict | None, key: str) -> str:
+        return "-" if entry is None else f"{entry[key]['mean']:.3f} ± {entry[key]['std']:.3f}"
+
+    rows = [head]
+    for group, label in (("fractions", "{} of labels"), ("shots", "{} per class")):
+        for budget, entry in result["few_label"][group].items():
+            before = baseline.get(group, {}).get(budget)
+            name = label.format(f"{float(budget):.0%}" if group == "fractions" else budget)
+            rows.append((name, str(entry["labels_used"]), cell(before, "linear_balanced_accuracy"), cell(entry, "linear_balanced_accuracy"),
+                         cell(before, "knn_accuracy"), cell(entry, "knn_accuracy")))  # fmt: skip
+    return [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        for row in rows
+    ]
+
+
+def _print_few_label(result: dict) -> None:
+    for line in few_label_lines(result):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def embed(
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT"),
+    data: str = typer.Option(..., "--data", help="The source to embed (any source the backbone fits)."),
+    out: Path = typer.Option(..., "--out", help="FILE.parquet (streamed), FILE.h5ad (AnnData), FILE.npz or FILE.npy."),
+    plot: bool = typer.Option(
+        False, "--plot", help="Also a 2D map of the embeddings (UMAP, or PCA without umap-learn): OUT.png."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """One row per sample: index, source file, patch position, split, label and embedding."""
+    from icone.runs import embed_run
+
+    summary = embed_run(checkpoint, data, out, overwrite, plot)
+    console.print(
+        f"{summary['rows']} embeddings written to {summary['out']}"
+        + (f"; map: {summary['plot']}" if "plot" in summary else "")
+    )
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT"),
+    out: Path = typer.Option(..., "--out"),
+    format: str = typer.Option(
+        "icone",
+        "--format",
+        help="icone (backbone.pt), torchscript, onnx (checked with onnxruntime), safetensors, monai.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """The evaluated backbone in a format: icone's, TorchScript, ONNX, safetensors + JSON, or a MONAI ResNet state dict + JSON."""
+    from icone.runs import export_run
+
+    files = export_run(checkpoint, out, format, overwrite)
+    console.print(f"backbone written to {', '.join(str(f) for f in files)}")
+
+
+@app.command()
+def methods() -> None:
+    """The methods, what they need from the batch and their smallest batch size."""
+    from icone.methods import registry
+
+    table = Table()
+    for column in ("name", "family", "needs from the batch", "min batch", "paper"):
+        table.add_column(column)
+    for name, cls in registry().items():
+        table.add_row(name, cls.family, cls.batch_needs, str(cls.min_batch_size), cls.paper)
+    console.print(table)
+
+
+@app.command("data")
+def data_command(source: str = typer.Argument(..., metavar="SOURCE")) -> None:
+    """Inspect a data source: kind, splits, shape, channels, classes."""
+    from icone.config import DataConfig
+    from icone.data import load_dataset, resolve
+
+    kind, _ = resolve(source)
+    dataset = load_dataset(DataConfig(source=source))
+    console.print(
+        f"source: {source} ({kind}), {dataset.spatial_dims}D, {dataset.in_channels} channel(s), sample shape {dataset.spatial_shape}"
+    )
+    for name, split in (("train", dataset.train), ("test", dataset.test)):
+        if split is None:
+            continue
+        counts = {int(c): int((split.labels == c).sum()) for c in sorted(set(split.labels.tolist()))}
+        console.print(f"{name}: {len(split)} samples; per class: {counts if split.labelled else 'unlabelled'}")
