@@ -82,7 +82,7 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
     if views.local_size is None:
         views.local_size = max(4, int(round(views.global_size * 3 / 7)))
     config.method_options = dataclasses.asdict(method_cls.make_options(config.method_options))
-    check_batch_size(config, method_cls, len(dataset.train))
+    check_batch_size(config, method_cls, min(len(dataset.train), config.data.patches_per_epoch or len(dataset.train)))
     validate(config)
     return config
 

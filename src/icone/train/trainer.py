@@ -99,7 +99,8 @@ class Trainer:
         self.method = distributed.sync_batch_norm(method, device)  # before the optimizer and DDP see it
         self.optimizer = build_optimizer(self.method, config)
         self.train_set = IndexedDataset(dataset.train)
-        self.steps_per_epoch = len(self.train_set) // (config.train.batch_size * distributed.world_size())
+        per_epoch = config.data.patches_per_epoch or len(self.train_set)
+        self.steps_per_epoch = per_epoch // (config.train.batch_size * distributed.world_size())
         total_steps = self.steps_per_epoch * config.train.epochs
         schedule = Schedule(
             total_steps, int(round(config.optim.warmup_epochs * self.steps_per_epoch)), config.optim.min_lr_ratio
@@ -228,6 +229,7 @@ class Trainer:
                 self.model.train()
                 started = time.perf_counter()
                 last_loss = torch.zeros(())
+                self.train_set.set_epoch(self.epoch)  # training reads of this epoch (e.g. patch offsets)
                 loader = train_loader(
                     self.train_set,
                     config.train.batch_size,
@@ -235,6 +237,7 @@ class Trainer:
                     self.epoch,
                     config.data.num_workers,
                     self.device,
+                    num_samples=config.data.patches_per_epoch,
                 )
                 for x, index, _ in loader:
                     last_loss, metrics = self.train_step(x, index, views)
