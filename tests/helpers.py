@@ -181,28 +181,33 @@ def write_zarr(path: Path, array: np.ndarray, chunks=None, name: str | None = No
     return path
 
 
-def write_ome_zarr(path: Path, array: np.ndarray, scale=(2.0, 0.5, 0.5), levels: int = 2) -> Path:
-    """An OME-Zarr image (NGFF 0.4 ``multiscales``) of a ``C x Z x Y x X`` array, each level half the last in y, x."""
-    import zarr
-
-    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+def _ome_multiscale(group, array: np.ndarray, scale, levels: int, channels: bool) -> None:
     datasets = []
     for level in range(levels):
-        data = array[:, :, :: 2**level, :: 2**level]
-        z = group.create_array(str(level), shape=data.shape, chunks=(1, 8, 16, 16), dtype=data.dtype)
+        data = array[..., :: 2**level, :: 2**level]
+        chunks = ((1,) if channels else ()) + (8, 16, 16)
+        z = group.create_array(str(level), shape=data.shape, chunks=chunks, dtype=data.dtype)
         z[:] = data
-        datasets.append(
-            {
-                "path": str(level),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": [1.0, scale[0], scale[1] * 2**level, scale[2] * 2**level]}
-                ],
-            }
-        )
-    axes = [{"name": "c", "type": "channel"}] + [
+        factors = ([1.0] if channels else []) + [scale[0], scale[1] * 2**level, scale[2] * 2**level]
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": factors}]})
+    axes = ([{"name": "c", "type": "channel"}] if channels else []) + [
         {"name": a, "type": "space", "unit": "micrometer"} for a in ("z", "y", "x")
     ]
     group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+
+
+def write_ome_zarr(
+    path: Path, array: np.ndarray, scale=(2.0, 0.5, 0.5), levels: int = 2, labels: np.ndarray | None = None
+) -> Path:
+    """An OME-Zarr image (NGFF 0.4 ``multiscales``) of a ``C x Z x Y x X`` array, each level half the last in
+    y and x; with ``labels`` (``Z x Y x X``), a label image ``labels/cells`` at the same levels."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    _ome_multiscale(group, array, scale, levels, channels=True)
+    if labels is not None:
+        _ome_multiscale(group.create_group("labels/cells"), labels, scale, levels, channels=False)
+        group["labels"].attrs["labels"] = ["cells"]
     return path
 
 

@@ -187,6 +187,8 @@ def test_npz_2d_channels_last_with_any_channel_count(tmp_path, channels):
     data = load(tmp_path / "x.npz", normalize="none", axes=axes)
     assert data.spatial_dims == 2 and data.in_channels == channels
     assert np.array_equal(np.asarray(data.train.samples)[3], np.moveaxis(images[3], -1, 0).astype(np.float32))
+    kept = load(tmp_path / "x.npz", normalize="none", axes=axes, channels=[1])
+    assert kept.in_channels == 1 and np.array_equal(np.asarray(kept.train.samples)[3, 0], images[3, :, :, 1])
 
 
 def test_a_folders_kind_comes_from_all_its_files(tmp_path):

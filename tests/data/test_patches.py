@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import blob_volume, make_trainer, write_zarr
+from helpers import blob_volume, make_trainer, write_ome_zarr, write_zarr
 from icone.build import build_method, resolve_config
 from icone.config import DataConfig, build_config
 from icone.data import IndexedDataset, load_dataset
@@ -83,6 +83,16 @@ def test_patches_per_epoch_draws_every_instance_before_repeating():
     assert draws == [list(EpochDraw(10, 4, seed=0, epoch=e)) for e in range(5)]
 
 
+def test_patches_per_epoch_are_shared_between_processes():
+    shares = []
+    for rank in range(3):
+        draw = EpochDraw(20, 10, seed=0, epoch=1)
+        draw.rank, draw.world = rank, 3
+        shares.append(list(draw))
+    assert [len(s) for s in shares] == [3, 3, 3] and len(set(sum(shares, []))) == 9  # disjoint, tail dropped
+    assert sorted(sum(shares, [])) == sorted(list(EpochDraw(20, 10, seed=0, epoch=1))[:9])
+
+
 def _config(store, tmp, *extra):
     items = [
         "model.backbone=smallcnn",
@@ -133,6 +143,16 @@ def test_labels_are_majority_classes_and_the_test_region_is_held_out(store):
             assert train.origin(row, epoch)[2] + 8 <= cut
 
 
+def test_ome_zarr_labels_are_read_at_the_images_level(tmp_path):
+    volume, labels = blob_volume((16, 64, 64))
+    store = write_ome_zarr(tmp_path / "embryo.ome.zarr", volume[None], labels=labels)
+    data = load(store, level=1, patch=[8], labels=f"zarr:{store}#labels/cells", normalize="none")
+    assert data.train.samples.volumes[0].spatial_shape == (16, 32, 32)
+    z, y, x = data.test.samples.position(0)
+    coarse = labels[:, ::2, ::2][z : z + 8, y : y + 8, x : x + 8]
+    assert data.test.labels[0] == np.bincount(coarse.reshape(-1), minlength=2).argmax()
+
+
 def test_foreground_sampler_skips_empty_patches(store):
     every = load(f"{store}#raw", patch=[8], sampler="random", normalize="none")
     foreground = load(f"{store}#raw", patch=[8], sampler="foreground", normalize="none")
@@ -177,3 +197,22 @@ def test_a_hundred_thousand_patches_take_the_sparse_table(tmp_path):
     trainer = make_trainer(config, data, tmp_path / "run")
     trainer.fit()
     assert trainer.step == 2
+
+
+def test_a_folder_with_data_patch_cuts_every_file_and_holds_out_files(tmp_path):
+    import tifffile
+
+    for c in ("a", "b"):
+        (tmp_path / "big" / c).mkdir(parents=True)
+        for i in range(5):
+            image = np.random.default_rng(i).integers(0, 999, (2, 100 + 10 * i, 130), dtype=np.uint16)
+            tifffile.imwrite(tmp_path / "big" / c / f"{i}.tif", image, metadata={"axes": "CYX"})
+    data = load(tmp_path / "big", patch=[32], normalize="none")
+    assert data.spatial_dims == 2 and data.in_channels == 2 and data.class_names == ["a", "b"]
+    train, test = data.train.samples, data.test.samples
+    train_files = {train.source(r) for r in range(len(train))}
+    test_files = {test.source(r) for r in range(len(test))}
+    assert len(train_files) == 8 and len(test_files) == 2 and not train_files & test_files
+    assert sorted(set(data.train.labels)) == [0, 1]
+    first = train.volumes[0]
+    assert first.spatial_shape == (100, 130) and train.grids[0].counts == (3, 4)

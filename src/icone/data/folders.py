@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from icone.config import DataConfig
-from icone.data.arrays import Dataset, Split, stratified_split
 from icone.data import checks
+from icone.data.arrays import Dataset, Split, stratified_split
 from icone.data.formats import open_stored, suffix
 from icone.data.samples import ArraySamples, Samples
 from icone.data.volumes import ReadError, Volume
@@ -32,9 +32,9 @@ def files_of(root: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES + VOLUME_SUF
 
 def open_files(files: list[Path], config: DataConfig | None = None) -> list[Volume]:
     """Every file's header as a :class:`Volume` (axes and channels applied; no pixels read)."""
-    axes = config.axes if config is not None else None
-    channels = config.channels if config is not None else None
-    return [Volume(open_stored(f), axes, channels) for f in files]
+    if config is None:
+        return [Volume(open_stored(f)) for f in files]
+    return [Volume(open_stored(f), config.axes, config.channels, config.spacing) for f in files]
 
 
 def _shape_text(volume: Volume) -> str:
@@ -195,7 +195,10 @@ def load_folder(root: Path, forced: str | None, config: DataConfig) -> Dataset:
     samples: Samples = FileSamples(volumes, shape, config.resize)
     memory = _in_memory(config, len(files), shape, root)
     if memory:
-        samples = ArraySamples(np.concatenate(list(samples.chunks(256))), [str(f) for f in files])
+        stack = np.empty((len(files), *shape), np.float32)
+        for start in range(0, len(files), 256):
+            stack[start : start + 256] = samples.read_raw(np.arange(start, min(start + 256, len(files))))
+        samples = ArraySamples(stack, [str(f) for f in files])
     train, test = stratified_split(labels, config.test_fraction, seed=0)
     first = volumes[0]
     info = {

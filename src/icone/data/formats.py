@@ -360,7 +360,9 @@ class ImageStored(Stored):
             channels = 3
         self.shape = (height, width) if channels == 1 else (height, width, channels)
         self.axes = "YX" if channels == 1 else "YXC"
-        self.dtype = np.dtype(np.uint16 if self.mode.startswith("I;16") else np.uint8)
+        self.dtype = np.dtype(
+            {"I;16": np.uint16, "I;16B": np.uint16, "I": np.int32, "F": np.float32}.get(self.mode, np.uint8)
+        )
 
     def open(self) -> np.ndarray:
         from PIL import Image

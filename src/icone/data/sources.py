@@ -93,7 +93,9 @@ def _npz_images(images: np.ndarray, axes: str | None, what: str) -> np.ndarray:
     return images if "C" in kept else images[:, None]
 
 
-def load_npz(path: Path, resize: list[int] | None, axes: str | None = None) -> Dataset:
+def load_npz(
+    path: Path, resize: list[int] | None, axes: str | None = None, channels: list[int] | None = None
+) -> Dataset:
     """A MedMNIST-layout ``.npz``: ``train_images``, ``train_labels``, ``test_*`` (``val_*`` unused)."""
     try:
         archive = np.load(path, allow_pickle=False)
@@ -108,7 +110,15 @@ def load_npz(path: Path, resize: list[int] | None, axes: str | None = None) -> D
     def split(prefix: str) -> Split | None:
         if f"{prefix}_images" not in keys:
             return None
-        images = _npz_images(archive[f"{prefix}_images"], axes, f"'{path}': {prefix}_images").astype(np.float32)
+        images = _npz_images(archive[f"{prefix}_images"], axes, f"'{path}': {prefix}_images")
+        if channels is not None:
+            if max(channels) >= images.shape[1]:
+                raise UserError(
+                    f"data.channels={','.join(map(str, channels))} but '{path}': {prefix}_images has {images.shape[1]} "
+                    f"channel(s) (0..{images.shape[1] - 1}); choose channels between 0 and {images.shape[1] - 1}"
+                )
+            images = images[:, channels]
+        images = images.astype(np.float32)
         n = len(images)
         if n == 0:
             raise UserError(f"'{path}': {prefix}_images holds no images; store at least one, or leave the array out")
@@ -137,7 +147,7 @@ def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
     elif kind == "synthetic3d":
         dataset = synthetic3d()
     elif kind == "npz":
-        dataset = load_npz(path, config.resize, config.axes)
+        dataset = load_npz(path, config.resize, config.axes, config.channels)
     elif kind in ("zarr", "h5", "dicom") or path.is_file():
         dataset = load_volume(kind, path, fragment, config, seed)
     elif config.patch is not None:
