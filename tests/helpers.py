@@ -148,3 +148,108 @@ def _gloo_process(rank: int, world: int, port: int, worker: Callable[..., None],
         torch.distributed.barrier()  # nobody leaves the group while another process still talks to it
     finally:
         torch.distributed.destroy_process_group()
+
+
+# ---- files in the formats icone reads lazily (volumes, stores, series) ------------------------------
+
+
+def blob_volume(shape=(40, 48, 56), seed: int = 0, dtype=np.uint16) -> tuple[np.ndarray, np.ndarray]:
+    """A volume with bright blobs in its first half along x, on a dark noisy background, and its segmentation."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*(np.arange(s) for s in shape), indexing="ij"))
+    labels = np.zeros(shape, np.uint8)
+    for _ in range(6):
+        centre = rng.uniform([0, 0, 0], [shape[0], shape[1], shape[2] / 2])
+        labels[((grid - centre.reshape(3, 1, 1, 1)) ** 2).sum(0) < 36] = 1
+    volume = rng.normal(100, 10, shape) + 800.0 * labels
+    return np.clip(volume, 0, None).astype(dtype), labels
+
+
+def write_zarr(path: Path, array: np.ndarray, chunks=None, name: str | None = None, **extra: np.ndarray) -> Path:
+    """A Zarr store holding ``array`` (at ``name`` inside a group when given, with ``extra`` arrays beside it)."""
+    import zarr
+
+    chunks = chunks or tuple(min(16, s) for s in array.shape)
+    if name is None and not extra:
+        z = zarr.create_array(str(path), shape=array.shape, chunks=chunks, dtype=array.dtype)
+        z[:] = array
+        return path
+    group = zarr.open_group(str(path), mode="w")
+    for key, value in {name or "raw": array, **extra}.items():
+        z = group.create_array(key, shape=value.shape, chunks=tuple(min(16, s) for s in value.shape), dtype=value.dtype)
+        z[:] = value
+    return path
+
+
+def _ome_multiscale(group, array: np.ndarray, scale, levels: int, channels: bool) -> None:
+    datasets = []
+    for level in range(levels):
+        data = array[..., :: 2**level, :: 2**level]
+        chunks = ((1,) if channels else ()) + (8, 16, 16)
+        z = group.create_array(str(level), shape=data.shape, chunks=chunks, dtype=data.dtype)
+        z[:] = data
+        factors = ([1.0] if channels else []) + [scale[0], scale[1] * 2**level, scale[2] * 2**level]
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": factors}]})
+    axes = ([{"name": "c", "type": "channel"}] if channels else []) + [
+        {"name": a, "type": "space", "unit": "micrometer"} for a in ("z", "y", "x")
+    ]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+
+
+def write_ome_zarr(
+    path: Path, array: np.ndarray, scale=(2.0, 0.5, 0.5), levels: int = 2, labels: np.ndarray | None = None
+) -> Path:
+    """An OME-Zarr image (NGFF 0.4 ``multiscales``) of a ``C x Z x Y x X`` array, each level half the last in
+    y and x; with ``labels`` (``Z x Y x X``), a label image ``labels/cells`` at the same levels."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    _ome_multiscale(group, array, scale, levels, channels=True)
+    if labels is not None:
+        _ome_multiscale(group.create_group("labels/cells"), labels, scale, levels, channels=False)
+        group["labels"].attrs["labels"] = ["cells"]
+    return path
+
+
+def write_dicom_series(
+    folder: Path,
+    volume: np.ndarray,
+    spacing=(2.5, 0.7, 0.6),
+    slope: float = 2.0,
+    intercept: float = -1024.0,
+    series_uid: str | None = None,
+    positions: bool = True,
+    seed: int = 0,
+) -> str:
+    """A CT series of ``Z x Y x X`` stored values, one file per slice, written in a shuffled order; returns its UID."""
+    from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study = generate_uid()
+    order = np.random.default_rng(seed).permutation(len(volume))
+    for k, z in enumerate(order):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = DicomDataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesDescription = "CT", "test series"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
+        ds.InstanceNumber = int(k + 1)
+        ds.Rows, ds.Columns = volume.shape[1:]
+        ds.PixelSpacing = [spacing[1], spacing[2]]
+        ds.SliceThickness = spacing[0]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        if positions:
+            ds.ImagePositionPatient = [-100.0, -80.0, 30.0 + float(z) * spacing[0]]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = np.ascontiguousarray(volume[z], dtype=np.int16).tobytes()
+        ds.save_as(folder / f"S{seed}IM{k:04d}.dcm", enforce_file_format=True)
+    return str(series_uid)

@@ -511,7 +511,7 @@ def test_a_diverged_first_epoch_says_nothing_was_kept(capsys, tmp_path, npz):
     assert not (tmp_path / "run").exists()
 
 
-def test_images_too_big_for_memory_are_refused_with_a_resize_hint(capsys, tmp_path, monkeypatch):
+def test_images_too_big_for_memory_are_read_per_sample_or_refused_with_a_resize_hint(capsys, tmp_path, monkeypatch):
     from PIL import Image
 
     folder = tmp_path / "big"
@@ -519,14 +519,16 @@ def test_images_too_big_for_memory_are_refused_with_a_resize_hint(capsys, tmp_pa
     for i in range(3):
         Image.fromarray(np.full((64, 64), i * 40, np.uint8)).save(folder / f"{i}.png")
     monkeypatch.setattr("icone.data.checks.available_memory_bytes", lambda: 40_000)  # 3 x 64 x 64 x 4 bytes = 49 kB
-    expect_error(capsys, ["data", folder], r"3 samples of 1x64x64 need .* pass data.resize=")
+    expect_error(capsys, ["data", folder, "data.load=memory"], r"3 samples of 1x64x64 need .* pass data.resize=")
+    code, out, _ = run_cli(["data", folder], capsys)  # data.load=auto: read from the files per step
+    assert code == 0 and "one per file (read per sample)" in out
 
 
-def test_a_2d_nifti_is_not_sent_to_folder(capsys, tmp_path):
+def test_a_2d_nifti_is_read_as_a_2d_image(capsys, tmp_path):
     import nibabel
 
-    nibabel.save(nibabel.Nifti1Image(np.zeros((16, 16), np.float32), np.eye(4)), tmp_path / "slice.nii.gz")
-    line = expect_error(
-        capsys, ["data", tmp_path / "slice.nii.gz"], "not a 3D volume; icone reads 2D images from png, jpg or tif"
-    )
-    assert "folder:" not in line
+    image = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(image, np.eye(4)), tmp_path / "slice.nii.gz")
+    code, out, err = run_cli(["data", tmp_path / "slice.nii.gz"], capsys)
+    assert code == 0, err
+    assert "2D, 1 channel(s), sample shape (16, 16)" in out and "kind: one 2D image" in out

@@ -95,7 +95,7 @@ def resolve_for_samples(
         config.train.precision, pick_device(config.train.device)
     )  # the choice, saved
     config.method_options = dataclasses.asdict(method_cls.make_options(config.method_options))
-    check_batch_size(config, method_cls, num_samples)
+    check_batch_size(config, method_cls, min(num_samples, config.data.patches_per_epoch or num_samples))
     validate(config)
     return config
 

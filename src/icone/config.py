@@ -56,6 +56,22 @@ class DataConfig:
     normalize: str = option("percentile", choices=("percentile", "minmax", "zscore", "none"))  # per dataset
     test_fraction: float = option(0.2, above=0, below=1)  # held-out share when a source has no test split of its own
     num_workers: int = option(0, low=0)
+    load: str = option("auto", choices=("auto", "memory", "lazy"))  # folders: stacked in memory, or read per sample
+    # volumes (and large 2D images) as patches: docs/data.md
+    patch: list[int] | None = option(
+        None, low=1
+    )  # patch size (one number: every axis); None: 32^3 / 64^2 for one volume
+    stride: list[int] | None = option(None, low=1)  # distance between grid cells; None: the patch size
+    sampler: str = option("random", choices=("grid", "random", "foreground"))
+    patches_per_epoch: int | None = option(None, low=1)  # samples drawn per epoch; None: every instance once
+    foreground_threshold: float | None = None  # sampler=foreground: intensity threshold; None: Otsu's
+    foreground_fraction: float = option(0.1, above=0, high=1)  # share of a patch above the threshold to keep it
+    labels: str | None = None  # a label volume of the volume's shape: a patch's label is its majority class
+    axes: str | None = None  # the stored axes, e.g. CZYX or YXC (default: metadata, else a guess)
+    channels: list[int] | None = option(None, low=0)  # channels to keep (default: all)
+    level: int = option(0, low=0)  # OME-Zarr resolution level
+    spacing: list[float] | None = option(None, above=0)  # resample patches to this voxel spacing (z,y,x)
+    series: str | None = None  # DICOM: the SeriesInstanceUID (or its start) of a folder with several series
 
 
 @dataclass

@@ -182,16 +182,24 @@ def methods() -> None:
 
 
 @app.command("data")
-def data_command(source: str = typer.Argument(..., metavar="SOURCE")) -> None:
-    """Inspect a data source: kind, splits, shape, channels, classes."""
-    from icone.config import DataConfig
+def data_command(
+    source: str = typer.Argument(..., metavar="SOURCE"),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, metavar="[KEY=VALUE]...", help="data.* options, e.g. data.patch=64 data.axes=CZYX data.channels=0,2"
+    ),
+) -> None:
+    """Inspect a data source: kind, axes, shape, channels, dtype, spacing, patches, sampler, memory, splits."""
+    from icone.config import build_config
     from icone.data import load_dataset, resolve
 
+    config = build_config(None, list(overrides or []), flags={"data.source": source})
     kind, _ = resolve(source)
-    dataset = load_dataset(DataConfig(source=source))
+    dataset = load_dataset(config.data, seed=config.train.seed)
     console.print(
         f"source: {source} ({kind}), {dataset.spatial_dims}D, {dataset.in_channels} channel(s), sample shape {dataset.spatial_shape}"
     )
+    for key, value in dataset.info.items():
+        console.print(f"{key}: {value}", soft_wrap=True, markup=False, highlight=False)
     for name, split in (("train", dataset.train), ("test", dataset.test)):
         if split is None:
             continue

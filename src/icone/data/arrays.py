@@ -44,6 +44,7 @@ class Dataset:
     test: Split | None
     class_names: list[str] = field(default_factory=list)
     view_defaults: dict[str, object] = field(default_factory=dict)  # e.g. digits: no flips
+    info: dict[str, str] = field(default_factory=dict)  # what `icone data` shows: kind, axes, shape, patches...
 
     @property
     def spatial_dims(self) -> int:

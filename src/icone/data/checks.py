@@ -19,12 +19,15 @@ def _name(samples: Samples, row: int, split: str) -> str:
     return f"'{source}'" if source and not source.startswith("[") else f"{split} sample {row}"
 
 
-def check_finite_and_varied(samples: Samples, split: str) -> None:
+def check_finite_and_varied(samples: Samples, split: str, statistics: np.ndarray | None = None) -> None:
     """Refuse NaN or infinite values (naming the first sample that has them); warn about constant samples.
 
-    Samples in memory are checked whole; lazy samples check what they read themselves.
+    Samples in memory are checked whole. Lazy samples check every sample they read themselves (one
+    line naming the file, and the patch's position); here, their statistics sample (``statistics``, the
+    raw samples of ``samples.statistics_rows()``, read if not given) is read and checked for constant ones.
     """
     if not isinstance(samples, ArraySamples):
+        _check_lazy(samples, split, statistics)
         return
     values = samples.array
     constant, first_constant = 0, None
@@ -49,6 +52,22 @@ def check_finite_and_varied(samples: Samples, split: str) -> None:
             len(samples),
             split,
             _name(samples, first_constant, split),
+        )
+
+
+def _check_lazy(samples: Samples, split: str, values: np.ndarray | None) -> None:
+    rows = samples.statistics_rows()
+    values = samples.read_raw(rows) if values is None else values
+    flat = values.reshape(len(values), -1)
+    constant = flat.max(axis=1) == flat.min(axis=1)
+    if constant.any():
+        log.warning(
+            "%d of %d sampled %s samples are constant (e.g. %s): they carry no information to learn from%s",
+            int(constant.sum()),
+            len(values),
+            split,
+            samples.where(int(rows[int(np.flatnonzero(constant)[0])])),
+            "; data.sampler=foreground skips empty patches" if samples.position(0) else "",
         )
 
 
@@ -96,7 +115,9 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def check_fits_in_memory(count: int, shape: tuple[int, ...], what: str, fraction: float = 0.6) -> None:
+def check_fits_in_memory(
+    count: int, shape: tuple[int, ...], what: str, fraction: float = 0.6, lazy_hint: bool = False
+) -> None:
     """Refuse to stack ``count`` float32 samples of ``shape`` (``C x spatial``) if they would not fit in memory."""
     needed = count * int(np.prod(shape)) * 4
     available = available_memory_bytes()
@@ -105,4 +126,5 @@ def check_fits_in_memory(count: int, shape: tuple[int, ...], what: str, fraction
         raise UserError(
             f"{what}: {count} samples of {text} need {needed / 2**30:.1f} GiB as float32, more than this machine has free "
             f"({available / 2**30:.1f} GiB); pass data.resize=... (e.g. data.resize={','.join(['256'] * (len(shape) - 1))})"
+            + (", or data.load=lazy to read them from the files per step" if lazy_hint else "")
         )

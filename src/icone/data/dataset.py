@@ -13,23 +13,29 @@ class IndexedDataset(TorchDataset):
     """Wraps a :class:`Split`; ``index`` is the row in the (subsampled) training split.
 
     Samples in memory are served as views of one tensor; lazy samples are read per item (in the
-    DataLoader's workers with ``data.num_workers``).
+    DataLoader's workers with ``data.num_workers``), as training reads of the epoch given to
+    :meth:`set_epoch` (a patch's random offset, see :mod:`icone.data.samples`).
     """
 
     def __init__(self, split: Split) -> None:
         self.samples = split.samples
         self.tensor = torch.from_numpy(split.samples.array) if isinstance(split.samples, ArraySamples) else None
         self.labels = torch.from_numpy(split.labels)
+        self.epoch: int | None = None
+
+    def set_epoch(self, epoch: int | None) -> None:
+        """Items are read as epoch ``epoch``'s training samples from now on (``None``: canonical samples)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        sample = self.tensor[index] if self.tensor is not None else torch.from_numpy(self.samples[index])
+        if self.tensor is not None:
+            sample = self.tensor[index]
+        else:
+            sample = torch.from_numpy(self.samples.read([index], self.epoch)[0])
         return sample, index, int(self.labels[index])
-
-    def set_epoch(self, epoch: int) -> None:
-        self.samples.set_epoch(epoch)
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """The samples of ``index`` as one tensor ``len(index) x C x spatial``."""

@@ -42,10 +42,14 @@ def intensity_statistics(samples: np.ndarray, mode: str) -> tuple[np.ndarray, np
     return offset, scale
 
 
-def normalize_dataset(dataset: Dataset, mode: str) -> Dataset:
-    """Normalise every split with the training split's statistics (in place for samples in memory)."""
+def normalize_dataset(dataset: Dataset, mode: str, values: np.ndarray | None = None) -> Dataset:
+    """Normalise every split with the training split's statistics (in place for samples in memory);
+    lazy samples' statistics come from ``values`` (their statistics sample) or a sample read here."""
     train = dataset.train.samples
-    values = train.array if isinstance(train, ArraySamples) else train.statistics_sample()
+    if isinstance(train, ArraySamples):
+        values = train.array
+    elif values is None:
+        values = train.statistics_sample()
     offset, scale = intensity_statistics(values, mode)
     for split in (dataset.train, dataset.test):
         if split is not None:

@@ -4,7 +4,12 @@
 them; ``len(samples)`` and ``samples.shape`` (``N x C x spatial``) as for an array. Each sample
 knows where it comes from (``source(i)``: a file, or ``source:row``) and where in it
 (``position(i)``: a patch's origin, empty for a whole image). Lazy sources (volumes read patch by
-patch, image folders read per sample) subclass :class:`Samples` and implement ``read``.
+patch, image folders read per sample) subclass :class:`Samples` and implement ``read_raw``.
+
+A training read may ask for an epoch (``read(rows, epoch)``): sources with augmentation in the read
+itself (a patch's random offset inside its cell) draw it from the run's seed, the epoch and the row,
+so a resumed run reads what an uninterrupted one would. Without an epoch a read is the canonical
+sample (normalisation statistics, evaluation, the collapse monitor).
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ class Samples:
         """``C x spatial`` of every sample."""
         raise NotImplementedError
 
-    def read_raw(self, rows: np.ndarray) -> np.ndarray:
-        """``len(rows) x C x spatial`` float32, before normalisation."""
+    def read_raw(self, rows: np.ndarray, epoch: int | None = None) -> np.ndarray:
+        """``len(rows) x C x spatial`` float32, before normalisation (``epoch``: a training read, see above)."""
         raise NotImplementedError
 
     def source(self, row: int) -> str:
@@ -40,8 +45,9 @@ class Samples:
         """The origin of the sample's patch in its source (empty for a whole image)."""
         return ()
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called before each training epoch (samples whose augmentation depends on the epoch use it)."""
+    def where(self, row: int) -> str:
+        """A row's sample for messages: ``'file'``, or ``'file' at z,y,x=...`` for a patch."""
+        return f"'{self.source(row)}'"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -51,9 +57,9 @@ class Samples:
     def ndim(self) -> int:
         return 1 + len(self.sample_shape)
 
-    def read(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+    def read(self, rows: np.ndarray | Sequence[int], epoch: int | None = None) -> np.ndarray:
         """``len(rows) x C x spatial`` float32, normalised."""
-        x = self.read_raw(np.asarray(rows, dtype=np.int64).reshape(-1))
+        x = self.read_raw(np.asarray(rows, dtype=np.int64).reshape(-1), epoch)
         if self.offset is not None:
             shape = (1, -1) + (1,) * (x.ndim - 2)
             x = (x - self.offset.reshape(shape)) / self.scale.reshape(shape)
@@ -77,10 +83,14 @@ class Samples:
     def subset(self, rows: np.ndarray) -> Samples:
         return SubsetSamples(self, np.asarray(rows, dtype=np.int64))
 
+    def statistics_rows(self, count: int = 256, seed: int = 0, budget: int = 256 << 20) -> np.ndarray:
+        """The rows :meth:`statistics_sample` reads: ``count`` at random (fewer if they would exceed ``budget`` bytes)."""
+        count = max(1, min(count, budget // max(1, 4 * int(np.prod(self.sample_shape)))))
+        return np.sort(np.random.default_rng(seed).choice(len(self), size=min(count, len(self)), replace=False))
+
     def statistics_sample(self, count: int = 256, seed: int = 0) -> np.ndarray:
         """Raw samples (before normalisation) to estimate intensity statistics from: ``count`` drawn at random."""
-        rows = np.random.default_rng(seed).choice(len(self), size=min(count, len(self)), replace=False)
-        return self.read_raw(np.sort(rows))
+        return self.read_raw(self.statistics_rows(count, seed))
 
     def chunks(self, size: int = 256) -> Iterator[np.ndarray]:
         """Every sample once, in order, ``size`` at a time."""
@@ -116,10 +126,10 @@ class ArraySamples(Samples):
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(int(s) for s in self.array.shape[1:])
 
-    def read_raw(self, rows: np.ndarray) -> np.ndarray:
+    def read_raw(self, rows: np.ndarray, epoch: int | None = None) -> np.ndarray:
         return self.array[rows]
 
-    def read(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+    def read(self, rows: np.ndarray | Sequence[int], epoch: int | None = None) -> np.ndarray:
         return self.array[np.asarray(rows, dtype=np.int64).reshape(-1)]
 
     def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
@@ -157,11 +167,17 @@ class SubsetSamples(Samples):
     def sample_shape(self) -> tuple[int, ...]:
         return self.parent.sample_shape
 
-    def read(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
-        return self.parent.read(self.rows[np.asarray(rows, dtype=np.int64).reshape(-1)])
+    def read(self, rows: np.ndarray | Sequence[int], epoch: int | None = None) -> np.ndarray:
+        return self.parent.read(self.rows[np.asarray(rows, dtype=np.int64).reshape(-1)], epoch)
+
+    def read_raw(self, rows: np.ndarray, epoch: int | None = None) -> np.ndarray:
+        return self.parent.read_raw(self.rows[np.asarray(rows, dtype=np.int64).reshape(-1)], epoch)
 
     def source(self, row: int) -> str:
         return self.parent.source(int(self.rows[row]))
+
+    def where(self, row: int) -> str:
+        return self.parent.where(int(self.rows[row]))
 
     def position(self, row: int) -> tuple[int, ...]:
         return self.parent.position(int(self.rows[row]))

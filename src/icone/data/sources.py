@@ -4,156 +4,98 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from icone.config import DataConfig
-from icone.data.arrays import Dataset, Split, stratified_split
-from icone.data.checks import check_finite_and_varied, check_fits_in_memory, check_labels
+from icone.data.arrays import Dataset, Split
+from icone.data.axes import layout
+from icone.data.checks import check_finite_and_varied, check_labels
+from icone.data.dicom import dicom_files
+from icone.data.folders import IMAGE_SUFFIXES, VOLUME_SUFFIXES, files_of, guess_folder_kind, load_folder, resize_sample
+from icone.data.formats import is_zarr, split_fragment, suffix
 from icone.data.imbalance import long_tail_rows
 from icone.data.normalize import normalize_dataset
-from icone.data.readers import IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_volume_file, read_image, read_volume, suffix
 from icone.data.samples import ArraySamples
 from icone.data.synthetic import digits, synthetic3d
+from icone.data.volume_source import load_volume, load_volume_folder
 from icone.errors import UserError
 
 log = logging.getLogger("icone")
 BUILTIN = {"digits": digits, "synthetic3d": synthetic3d}
-KINDS = ("npz", "folder", "volumes")
-SOURCE_HELP = "use digits, synthetic3d, a .npz file (MedMNIST layout), a folder of images or volumes, or a volume file"
+KINDS = ("npz", "folder", "volumes", "zarr", "h5", "dicom")
+SOURCE_HELP = (
+    "use digits, synthetic3d, a .npz file (MedMNIST layout), a folder of images or volumes, a volume file, "
+    "zarr:STORE[#array], h5:FILE#dataset or dicom:FOLDER"
+)
+VOLUME_FILES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".jpg", ".jpeg", ".bmp")
 
 
 def resolve(spec: str) -> tuple[str, Path | None]:
-    """``(kind, path)`` of a SOURCE string; an explicit ``kind:`` prefix overrides the guess."""
+    """``(kind, path)`` of a SOURCE string; an explicit ``kind:`` prefix overrides the guess.
+
+    A ``.zarr`` folder (or any Zarr store) is ``zarr``, a ``.h5``/``.hdf5`` file ``h5`` (either may name
+    its array after ``#``), a folder of DICOM files ``dicom``; a folder of images or volumes ``folder``
+    or ``volumes`` by what most of its files hold (loading checks every file).
+    """
+    return _resolve(spec)[:2]
+
+
+def _resolve(spec: str) -> tuple[str, Path | None, str | None]:
     if spec in BUILTIN:
-        return spec, None
+        return spec, None, None
     kind, sep, rest = spec.partition(":")
     if sep and kind in KINDS:
-        path = Path(rest).expanduser()
+        where, fragment = split_fragment(rest)
+        path = Path(where).expanduser()
         if not path.exists():
             raise UserError(f"data source '{spec}': '{path}' does not exist; check the path")
-        return kind, path
-    path = Path(spec).expanduser()
+        if fragment and kind not in ("zarr", "h5"):
+            raise UserError(f"data source '{spec}': only zarr: and h5: sources name an array after '#'")
+        return kind, path, fragment
+    where, fragment = split_fragment(spec)
+    path = Path(where).expanduser()
     if not path.exists():
         raise UserError(f"data source '{spec}' does not exist; {SOURCE_HELP}")
+    ending = suffix(path)
+    if ending == ".zarr" or (path.is_dir() and is_zarr(path)):
+        return "zarr", path, fragment
+    if ending in (".h5", ".hdf5", ".hdf"):
+        return "h5", path, fragment
+    if fragment:
+        raise UserError(f"data source '{spec}': only Zarr stores and HDF5 files name an array after '#'")
     if path.is_file():
-        if suffix(path) == ".npz":
-            return "npz", path
-        if suffix(path) in VOLUME_SUFFIXES:
-            return "volumes", path
+        if ending == ".npz":
+            return "npz", path, None
+        if ending in VOLUME_FILES:
+            return "volumes", path, None
         raise UserError(f"cannot tell what '{path}' holds; {SOURCE_HELP}")
-    files = _files(path, IMAGE_SUFFIXES + VOLUME_SUFFIXES)
-    if not files:
+    if not files_of(path):
+        if dicom_files(path):
+            return "dicom", path, None
         raise UserError(
-            f"folder '{path}' holds no images or volumes ({', '.join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)}); point to a folder with data"
+            f"folder '{path}' holds no images or volumes ({', '.join(dict.fromkeys(IMAGE_SUFFIXES + VOLUME_SUFFIXES))}) "
+            "and no DICOM files; point to a folder with data"
         )
-    return ("volumes" if is_volume_file(files[0]) else "folder"), path
+    return guess_folder_kind(path), path, None
 
 
-def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and suffix(p) in suffixes)
+def _npz_images(images: np.ndarray, axes: str | None, what: str) -> np.ndarray:
+    """MedMNIST arrays ``N x sample``: each sample's axes from ``data.axes`` or the guessing rules
+    (``N x H x W``, ``N x H x W x C``, ``N x C x H x W``, ``N x D x H x W``, ``N x D x H x W x C``...)."""
+    if images.ndim < 3:
+        raise UserError(f"{what} has shape {images.shape}; expected N x H x W (x C) or N x D x H x W (x C)")
+    plan = layout(images.shape[1:], what, axes, None)
+    kept = plan.axes.replace("T", "")
+    images = images[(slice(None),) + tuple(0 if a == "T" else slice(None) for a in plan.axes)]
+    images = np.transpose(images, [0] + [kept.index(a) + 1 for a in "C" + plan.spatial if a in kept])
+    return images if "C" in kept else images[:, None]
 
 
-def _labels_from_folders(root: Path, files: list[Path]) -> tuple[np.ndarray, list[str]]:
-    """Class = first sub-folder under ``root``; all ``-1`` when files lie directly in it."""
-    parents = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else None for f in files]
-    if any(p is None for p in parents):
-        return np.full(len(files), -1, np.int64), []
-    names = sorted(set(parents))
-    return np.asarray([names.index(p) for p in parents], np.int64), names
-
-
-def _stack(arrays: list[np.ndarray], files: list[Path], resize: list[int] | None) -> np.ndarray:
-    """Stack samples; sizes and channel counts must agree unless ``resize`` is set."""
-    channels = Counter(a.shape[0] for a in arrays)
-    if len(channels) > 1:
-        odd = next(f for f, a in zip(files, arrays) if a.shape[0] != channels.most_common(1)[0][0])
-        raise UserError(
-            f"samples have different channel counts {sorted(channels)} (e.g. '{odd}'); convert them to one channel count"
-        )
-    if resize is not None:
-        return np.stack([_resize(a, resize) for a in arrays])
-    shapes = Counter(a.shape[1:] for a in arrays)
-    if len(shapes) > 1:
-        common = shapes.most_common(1)[0][0]
-        odd = next(f for f, a in zip(files, arrays) if a.shape[1:] != common)
-        raise UserError(
-            f"samples have different sizes (e.g. {common} and {arrays[files.index(odd)].shape[1:]} in '{odd}'); "
-            f"pass data.resize={','.join(str(s) for s in common)} to resize them all"
-        )
-    return np.stack(arrays)
-
-
-def _resize(sample: np.ndarray, size: list[int]) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
-    spatial = sample.ndim - 1
-    if len(size) == 1:
-        size = size * spatial
-    if len(size) != spatial:
-        raise UserError(f"data.resize has {len(size)} numbers but the samples have {spatial} spatial dimensions")
-    mode = "bilinear" if spatial == 2 else "trilinear"
-    tensor = torch.from_numpy(np.ascontiguousarray(sample))[None]
-    return F.interpolate(tensor, size=tuple(size), mode=mode, align_corners=False)[0].numpy()
-
-
-def load_files(root: Path, kind: str, resize: list[int] | None, test_fraction: float) -> Dataset:
-    """A folder of images (``folder``) or volumes (``volumes``); class = sub-folder name."""
-    reader = read_image if kind == "folder" else read_volume
-    files = _files(root, IMAGE_SUFFIXES if kind == "folder" else VOLUME_SUFFIXES)
-    if not files:
-        raise UserError(
-            f"folder '{root}' holds no {'images' if kind == 'folder' else 'volumes'}; point to a folder with data"
-        )
-    labels, names = _labels_from_folders(root, files)
-    first = reader(files[0])
-    spatial = first.shape[1:] if resize is None else tuple(resize * (first.ndim - 1) if len(resize) == 1 else resize)
-    check_fits_in_memory(len(files), (first.shape[0], *spatial), f"folder '{root}'")
-    samples = _stack([first] + [reader(f) for f in files[1:]], files, resize)
-    sources = np.asarray([str(f) for f in files])
-    train, test = stratified_split(labels, test_fraction, seed=0)
-    return Dataset(
-        name=root.name,
-        train=Split(samples[train], labels[train], sources[train]),
-        test=Split(samples[test], labels[test], sources[test]),
-        class_names=names,
-    )
-
-
-def load_single_volume(path: Path, patch: int = 32) -> Dataset:
-    """One large volume cut into non-overlapping ``patch^3`` crops (unlabelled)."""
-    volume = read_volume(path)
-    d, h, w = volume.shape[1:]
-    if min(d, h, w) < patch:
-        return Dataset(name=path.name, train=Split(volume[None], np.full(1, -1)), test=None)
-    origins = [
-        (z, y, x)
-        for z in range(0, d - patch + 1, patch)
-        for y in range(0, h - patch + 1, patch)
-        for x in range(0, w - patch + 1, patch)
-    ]
-    crops = np.stack([volume[:, z : z + patch, y : y + patch, x : x + patch] for z, y, x in origins])
-    samples = ArraySamples(crops, [str(path)] * len(crops), positions=np.asarray(origins))
-    return Dataset(name=path.name, train=Split(samples, np.full(len(crops), -1)), test=None)
-
-
-def _npz_images(images: np.ndarray) -> np.ndarray:
-    """MedMNIST arrays: 2D ``N x H x W`` or ``N x H x W x 3``; 3D ``N x D x H x W``."""
-    if images.ndim == 3:
-        return images[:, None]
-    if images.ndim == 4 and images.shape[-1] == 3:
-        return np.moveaxis(images, -1, 1)
-    if images.ndim == 4:
-        return images[:, None]
-    if images.ndim == 5:
-        return np.moveaxis(images, -1, 1) if images.shape[-1] <= 4 else images
-    raise UserError(f"npz images have shape {images.shape}; expected N x H x W (x 3) or N x D x H x W")
-
-
-def load_npz(path: Path, resize: list[int] | None) -> Dataset:
+def load_npz(
+    path: Path, resize: list[int] | None, axes: str | None = None, channels: list[int] | None = None
+) -> Dataset:
     """A MedMNIST-layout ``.npz``: ``train_images``, ``train_labels``, ``test_*`` (``val_*`` unused)."""
     try:
         archive = np.load(path, allow_pickle=False)
@@ -168,12 +110,20 @@ def load_npz(path: Path, resize: list[int] | None) -> Dataset:
     def split(prefix: str) -> Split | None:
         if f"{prefix}_images" not in keys:
             return None
-        images = _npz_images(archive[f"{prefix}_images"]).astype(np.float32)
+        images = _npz_images(archive[f"{prefix}_images"], axes, f"'{path}': {prefix}_images")
+        if channels is not None:
+            if max(channels) >= images.shape[1]:
+                raise UserError(
+                    f"data.channels={','.join(map(str, channels))} but '{path}': {prefix}_images has {images.shape[1]} "
+                    f"channel(s) (0..{images.shape[1] - 1}); choose channels between 0 and {images.shape[1] - 1}"
+                )
+            images = images[:, channels]
+        images = images.astype(np.float32)
         n = len(images)
         if n == 0:
             raise UserError(f"'{path}': {prefix}_images holds no images; store at least one, or leave the array out")
         if resize is not None:
-            images = np.stack([_resize(x, resize) for x in images])
+            images = np.stack([resize_sample(x, resize) for x in images])
         labels = np.full(n, -1)
         if f"{prefix}_labels" in keys:
             labels, multi = check_labels(archive[f"{prefix}_labels"], n, f"'{path}': {prefix}_labels")
@@ -190,28 +140,31 @@ def load_npz(path: Path, resize: list[int] | None) -> Dataset:
 
 
 def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
-    """Load, normalise and (if asked) long-tail subsample a source; the test split stays whole."""
-    kind, path = resolve(config.source)
+    """Load, check, normalise and (if asked) long-tail subsample a source; the test split stays whole."""
+    kind, path, fragment = _resolve(config.source)
     if kind == "digits":
         dataset = digits(config.test_fraction)
     elif kind == "synthetic3d":
         dataset = synthetic3d()
     elif kind == "npz":
-        dataset = load_npz(path, config.resize)
-    elif path.is_file():
-        dataset = load_single_volume(path)
+        dataset = load_npz(path, config.resize, config.axes, config.channels)
+    elif kind in ("zarr", "h5", "dicom") or path.is_file():
+        dataset = load_volume(kind, path, fragment, config, seed)
+    elif config.patch is not None:
+        dataset = load_volume_folder(path, config, seed)
     else:
-        dataset = load_files(path, kind, config.resize, config.test_fraction)
+        dataset = load_folder(path, kind if config.source.startswith(f"{kind}:") else None, config)
     if kind in BUILTIN and config.resize is not None:
         for split in (dataset.train, dataset.test):
-            resized = np.stack([_resize(x, config.resize) for x in split.samples.array])
+            resized = np.stack([resize_sample(x, config.resize) for x in split.samples.array])
             split.samples = ArraySamples(resized, split.samples.sources, split.samples.name)
     if len(dataset.train) == 0:
         raise UserError(f"data source '{config.source}' has no training samples")
+    statistics = None if dataset.train.samples.in_memory else dataset.train.samples.statistics_sample()
     for name, split in (("training", dataset.train), ("test", dataset.test)):
         if split is not None:
-            check_finite_and_varied(split.samples, name)
-    dataset = normalize_dataset(dataset, config.normalize)
+            check_finite_and_varied(split.samples, name, statistics if name == "training" else None)
+    dataset = normalize_dataset(dataset, config.normalize, statistics)
     if config.imbalance_ratio != 1:
         dataset.train = dataset.train.subset(long_tail_rows(dataset.train.labels, config.imbalance_ratio, seed))
     return dataset

@@ -18,13 +18,31 @@ class EpochOrder(Sampler[int]):
     One process: ``torch.randperm(n)`` seeded by ``seed`` and ``epoch`` (what ``RandomSampler``
     gives with that generator). Several processes: the permutation ``DistributedSampler`` draws for
     ``seed + epoch``, cut to a multiple of the processes, every ``world``-th sample from ``rank``.
+    With ``num_samples`` (``data.patches_per_epoch``): the epoch's slice of an endless sequence of
+    seeded permutations of all samples (every instance comes round before any repeats), every
+    ``world``-th of it from ``rank``.
     """
 
-    def __init__(self, size: int, seed: int, epoch: int, batch_size: int, start_batch: int = 0) -> None:
+    def __init__(
+        self, size: int, seed: int, epoch: int, batch_size: int, start_batch: int = 0, num_samples: int | None = None
+    ) -> None:
         self.size, self.seed, self.epoch, self.batch_size, self.start_batch = size, seed, epoch, batch_size, start_batch
+        self.num_samples = num_samples
         self.world, self.rank = distributed.world_size(), distributed.rank()
 
+    def _permutation(self, k: int) -> torch.Tensor:
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + 7 * k + 1))
+
+    def _draw(self) -> torch.Tensor:
+        count = int(self.num_samples or 0)
+        start = self.epoch * count
+        first, last = start // self.size, (start + count - 1) // self.size
+        rows = torch.cat([self._permutation(k) for k in range(first, last + 1)])[start - first * self.size :][:count]
+        return rows[: len(rows) - len(rows) % self.world][self.rank :: self.world]
+
     def order(self) -> torch.Tensor:
+        if self.num_samples is not None:
+            return self._draw()
         if self.world == 1:
             return torch.randperm(
                 self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -37,16 +55,17 @@ class EpochOrder(Sampler[int]):
         return iter(self.order()[self.start_batch * self.batch_size :].tolist())
 
     def __len__(self) -> int:
-        return max(0, self.size // self.world - self.start_batch * self.batch_size)
+        per_process = (self.num_samples if self.num_samples is not None else self.size) // self.world
+        return max(0, per_process - self.start_batch * self.batch_size)
 
 
 def train_loader(
     train_set: IndexedDataset, batch_size: int, seed: int, epoch: int, num_workers: int = 0, device: torch.device | None = None,
-    shuffle: bool = True, start_batch: int = 0,
+    shuffle: bool = True, start_batch: int = 0, num_samples: int | None = None,
 ) -> DataLoader:  # fmt: skip
     """Epoch ``epoch``'s batches (:class:`EpochOrder`, the incomplete last batch dropped), from
     ``start_batch`` on; with ``shuffle=False`` every sample once, in order."""
-    sampler = EpochOrder(len(train_set), seed, epoch, batch_size, start_batch) if shuffle else None
+    sampler = EpochOrder(len(train_set), seed, epoch, batch_size, start_batch, num_samples) if shuffle else None
     return DataLoader(
         train_set,
         batch_size=batch_size,

@@ -80,7 +80,8 @@ class Trainer:
         set_activation_checkpointing(self.method, config.train.activation_checkpointing)
         self.optimizer = build_optimizer(self.method, config)
         self.train_set = IndexedDataset(dataset.train)
-        self.steps_per_epoch = len(self.train_set) // (config.train.batch_size * distributed.world_size())
+        per_epoch = config.data.patches_per_epoch or len(self.train_set)
+        self.steps_per_epoch = per_epoch // (config.train.batch_size * distributed.world_size())
         total_steps = self.steps_per_epoch * config.train.epochs
         schedule = Schedule(
             total_steps, int(round(config.optim.warmup_epochs * self.steps_per_epoch)), config.optim.min_lr_ratio
@@ -225,6 +226,7 @@ class Trainer:
                 config.data.num_workers,
                 self.device,
                 start_batch=start,
+                num_samples=config.data.patches_per_epoch,
             )
         )
         if self.resume_rng is not None:

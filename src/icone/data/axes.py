@@ -1,0 +1,122 @@
+"""Axes of stored arrays: read from metadata, given as ``data.axes``, or guessed from the shape.
+
+An axes string names every dimension of an array as stored, e.g. ``CZYX``, ``ZCYX``, ``YXC``,
+``TCZYX``. Letters: ``C`` channels (``S``, tifffile's samples, is read as ``C``), ``Z``, ``Y``,
+``X`` spatial, ``T`` time (only a single time point can be read). icone trains on ``C x Z x Y x X``
+(volumes) or ``C x Y x X`` (images); an array without ``C`` has one channel.
+
+Guesses, for arrays without metadata (stated by ``icone data``; ``data.axes`` overrides them):
+
+- 2 dimensions: ``YX``;
+- 3: ``YXC`` if the last is at most 4 and the others larger, ``CYX`` if the first is, else ``ZYX``;
+- 4: ``CZYX`` if the first is not larger than the last, else ``ZYXC``;
+- 5: ``TCZYX`` (the OME order) if the first is 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from icone.errors import UserError
+
+LETTERS = "TCZYX"
+MAX_GUESSED_CHANNELS = 4
+
+
+def parse_axes(text: str, what: str = "data.axes") -> str:
+    """An axes string, upper case, checked: known letters, each once, ``Y`` and ``X`` present."""
+    axes = text.strip().upper().replace("S", "C")
+    bad = sorted(set(axes) - set(LETTERS))
+    if bad or len(set(axes)) != len(axes) or "Y" not in axes or "X" not in axes:
+        reason = (
+            f"unknown letter(s) {', '.join(bad)}"
+            if bad
+            else "a letter is repeated"
+            if len(set(axes)) != len(axes)
+            else "Y and X are needed"
+        )
+        raise UserError(
+            f"{what}={text!r} is not valid ({reason}); name each dimension once with C, Z, Y, X (and T), e.g. CZYX or YXC"
+        )
+    return axes
+
+
+def guess_axes(shape: tuple[int, ...]) -> str | None:
+    """The axes of an array without metadata (see the module's rules); ``None`` where no rule applies."""
+    small = MAX_GUESSED_CHANNELS
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3:
+        if shape[-1] <= small < min(shape[:2]):
+            return "YXC"
+        if shape[0] <= small < min(shape[1:]):
+            return "CYX"
+        return "ZYX"
+    if len(shape) == 4:
+        return "CZYX" if shape[0] <= shape[-1] else "ZYXC"
+    if len(shape) == 5 and shape[0] == 1:
+        return "TCZYX"
+    return None
+
+
+def from_metadata(letters: str | None) -> str | None:
+    """Axes from a reader's letters (tifffile's ``series.axes``, OME names): ``None`` if any is unknown (``Q``, ``I``...)."""
+    if not letters:
+        return None
+    axes = letters.upper().replace("S", "C")
+    if set(axes) - set(LETTERS) or len(set(axes)) != len(axes) or "Y" not in axes or "X" not in axes:
+        return None
+    return axes
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an array's stored axes map to ``C x spatial``: the axes, where they came from, the spatial letters."""
+
+    axes: str  # as stored, e.g. "ZCYX"
+    origin: str  # "metadata", "data.axes", "guessed" or the format's convention
+    shape: tuple[int, ...]  # as stored
+
+    @property
+    def spatial(self) -> str:
+        return "".join(a for a in "ZYX" if a in self.axes)
+
+    @property
+    def channels(self) -> int:
+        return self.shape[self.axes.index("C")] if "C" in self.axes else 1
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[self.axes.index(a)] for a in self.spatial)
+
+
+def layout(shape: tuple[int, ...], name: str, override: str | None, known: str | None, convention: str = "") -> Layout:
+    """The :class:`Layout` of an array of ``shape`` called ``name``: ``data.axes`` if given, else the
+    metadata's axes (``known``), else the format's ``convention`` (e.g. NIfTI), else a guess."""
+    shape = tuple(int(s) for s in shape)
+    if override:
+        axes, origin = parse_axes(override), "data.axes"
+        if len(axes) != len(shape):
+            example = guess_axes(shape) or "C, Z, Y, X"
+            raise UserError(
+                f"data.axes={override} names {len(axes)} dimension(s) but '{name}' has {len(shape)} "
+                f"(shape {'x'.join(map(str, shape))}); give {len(shape)} letters, e.g. data.axes={example}"
+            )
+    elif known and len(known) == len(shape):
+        axes, origin = known, "metadata"
+    elif convention and len(convention) == len(shape):
+        axes, origin = convention, "format"
+    else:
+        guessed = guess_axes(shape)
+        if guessed is None:
+            raise UserError(
+                f"cannot tell the axes of '{name}' (shape {'x'.join(map(str, shape))}); name them with data.axes=..., "
+                "e.g. data.axes=TCZYX"
+            )
+        axes, origin = guessed, "guessed"
+    if "T" in axes and shape[axes.index("T")] != 1:
+        raise UserError(
+            f"'{name}' holds {shape[axes.index('T')]} time points (axes {axes}); icone reads one: save a single time "
+            "point, or name the axis otherwise with data.axes=..."
+        )
+    return Layout(axes, origin, shape)

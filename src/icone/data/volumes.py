@@ -1,0 +1,252 @@
+"""Arrays opened, never loaded whole: a stored array (any format), and a :class:`Volume` on it that reads
+regions as ``C x spatial`` float32, with the channels chosen, the axes resolved and the spacing kept.
+
+A stored array opens its file lazily in each process (a DataLoader worker opens its own handle),
+and is pickled without it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from icone.data.axes import Layout, layout
+from icone.errors import UserError
+
+
+class ReadError(UserError):
+    """A :class:`UserError` raised while reading a sample; it keeps its one line when torch re-raises it
+    from a DataLoader worker (as ``"Caught ReadError in DataLoader worker ... Original Traceback ..."``)."""
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "\nOriginal " in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.partition(": ")[2] or last
+        super().__init__(message)
+
+
+class Stored:
+    """An N-d array in a file, read by index (a tuple of slices and integers in stored order).
+
+    Subclasses set ``name``, ``shape``, ``dtype``, and where metadata give them ``axes`` (stored
+    order), ``spacing`` (one value or ``None`` per stored axis), ``unit`` and ``chunks``; they
+    implement :meth:`open` (a handle indexable like an array).
+    """
+
+    name: str = ""
+    shape: tuple[int, ...] = ()
+    dtype: np.dtype = np.dtype(np.float32)
+    axes: str | None = None  # from the file's metadata
+    convention: str = ""  # the format's fixed axes where it has them (NIfTI: ZYX, ZYXC)
+    spacing: tuple[float | None, ...] | None = None
+    unit: str = ""
+    chunks: tuple[int, ...] | None = None
+    lazy: bool = True  # False: the format had to be read whole (e.g. a compressed TIFF without zarr)
+
+    _handle: Any = None
+    _pid: int | None = None
+
+    def open(self) -> Any:
+        raise NotImplementedError
+
+    def handle(self) -> Any:
+        if self._handle is None or self._pid != os.getpid():
+            self._handle, self._pid = self.open(), os.getpid()
+        return self._handle
+
+    def get(self, index: tuple[Any, ...]) -> np.ndarray:
+        return np.asarray(self.handle()[index])
+
+    def close(self) -> None:
+        """Drop the handle (a per-sample reader keeps nothing between reads)."""
+        self._handle = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_handle", None)
+        state.pop("_pid", None)
+        return state
+
+
+def _fmt(values: Sequence[int]) -> str:
+    return ",".join(str(int(v)) for v in values)
+
+
+class Volume:
+    """A stored array as ``C x spatial`` (spatial ``ZYX`` or ``YX``), channels chosen, optionally resampled.
+
+    ``target_spacing`` (one value per spatial axis) resamples on read: the volume is seen at that
+    spacing (linear interpolation for images, nearest for labels), never resampled whole.
+    """
+
+    def __init__(
+        self,
+        stored: Stored,
+        axes: str | None = None,
+        channels: Sequence[int] | None = None,
+        target_spacing: Sequence[float] | None = None,
+        labels: bool = False,
+    ) -> None:
+        self.stored, self.labels = stored, labels
+        self.layout: Layout = layout(stored.shape, stored.name, axes, stored.axes, stored.convention)
+        total = self.layout.channels
+        if channels is not None:
+            bad = [c for c in channels if c >= total]
+            if bad:
+                raise UserError(
+                    f"data.channels={_fmt(channels)} but '{stored.name}' has {total} channel(s) (0..{total - 1}); "
+                    f"choose channels between 0 and {total - 1}"
+                )
+        self.channels = list(channels) if channels is not None else list(range(total))
+        self.stored_spacing = self._spacing()
+        self.factor = np.ones(len(self.layout.spatial))
+        if target_spacing is not None:
+            target = list(target_spacing)
+            if len(target) == 1:
+                target = target * len(self.layout.spatial)
+            if len(target) != len(self.layout.spatial):
+                raise UserError(
+                    f"data.spacing has {len(target)} numbers but '{stored.name}' has {len(self.layout.spatial)} spatial "
+                    f"axes ({self.layout.spatial}); give one per axis"
+                )
+            if any(s is None for s in self.stored_spacing):
+                raise UserError(
+                    f"data.spacing resamples to a spacing, but the metadata of '{stored.name}' give no voxel spacing; "
+                    "leave data.spacing out, or store the spacing in the file (OME, NIfTI, ImageJ, DICOM)"
+                )
+            self.factor = np.asarray(self.stored_spacing, float) / np.asarray(target, float)
+        self.target_spacing = None if target_spacing is None else tuple(float(s) for s in self.spacing)
+
+    def _spacing(self) -> tuple[float | None, ...]:
+        per_axis = self.stored.spacing
+        if per_axis is None or len(per_axis) != len(self.layout.axes):
+            return (None,) * len(self.layout.spatial)
+        return tuple(per_axis[self.layout.axes.index(a)] for a in self.layout.spatial)
+
+    # ---- what it is ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.stored.name
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.layout.spatial)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def stored_spatial_shape(self) -> tuple[int, ...]:
+        return self.layout.spatial_shape
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The spatial shape as read (after resampling)."""
+        return tuple(int(round(s * f)) for s, f in zip(self.layout.spatial_shape, self.factor))
+
+    @property
+    def spacing(self) -> tuple[float | None, ...]:
+        return tuple(None if s is None else float(s / f) for s, f in zip(self.stored_spacing, self.factor))
+
+    @property
+    def spatial_chunks(self) -> tuple[int, ...] | None:
+        """The storage chunk shape per spatial axis (read coordinates), where the format has chunks."""
+        chunks = self.stored.chunks
+        if chunks is None or len(chunks) != len(self.layout.axes):
+            return None
+        return tuple(
+            int(np.ceil(chunks[self.layout.axes.index(a)] * f)) for a, f in zip(self.layout.spatial, self.factor)
+        )
+
+    @property
+    def resampled(self) -> bool:
+        return bool((self.factor != 1).any())
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def _read_stored(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        """The stored region ``[lo, hi)`` (spatial, stored spacing) as ``C x spatial`` in the stored dtype."""
+        index, kept = [], []
+        for axis in self.layout.axes:
+            if axis == "T":
+                index.append(0)
+            elif axis == "C":
+                index.append(slice(None))
+                kept.append(axis)
+            else:
+                k = self.layout.spatial.index(axis)
+                index.append(slice(int(lo[k]), int(hi[k])))
+                kept.append(axis)
+        try:
+            x = self.stored.get(tuple(index))
+        except UserError:
+            raise
+        except Exception as err:
+            reason = str(err).splitlines()[0] if str(err) else "corrupt data"
+            raise ReadError(
+                f"cannot read the region {self.layout.spatial.lower()}={_fmt(lo)} of '{self.name}' "
+                f"({type(err).__name__}: {reason}); the file may be damaged (e.g. a truncated chunk): re-copy or re-write it"
+            ) from None
+        order = ([kept.index("C")] if "C" in kept else []) + [kept.index(a) for a in self.layout.spatial]
+        x = np.transpose(x, order)
+        if "C" not in kept:
+            x = x[None]
+        if len(self.channels) != self.layout.channels or self.channels != list(range(len(self.channels))):
+            x = x[self.channels]
+        return x
+
+    def read(self, origin: Sequence[int], size: Sequence[int]) -> np.ndarray:
+        """The region at ``origin`` of ``size`` (read coordinates) as ``C x size`` float32; edges past the
+        volume are not allowed (patches are placed inside it)."""
+        if not self.resampled:
+            hi = [o + s for o, s in zip(origin, size)]
+            return self._read_stored(origin, hi).astype(np.float32, copy=False)
+        return self._read_resampled(origin, size)
+
+    def _read_resampled(self, origin: Sequence[int], size: Sequence[int]) -> np.ndarray:
+        """Separable linear (images) or nearest (labels) interpolation of the stored region a patch covers."""
+        coords, lo, hi = [], [], []
+        for o, s, f, n in zip(origin, size, self.factor, self.layout.spatial_shape):
+            c = (np.arange(o, o + s) + 0.5) / f - 0.5  # voxel centres in stored coordinates
+            c = np.clip(c, 0, n - 1)
+            first, last = int(np.floor(c.min())), min(int(np.floor(c.max())) + 2, n)
+            coords.append(c - first)
+            lo.append(first)
+            hi.append(last)
+        x = self._read_stored(lo, hi).astype(np.float32, copy=False)
+        for axis, c in enumerate(coords, start=1):
+            length = x.shape[axis]
+            if self.labels:
+                x = np.take(x, np.clip(np.round(c).astype(np.int64), 0, length - 1), axis=axis)
+                continue
+            i0 = np.clip(np.floor(c).astype(np.int64), 0, length - 1)
+            i1 = np.clip(i0 + 1, 0, length - 1)
+            w = (c - i0).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+            x = np.take(x, i0, axis=axis) * (1 - w) + np.take(x, i1, axis=axis) * w
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``icone data`` shows of the volume."""
+        return {
+            "file": self.name,
+            "axes": f"{self.layout.axes} ({self.layout.origin})",
+            "stored shape": "x".join(map(str, self.stored.shape)),
+            "dtype": str(self.stored.dtype),
+            "channels": f"{self.num_channels} of {self.layout.channels}"
+            + (f" ({_fmt(self.channels)})" if self.num_channels != self.layout.channels else ""),
+            "spatial shape": "x".join(map(str, self.spatial_shape)) + f" ({self.layout.spatial})",
+            "spacing": _spacing_text(self.layout.spatial, self.stored_spacing, self.stored.unit)
+            + (f", resampled to {_spacing_text(self.layout.spatial, self.spacing, '')}" if self.resampled else ""),
+        }
+
+
+def _spacing_text(axes: str, spacing: Sequence[float | None], unit: str) -> str:
+    if all(s is None for s in spacing):
+        return "not in the metadata (1 per voxel assumed)"
+    values = " ".join(f"{a.lower()} {'?' if s is None else f'{s:g}'}" for a, s in zip(axes, spacing))
+    return values + (f" {unit}" if unit else "")
