@@ -1,4 +1,4 @@
-"""Data sources: a SOURCE string (``digits``, ``synthetic3d``, a path, or ``npz:``/``folder:``/
+"""Data sources: a SOURCE string (``digits``, ``synthetic2d``, ``synthetic3d``, a path, or ``npz:``/``folder:``/
 ``volumes:`` + path) becomes a normalised :class:`~icone.data.arrays.Dataset`."""
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from icone.data.formats import is_zarr, split_fragment, suffix
 from icone.data.imbalance import long_tail_rows
 from icone.data.normalize import normalize_dataset
 from icone.data.samples import ArraySamples
-from icone.data.synthetic import digits, synthetic3d
+from icone.data.synthetic import digits, synthetic2d, synthetic3d
 from icone.data.volume_source import load_volume, load_volume_folder
 from icone.errors import UserError
 
 log = logging.getLogger("icone")
-BUILTIN = {"digits": digits, "synthetic3d": synthetic3d}
+BUILTIN = {"digits": digits, "synthetic2d": synthetic2d, "synthetic3d": synthetic3d}
 KINDS = ("npz", "folder", "volumes", "zarr", "h5", "dicom")
 SOURCE_HELP = (
-    "use digits, synthetic3d, a .npz file (MedMNIST layout), a folder of images or volumes, a volume file, "
+    "use digits, synthetic2d, synthetic3d, a .npz file (MedMNIST layout), a folder of images or volumes, a volume file, "
     "zarr:STORE[#array], h5:FILE#dataset or dicom:FOLDER"
 )
 VOLUME_FILES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".jpg", ".jpeg", ".bmp")
@@ -144,6 +144,8 @@ def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
     kind, path, fragment = _resolve(config.source)
     if kind == "digits":
         dataset = digits(config.test_fraction)
+    elif kind == "synthetic2d":
+        dataset = synthetic2d()
     elif kind == "synthetic3d":
         dataset = synthetic3d()
     elif kind == "npz":
