@@ -59,7 +59,7 @@ def test_features_table_init_sets_rows_to_normalised_embeddings():
     method.initialize([(x, torch.arange(4))])
     method.eval()
     with torch.no_grad():
-        expected = F.normalize(method.backbone(x), dim=-1)
+        expected = F.normalize(method.embed(x), dim=-1)  # the table space: after the projector
     assert torch.allclose(method.table, expected, atol=1e-5)
 
 

@@ -186,8 +186,8 @@ def test_sparse_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 # ---- two processes: the table stays identical and equals one process with the whole batch ---------
 
 
-def _two_process_worker(rank: int, world: int, out_dir: str) -> None:
-    method = _method(N, table_path="sparse", diversity="frame")
+def _two_process_worker(rank: int, world: int, out_dir: str, projector: str) -> None:
+    method = _method(N, table_path="sparse", diversity="frame", projector=projector)
     method.initialize([])
     optimizer = _optimizer(method)
     distributed.ddp_ignore(method, ["table"])
@@ -199,10 +199,11 @@ def _two_process_worker(rank: int, world: int, out_dir: str) -> None:
     torch.save({k: v.detach() for k, v in method.state_dict().items()}, f"{out_dir}/rank{rank}.pt")
 
 
-def test_two_processes_keep_one_table_equal_to_one_process_with_the_whole_batch(tmp_path):
-    run_on_processes(_two_process_worker, str(tmp_path))
+@pytest.mark.parametrize("projector", ["none", "linear"])
+def test_two_processes_keep_one_table_equal_to_one_process_with_the_whole_batch(tmp_path, projector):
+    run_on_processes(_two_process_worker, str(tmp_path), projector)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    single = _method(N, table_path="sparse", diversity="frame")
+    single = _method(N, table_path="sparse", diversity="frame", projector=projector)
     single.initialize([])
     optimizer = _optimizer(single)
     start = single.table.detach().clone()
@@ -210,5 +211,7 @@ def test_two_processes_keep_one_table_equal_to_one_process_with_the_whole_batch(
         _step(single, optimizer, _views(4, seed=step), torch.arange(4) + 4 * (step - 1), step)
     for name, value in single.state_dict().items():
         assert torch.equal(ranks[0][name], ranks[1][name]), name
-        assert torch.allclose(ranks[0][name], value, atol=1e-5), name
+        # 1e-4 = 1% of one step at lr 1e-2: Adam divides by sqrt(v), which turns the rounding of
+        # near-zero gradients (summed in another order over processes) into differences of ~4e-5
+        assert torch.allclose(ranks[0][name], value, atol=1e-4), name
     assert not torch.allclose(single.table, start)

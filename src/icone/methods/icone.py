@@ -37,17 +37,36 @@ TABLE_PATHS = ("auto", "dense", "sparse")
 TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# the values a preset gives the options left unset (None); docs/icone.md says why each differs
+PRESETS: dict[str, dict[str, Any]] = {
+    "icone": {
+        "projector": "linear",
+        "diversity": "frame",
+        "table_lr_scale": 1.0,
+        "table_init": "features",
+    },  # the study's
+    "paper": {
+        "projector": "none",
+        "diversity": "hinge",
+        "table_lr_scale": 1.0,
+        "table_init": "normal",
+    },  # the public reading
+}
+
+
 @dataclass
 class IConEOptions:
-    alignment: str = option("cosine", choices=ALIGNMENTS)  # cosine | infonce (own row positive, sampled rows negatives)
-    diversity: str = option("hinge", choices=DIVERSITIES)
-    projector: str = option("none", choices=PROJECTORS)  # none | linear | mlp (MLP with LayerNorm)
+    preset: str = option("icone", choices=tuple(PRESETS))  # fills the options below that are left unset
+    alignment: str = option("cosine", choices=ALIGNMENTS)  # cosine | infonce (own row positive, other rows negatives)
+    diversity: str | None = option(None, choices=DIVERSITIES)
+    projector: str | None = option(None, choices=PROJECTORS)  # none | linear | mlp (MLP with LayerNorm)
     projector_dim: int = option(128, low=1)
-    table_init: str = option(
-        "features", choices=TABLE_INITS
+    projector_hidden: int = option(0, low=0)  # mlp only: hidden width (0: twice the backbone's feature width)
+    table_init: str | None = option(
+        None, choices=TABLE_INITS
     )  # features: rows = untrained encoder's embeddings (ours) | normal N(0, std^2)
     table_init_std: float = option(0.02, above=0)
-    table_lr_scale: float = option(10.0, above=0)  # table lr = encoder lr * this (ours: 10; the public reading: 1)
+    table_lr_scale: float | None = option(None, above=0)  # table lr = encoder lr * this
     table_weight_decay: float | None = option(None, low=0)  # None: the encoder's weight decay
     detach_table: bool = False  # stop-gradient of the alignment into the table (rows move by L_div only)
     w_vi: float = option(1.0, low=0)
@@ -70,6 +89,12 @@ class IConEOptions:
         1000, low=1
     )  # sparse path, frame diversity: recompute the d x d matrix every this many steps
 
+    def validate(self) -> None:
+        """Fill the unset options from ``preset``."""
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+
 
 class IConE(Method):
     name = "icone"
@@ -77,13 +102,14 @@ class IConE(Method):
     batch_needs = "nothing"
     paper = "Almpanakis & Kreshuk 2026, arXiv 2603.15263"
     min_batch_size = 1
-    default_lr = 2e-4  # at batch 64: 1e-4 at 16 and 2.5e-5 at 1 with the default sqrt scaling
+    default_lr = 2.8e-3  # at batch 64: 1e-3 at 8 and 3.5e-4 at 1 with the default sqrt scaling (docs/icone.md)
     default_weight_decay = 0.05
     default_norm = "group"
     cost_grows_with_instances = True
     Options = IConEOptions
 
     def __init__(self, backbone: nn.Module, options: IConEOptions, num_instances: int) -> None:
+        options.validate()  # options built by hand get the preset's values too
         super().__init__(backbone, options, num_instances)
         if options.projector == "none":
             self.projector: nn.Module = nn.Identity()
@@ -92,7 +118,8 @@ class IConE(Method):
             self.projector = nn.Linear(self.feature_dim, options.projector_dim)
             dim = options.projector_dim
         else:
-            self.projector = MLP(self.feature_dim, 2 * self.feature_dim, options.projector_dim, layers=2, norm="layer")
+            hidden = options.projector_hidden or 2 * self.feature_dim
+            self.projector = MLP(self.feature_dim, hidden, options.projector_dim, layers=2, norm="layer")
             dim = options.projector_dim
         self.embedding_dim = dim
         dtype = TABLE_DTYPES[options.table_dtype]
@@ -171,16 +198,21 @@ class IConE(Method):
         if opts.alignment == "cosine":
             l_vi = losses.icone_view_instance_alignment(z, batch_rows.detach() if opts.detach_table else batch_rows)
         else:
-            negatives = torch.randint(
-                0, self.num_instances, (min(opts.negatives, self.num_instances),), device=z.device
-            )
+            n = self.num_instances
+            if (
+                opts.negatives >= n and not self.sparse
+            ):  # every row once (a draw with replacement repeats some, misses others)
+                negatives = torch.arange(n, device=z.device)
+            else:
+                negatives = torch.randint(0, n, (min(opts.negatives, n),), device=z.device)
             aligned_table = self.table.detach() if opts.detach_table else self.table
             l_vi = losses.icone_infonce_alignment(
                 z, aligned_table, index, negatives, temperature=opts.temperature, sparse_grad=self.sparse
             )
             touched = torch.cat([index, negatives])
         l_vv = losses.icone_view_view_alignment(z)
-        l_div = self.diversity(index, batch_rows)
+        # w_div = 0: not computed (the full-table hinge is O(N^2 d) a step, most of the step at N = 10^3)
+        l_div = self.diversity(index, batch_rows) if opts.w_div > 0 else z.new_zeros(())
         if self.uses_gram:  # the rows this step changes on any process, as they are before it
             with torch.no_grad():
                 touched = torch.unique(distributed.all_gather_cat(touched))
