@@ -274,3 +274,48 @@ def test_a_diverged_or_failed_cell_does_not_stop_the_grid(tmp_path, monkeypatch)
     calls.clear()
     bench.run_bench(spec, log=lambda line: None)  # diverged cells are kept (deterministic), failed ones are tried again
     assert calls == ["icone-b4-r1-s0"]
+
+
+def test_the_lr_sweep_tries_every_factor_and_the_grid_uses_the_best(tmp_path, monkeypatch):
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    knn_at_factor = {0.5: 0.2, 2.0: 0.6}  # a fake evaluation: factor 2 wins for icone, 0.5 for simclr
+    import icone.runs  # run_cell imports evaluate_run from here at call time
+
+    real = icone.runs.evaluate_run
+
+    def fake_evaluate(run_dir, *args, **kwargs):
+        result = real(run_dir, *args, **kwargs)
+        factor = 2.0 if "-lr2" in run_dir.name else 0.5 if "-lr0.5" in run_dir.name else None
+        if factor is not None:
+            score = knn_at_factor[factor]
+            result["knn_accuracy"] = score if "icone" in run_dir.name else 1 - score
+        return result
+
+    monkeypatch.setattr(icone.runs, "evaluate_run", fake_evaluate)
+    spec = tiny_spec(
+        npz, tmp_path / "grid", methods="icone,simclr", batch_sizes="2", imbalance="1", lr_sweep="0.5,2", sweep_batch=2
+    )
+    result = bench.run_bench(spec, log=lambda line: None)
+    sweep = json.loads((tmp_path / "grid" / "sweep.json").read_text())["rows"]
+    assert sorted((r["method"], r["lr_factor"]) for r in sweep) == [
+        ("icone", 0.5),
+        ("icone", 2.0),
+        ("simclr", 0.5),
+        ("simclr", 2.0),
+    ]
+    assert all(r["batch_size"] == 2 and r["seed"] == 0 and r["status"] == "ok" for r in sweep)
+    assert json.loads((tmp_path / "grid" / "lr_choice.json").read_text()) == {"icone": 2.0, "simclr": 0.5}
+    rows = {r["method"]: r for r in result["rows"]}
+    for method, factor in (("icone", 2.0), ("simclr", 0.5)):
+        default = bench.grid.get_method(method).default_lr * (2 / 64) ** 0.5
+        assert rows[method]["lr_factor"] == factor and rows[method]["lr"] == pytest.approx(default * factor)
+    summary = (tmp_path / "grid" / "summary.md").read_text()
+    assert "## lr sweep (batch 2" in summary and "| icone | 0.200" in summary
+
+
+def test_sweep_options_are_checked(tmp_path):
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    with pytest.raises(UserError, match="--lr-sweep takes factors above 0"):
+        tiny_spec(npz, tmp_path / "g", lr_sweep="0,1")
+    with pytest.raises(UserError, match="--sweep-batch goes with --lr-sweep"):
+        tiny_spec(npz, tmp_path / "g", sweep_batch=4)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from icone.bench.grid import BenchSpec, Cell, cell_config, cell_lr, grid_cells
+from icone.bench.grid import BenchSpec, Cell, cell_config, cell_lr, choose_lr_factors, grid_cells, sweep_cells
 from icone.bench.measure import PeakMemory, environment_of, training_log
 from icone.bench.plots import plot_results
 from icone.bench.report import BASELINE, COLUMNS, METRICS, summary_markdown, write_results
@@ -64,6 +64,7 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
         imbalance=cell.imbalance,
         lr=cell_lr(config),
         lr_scaling=config.optim.lr_scaling,
+        lr_factor=cell.lr_factor,
     )
     minimum = get_method(cell.method).min_batch_size
     if cell.batch_size < minimum:
@@ -128,16 +129,9 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print, debug: bool =
         lock.release()
 
 
-def _run_grid(spec: BenchSpec, log: Callable[[str], None], debug: bool) -> dict[str, Any]:
-    out = _prepare_out(spec)
-    cells = grid_cells(spec)
-    for note in spec.notes:
-        log(f"note: {note}")
-    log(
-        f"bench: {len(spec.methods)} method(s) x {len(spec.batch_sizes)} batch size(s) x {spec.seeds} seed(s) x "
-        f"{len(spec.imbalance)} imbalance ratio(s) = {len(cells)} cells on {spec.data}, {spec.backbone}, {spec.epochs} epoch(s); into {out}"
-    )
-    environment = machine_info(spec)
+def _run_cells(
+    spec: BenchSpec, cells: list[Cell], log: Callable[[str], None], debug: bool, write: Callable[[list], None]
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for position, cell in enumerate(cells, 1):
         try:
@@ -149,14 +143,51 @@ def _run_grid(spec: BenchSpec, log: Callable[[str], None], debug: bool) -> dict[
             raise
         rows.append(row)
         log(progress_line(position, len(cells), row, how))
-        write_results(out, spec, sorted(rows, key=row_order(spec)), environment)
+        write(rows)
+    return rows
+
+
+def _run_sweep(
+    spec: BenchSpec, log: Callable[[str], None], debug: bool, environment: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The lr sweep (when asked), then each method's factor; saved in ``lr_choice.json``."""
+    cells = sweep_cells(spec)
+    if not cells:
+        return [], {}
+    log(
+        f"lr sweep: {len(spec.methods)} method(s) x factors {', '.join(f'{k:g}' for k in spec.lr_sweep)} "
+        f"at batch {spec.sweep_batch}, seed 0"
+    )
+    rows = _run_cells(spec, cells, log, debug, lambda done: write_results(spec.out, spec, done, environment, "sweep"))
+    chosen = choose_lr_factors(rows)
+    atomic_write_text(spec.out / "lr_choice.json", json.dumps(chosen, indent=2))
+    log("lr factors chosen: " + ", ".join(f"{m} x{k:g}" for m, k in chosen.items()))
+    return rows, chosen
+
+
+def _run_grid(spec: BenchSpec, log: Callable[[str], None], debug: bool) -> dict[str, Any]:
+    out = _prepare_out(spec)
+    for note in spec.notes:
+        log(f"note: {note}")
+    environment = machine_info(spec)
+    sweep, chosen = _run_sweep(spec, log, debug, environment)
+    cells = grid_cells(spec, chosen)
+    log(
+        f"bench: {len(spec.methods)} method(s) x {len(spec.batch_sizes)} batch size(s) x {spec.seeds} seed(s) x "
+        f"{len(spec.imbalance)} imbalance ratio(s) = {len(cells)} cells on {spec.data}, {spec.backbone}, {spec.epochs} epoch(s); into {out}"
+    )
+    rows = _run_cells(
+        spec, cells, log, debug, lambda done: write_results(out, spec, sorted(done, key=row_order(spec)), environment)
+    )
     rows.sort(key=row_order(spec))
-    atomic_write_text(out / "summary.md", summary_markdown(spec, rows, environment))
+    atomic_write_text(out / "summary.md", summary_markdown(spec, rows, environment, sweep, chosen))
     plots = plot_results(rows, out / "plots")
     return {
         "out": str(out),
         "rows": rows,
-        "files": ["results.csv", "results.json", "summary.md"] + [str(p.relative_to(out)) for p in plots],
+        "files": ["results.csv", "results.json", "summary.md"]
+        + (["sweep.csv", "sweep.json", "lr_choice.json"] if sweep else [])
+        + [str(p.relative_to(out)) for p in plots],
     }
 
 

@@ -3,11 +3,14 @@
 Equal treatment: one source, one backbone, one norm layer (``model.norm=group`` unless overridden),
 the same augmentation settings and epoch budget for every method. Each cell's learning rate is the
 one ``icone train`` would use (:func:`icone.build.learning_rate`): ``optim.lr`` as given, else
-``optim.base_lr`` or the method's default, stated for batch 64 and scaled by ``optim.lr_scaling``.
+``optim.base_lr`` or the method's default, stated for batch 64 and scaled by ``optim.lr_scaling``;
+with ``--lr-sweep`` times the factor the sweep chose for the method (the same factors for every
+method, tried at one reference batch, seed 0; docs/bench.md).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 from icone.build import learning_rate
 from icone.config import Config, build_config, parse_overrides
 from icone.errors import UserError
-from icone.methods import registry
+from icone.methods import get_method, registry
 
 DEFAULT_NORM = "group"  # batch-free, so batch-size-1 methods are not handicapped; override with model.norm=...
 PAPER_METHODS = ["icone", "excb", "simclr", "moco", "byol", "vicreg", "barlow_twins", "dino"]
@@ -48,10 +51,15 @@ class BenchSpec:
     preset: str = "quick"
     command: str = ""
     notes: list[str] = field(default_factory=list)
+    lr_sweep: list[float] = field(default_factory=lambda: [1.0])  # factors on each method's lr; one: no sweep
+    sweep_batch: int = 8  # the batch size the sweep runs at
 
     def settings(self) -> dict[str, Any]:
         """What every cell of OUT must share (methods, batch sizes, seeds and ratios may grow)."""
-        return {"data": self.data, "backbone": self.backbone, "epochs": self.epochs, "overrides": self.overrides}
+        settings = {"data": self.data, "backbone": self.backbone, "epochs": self.epochs, "overrides": self.overrides}
+        if len(self.lr_sweep) > 1:
+            settings.update(lr_sweep=self.lr_sweep, sweep_batch=self.sweep_batch)
+        return settings
 
 
 @dataclass(frozen=True)
@@ -60,10 +68,13 @@ class Cell:
     batch_size: int
     seed: int
     imbalance: float
+    lr_factor: float = 1.0  # times the method's lr (the sweep's choice, or a sweep cell's factor)
+    sweep: bool = False  # a cell of the lr sweep
 
     @property
     def name(self) -> str:
-        return f"{self.method}-b{self.batch_size}-r{self.imbalance:g}-s{self.seed}"
+        name = f"{self.method}-b{self.batch_size}-r{self.imbalance:g}-s{self.seed}"
+        return f"sweep/{name}-lr{self.lr_factor:g}" if self.sweep else name
 
 
 def parse_list(text: str | list | None, kind: type, flag: str) -> list | None:
@@ -114,6 +125,7 @@ def build_spec(
     preset: str | None = None, data: str | None = None, methods: str | list | None = None, batch_sizes: str | list | None = None,
     seeds: int | None = None, epochs: int | None = None, imbalance: str | list | None = None, backbone: str | None = None,
     out: str | Path | None = None, overrides: list[str] | None = None, command: str = "",
+    lr_sweep: str | list | None = None, sweep_batch: int | None = None,
 ) -> BenchSpec:  # fmt: skip
     """The grid from a preset (``quick`` when none) and explicit values, which win; checked up front."""
     from icone.data.sources import resolve
@@ -139,8 +151,17 @@ def build_spec(
         preset=name,
         command=command,
         notes=notes,
+        lr_sweep=parse_list(lr_sweep, float, "--lr-sweep") or [1.0],
+        sweep_batch=8 if sweep_batch is None else sweep_batch,
     )
-    for flag, values in (("--batch-sizes", spec.batch_sizes), ("--seeds", [spec.seeds]), ("--epochs", [spec.epochs])):
+    if min(spec.lr_sweep) <= 0:
+        raise UserError(f"--lr-sweep takes factors above 0 (e.g. 0.3,1,3), got {min(spec.lr_sweep):g}")
+    if sweep_batch is not None and len(spec.lr_sweep) < 2:
+        raise UserError("--sweep-batch goes with --lr-sweep (two or more factors); add --lr-sweep or drop it")
+    for flag, values in (
+        ("--batch-sizes", spec.batch_sizes), ("--seeds", [spec.seeds]), ("--epochs", [spec.epochs]),
+        ("--sweep-batch", [spec.sweep_batch]),
+    ):  # fmt: skip
         if min(values) < 1:
             raise UserError(f"{flag} must be at least 1, got {min(values)}")
     if min(spec.imbalance) < 1:
@@ -152,15 +173,37 @@ def build_spec(
     return spec
 
 
-def grid_cells(spec: BenchSpec) -> list[Cell]:
-    """Run order: seed first, so an interrupted grid has whole seeds rather than whole methods."""
+def grid_cells(spec: BenchSpec, lr_factors: dict[str, float] | None = None) -> list[Cell]:
+    """Run order: seed first, so an interrupted grid has whole seeds rather than whole methods.
+    ``lr_factors``: each method's factor from the sweep (1 when absent)."""
+    factors = lr_factors or {}
     return [
-        Cell(m, b, s, r)
+        Cell(m, b, s, r, factors.get(m, 1.0))
         for s in range(spec.seeds)
         for r in spec.imbalance
         for m in spec.methods
         for b in spec.batch_sizes
     ]
+
+
+def sweep_cells(spec: BenchSpec) -> list[Cell]:
+    """The lr sweep: every method at ``sweep_batch``, seed 0, the first imbalance ratio, each factor."""
+    if len(spec.lr_sweep) < 2:
+        return []
+    return [Cell(m, spec.sweep_batch, 0, spec.imbalance[0], k, sweep=True) for m in spec.methods for k in spec.lr_sweep]
+
+
+def choose_lr_factors(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Each method's factor with the best kNN accuracy in the sweep (a tie: the factor nearest 1)."""
+    best: dict[str, tuple[float, float, float]] = {}
+    for row in rows:
+        if row["status"] != "ok" or row.get("knn_accuracy") is None:
+            continue
+        factor = float(row["lr_factor"])
+        key = (float(row["knn_accuracy"]), -abs(math.log(factor)), factor)
+        if row["method"] not in best or key > best[row["method"]]:
+            best[row["method"]] = key
+    return {method: key[2] for method, key in best.items()}
 
 
 def cell_config(spec: BenchSpec, cell: Cell) -> Config:
@@ -173,6 +216,11 @@ def cell_config(spec: BenchSpec, cell: Cell) -> Config:
     }
     config = build_config(values, overrides_for(spec.overrides, cell.method))
     config.eval.after_train = False  # the grid evaluates after measuring the training alone
+    if cell.lr_factor != 1.0:
+        if config.optim.lr is not None:
+            config.optim.lr *= cell.lr_factor
+        else:
+            config.optim.base_lr = (config.optim.base_lr or get_method(cell.method).default_lr) * cell.lr_factor
     return config
 
 

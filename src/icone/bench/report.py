@@ -27,6 +27,7 @@ COLUMNS = (
         "status",
         "lr",
         "lr_scaling",
+        "lr_factor",
         *METRICS,
         "empty_cluster_fraction",
     ]
@@ -35,12 +36,15 @@ COLUMNS = (
 )
 
 
-def write_results(out: Path, spec: BenchSpec, rows: list[dict[str, Any]], environment: dict[str, Any]) -> None:
+def write_results(
+    out: Path, spec: BenchSpec, rows: list[dict[str, Any]], environment: dict[str, Any], name: str = "results"
+) -> None:
+    """``NAME.csv`` and ``NAME.json`` (the grid's ``results``, the lr sweep's ``sweep``)."""
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows({k: "" if r.get(k) is None else r[k] for k in COLUMNS} for r in rows)
-    atomic_write_text(out / "results.csv", table.getvalue())
+    atomic_write_text(out / f"{name}.csv", table.getvalue())
     settings = {
         **spec.settings(),
         "norm_default": DEFAULT_NORM,
@@ -59,7 +63,7 @@ def write_results(out: Path, spec: BenchSpec, rows: list[dict[str, Any]], enviro
         "columns": COLUMNS,
         "rows": rows,
     }
-    atomic_write_text(out / "results.json", json.dumps(document, indent=2))
+    atomic_write_text(out / f"{name}.json", json.dumps(document, indent=2))
 
 
 def mean_std(values: list[float]) -> tuple[float, float] | None:
@@ -93,7 +97,37 @@ def short_status(status: str) -> str:
     return status.split(":")[0]
 
 
-def summary_markdown(spec: BenchSpec, rows: list[dict[str, Any]], environment: dict[str, Any]) -> str:
+def sweep_markdown(spec: BenchSpec, sweep: list[dict[str, Any]], chosen: dict[str, float]) -> list[str]:
+    """The lr sweep's table: kNN of each method at each factor, and the factor the grid used."""
+    if not sweep:
+        return []
+    lines = [
+        f"## lr sweep (batch {spec.sweep_batch}, seed 0; the grid uses each method's best factor by kNN)",
+        "",
+        "| method | " + " | ".join(f"x{k:g}" for k in spec.lr_sweep) + " | chosen |",
+        "|---|" + "---|" * (len(spec.lr_sweep) + 1),
+    ]
+    for method in spec.methods:
+        by_factor = {float(r["lr_factor"]): r for r in sweep if r["method"] == method}
+        cells = []
+        for k in spec.lr_sweep:
+            r = by_factor.get(k)
+            ok = r is not None and r["status"] == "ok" and r.get("knn_accuracy") is not None
+            cells.append(
+                f"{r['knn_accuracy']:.3f} (lr {r['lr']:.2g})" if ok else short_status(r["status"]) if r else "-"
+            )
+        choice = f"x{chosen[method]:g}" if method in chosen else "none ran: x1"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {choice} |")
+    return lines + [""]
+
+
+def summary_markdown(
+    spec: BenchSpec,
+    rows: list[dict[str, Any]],
+    environment: dict[str, Any],
+    sweep: list[dict[str, Any]] | None = None,
+    chosen: dict[str, float] | None = None,
+) -> str:
     many = len(spec.imbalance) > 1
     columns = [
         ("kNN", "knn_accuracy", 3, 1.0),
@@ -121,6 +155,7 @@ def summary_markdown(spec: BenchSpec, rows: list[dict[str, Any]], environment: d
         "",
     ]
     lines += [f"Note: {note}" for note in spec.notes] + ([""] if spec.notes else [])
+    lines += sweep_markdown(spec, sweep or [], chosen or {})
     lines += [f"Mean ± sample std over the seeds that finished (n = runs ok / cells); peak memory is {memory}.", ""]
     head = ["method", "batch"] + (["imbalance"] if many else []) + ["runs"] + [c[0] for c in columns]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -33,6 +33,10 @@ def bench(
     out: Optional[Path] = typer.Option(
         None, "--out", help="Grid folder (default: bench/quick or bench/paper); run again to continue a grid."
     ),
+    lr_sweep: Optional[str] = typer.Option(
+        None, "--lr-sweep", help="Factors on every method's lr, tried at --sweep-batch first, e.g. 0.3,1,3."
+    ),
+    sweep_batch: Optional[int] = typer.Option(None, "--sweep-batch", help="Batch size of the lr sweep (default 8)."),
     quick: bool = typer.Option(False, "--quick", help="Preset: a small grid for 2 CPU cores (the default)."),
     paper: bool = typer.Option(
         False, "--paper", help="Preset: the papers' methods at batch sizes 1-64, 3 seeds (for a GPU)."
@@ -53,6 +57,8 @@ def bench(
         "--imbalance": imbalance,
         "--quick": quick or None,
         "--paper": paper or None,
+        "--lr-sweep": lr_sweep,
+        "--sweep-batch": sweep_batch,
     }
     speed_only = {
         "--instances": instances,
@@ -91,6 +97,8 @@ def bench(
         out=out,
         overrides=list(overrides or []),
         command=_command_line(),
+        lr_sweep=lr_sweep,
+        sweep_batch=sweep_batch,
     )
     result = run_bench(spec, log=_log, debug=DEBUG["on"])
     _log(f"bench folder: {result['out']} ({', '.join(result['files'])})")
