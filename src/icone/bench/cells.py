@@ -110,7 +110,8 @@ def progress_line(position: int, total: int, row: dict[str, Any], how: str) -> s
     knn = "-" if row["knn_accuracy"] is None else f"{row['knn_accuracy']:.3f}"
     seconds = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f} s"
     return (
-        f"[{position}/{total}] {row['method']} b={row['batch_size']} r={row['imbalance']:g} s={row['seed']}: "
+        f"[{position}/{total}] {row['method']} b={row['batch_size']} r={row['imbalance']:g} s={row['seed']}"
+        f"{'' if row.get('lr_factor', 1.0) == 1.0 else ' lr x' + format(row['lr_factor'], 'g')}: "
         f"{row['status']}  kNN {knn}  train {seconds}  ({how})"
     )
 
