@@ -48,7 +48,7 @@ def write_files(folder: Path) -> dict[str, str]:
 def read_rate(source: str, workers: int, batches: int) -> float:
     from icone.config import DataConfig
     from icone.data import IndexedDataset, load_dataset
-    from icone.train.loader import train_loader
+    from icone.training.loader import train_loader
 
     data = load_dataset(DataConfig(source=source, patch=[32], sampler="random"))
     train = IndexedDataset(data.train)
@@ -71,8 +71,8 @@ def step_rate(steps: int = 10) -> float:
     from icone.build import build_method, resolve_config, view_maker
     from icone.config import build_config
     from icone.data.arrays import Dataset, Split
-    from icone.train.optim import build_optimizer
-    from icone.train.step import Schedule, TrainStep
+    from icone.training.optim import build_optimizer
+    from icone.training.step import Schedule, TrainStep
 
     samples = np.random.default_rng(0).normal(size=(64, 1, 32, 32, 32)).astype(np.float32)
     dataset = Dataset("patches", Split(samples, np.full(64, -1)), None)
