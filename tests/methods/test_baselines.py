@@ -208,3 +208,16 @@ def test_options_are_validated():
         method = item.split(".")[0]
         with pytest.raises(UserError, match=item.split("=")[0].split(".")[1]):
             resolve_config(build_config(None, [f"method={method}", "train.batch_size=4", item]), tiny_dataset(2, n=8))
+
+
+def test_evaluation_backbone_is_the_papers_network():
+    """DINO is evaluated (and exported) through its teacher, as its paper does; the others through the student."""
+    dataset = tiny_dataset(2)
+    for name in BASELINES:
+        config = resolve_config(
+            build_config(None, [f"method={name}", "model.backbone=smallcnn", "model.width=8", *NARROW_HEADS[name]]),
+            dataset,
+        )
+        method = build_method(config, num_instances=len(dataset.train))
+        expected = method.teacher_backbone if name == "dino" else method.backbone
+        assert method.evaluation_backbone() is expected, name

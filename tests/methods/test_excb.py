@@ -14,8 +14,17 @@ from icone.config import ViewConfig
 from icone.errors import UserError
 from icone.evaluate.metrics import cluster_occupancy
 from icone.evaluate.report import occupancy_on_train
-from icone.methods.excb import ExCB, crop_min_scale, default_hidden_dim, default_num_clusters
+from icone.export import load_backbone
+from icone.methods.excb import (
+    PAPER_SIZE_STEP,
+    ExCB,
+    crop_min_scale,
+    default_hidden_dim,
+    default_num_clusters,
+    default_size_momentum,
+)
 from icone.methods.kmeans import spherical_kmeans
+from icone.nets import RunningNorm
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +39,11 @@ def one_thread():
 def make_method(num_instances: int = 32, dims: int = 2, norm: str = "group", **options) -> ExCB:
     torch.manual_seed(0)
     backbone = small_backbone("smallcnn", dims, norm)
-    return ExCB(backbone, ExCB.make_options({"hidden_dim": 32, "bottleneck_dim": 16, **options}), num_instances)
+    return ExCB(
+        backbone,
+        ExCB.make_options({"hidden_dim": 32, "bottleneck_dim": 16, "num_clusters": 8, **options}),
+        num_instances,
+    )
 
 
 def make_views(batch: int = 4, local: int = 2, seed: int = 0) -> list[torch.Tensor]:
@@ -48,18 +61,64 @@ def skewed_sizes(k: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_k_rule_and_head_rule():
-    assert default_num_clusters(32) == 8
-    assert default_num_clusters(1437) == 359
+    assert default_num_clusters(160) == 8
+    assert default_num_clusters(1438) == 72  # digits
+    assert default_num_clusters(640) == 32  # synthetic3d
+    assert default_num_clusters(1_281_167) == 64058  # ImageNet: about the paper's 65536
     assert default_num_clusters(4) == 2 and default_num_clusters(1) == 1
     assert default_num_clusters(10**7) == 65536
+    # with the size-momentum rule the sizes average over K / (0.032 x 2 N) = 0.8 epochs, as in the paper
+    assert default_num_clusters(1438) / (PAPER_SIZE_STEP * 2 * 1438) == pytest.approx(
+        65536 / (PAPER_SIZE_STEP * 2 * 1_281_167), rel=0.03
+    )
     assert default_hidden_dim(128) == 512 and default_hidden_dim(2048) == 2048
+    assert make_method(num_clusters=None, num_instances=160).num_clusters == 8
     method = make_method()
     assert method.num_clusters == 8 and method.centroids.weight.shape == (8, 16)
     assert make_method(num_clusters=5).num_clusters == 5
 
 
+def test_size_momentum_rule():
+    """m_s = 1 - 0.032 A / K with A = global views x batch x processes: the paper's setting gives its
+    0.999, and one assignment always moves a cluster's relative size by K (1 - m_s) / A = 0.032."""
+    assert math.isclose(PAPER_SIZE_STEP, 0.032)
+    assert default_size_momentum(65536, 1024) == pytest.approx(0.999)  # the paper: K 65536, batch 1024, 2 views
+    assert default_size_momentum(65536, 256, world_size=4) == pytest.approx(0.999)  # the same batch on 4 processes
+    assert default_size_momentum(360, 1) == pytest.approx(1 - 0.032 * 2 / 360)  # 0.99982
+    assert default_size_momentum(360, 64) == pytest.approx(1 - 0.032 * 128 / 360)  # 0.9886
+    for k, b, w in [(360, 1, 1), (360, 64, 1), (72, 8, 2), (65536, 1024, 1)]:
+        m, a = default_size_momentum(k, b, w), 2 * b * w
+        assert k * (1 - m) / a == pytest.approx(0.032)
+    assert default_size_momentum(4, 64) == 0.0  # more than 1 / 0.032 assignments per cluster each step: no memory
+
+
+def test_step_uses_the_size_momentum_rule_unless_set():
+    views = make_views(batch=4, local=1)
+    for option, expected in [(None, default_size_momentum(8, 4)), (0.9, 0.9)]:
+        method = make_method(size_momentum=option)
+        s0 = skewed_sizes(8)
+        method.sizes.copy_(s0)
+        _, metrics = method.training_step(views, torch.arange(4))
+        fractions = method._pending_fractions.clone()
+        method.after_optimizer_step(1, 10)
+        assert float(metrics["size_momentum"]) == pytest.approx(expected)
+        assert torch.allclose(method.sizes, expected * s0 + (1 - expected) * fractions, atol=1e-7)
+    assert default_size_momentum(8, 4) == pytest.approx(1 - 0.032 * 8 / 8)
+
+
 @pytest.mark.parametrize(
-    "bad", [{"num_clusters": 1}, {"head_norm": "foo"}, {"teacher_temperature": 0}, {"size_momentum": 1.5}]
+    "bad",
+    [
+        {"num_clusters": 1},
+        {"head_norm": "foo"},
+        {"predictor_norm": "instance"},
+        {"teacher_temperature": 0},
+        {"size_momentum": 1.5},
+        {"eval_network": "both"},
+        {"running_window": 0},
+        {"auto_batch_size": 0},
+        {"crop_scale_start": 0},
+    ],
 )
 def test_options_validate(bad):
     with pytest.raises(UserError, match="excb"):
@@ -74,8 +133,11 @@ def test_step_uses_previous_sizes_and_updates_after():
     s0 = skewed_sizes(8)
     method.sizes.copy_(s0)
     views = make_views(batch=4, local=2)
+    before = {k: v.clone() for k, v in method.state_dict().items() if k != "epoch_counts"}  # running norms update
     loss, metrics = method.training_step(views, torch.arange(4))
     assert torch.equal(method.sizes, s0)  # unchanged by the step itself
+
+    method.load_state_dict(before, strict=False)
 
     with torch.no_grad():  # recompute the step by hand with s0: same loss, same assignments
         raw = method.teacher_similarities(views[:2]).reshape(2, 4, 8)
@@ -143,6 +205,39 @@ def test_pairing_and_centroid_gradients(local):
     assert method.centroids.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("batch, expected", [(1, False), (4, False), (8, True), (16, True)])
+def test_auto_heads_use_batch_statistics_from_the_threshold(batch, expected):
+    method = make_method()  # head_norm = predictor_norm = auto, auto_batch_size = 8
+    norms = [m for m in method.modules() if isinstance(m, RunningNorm)]
+    assert len(norms) == 2 + 2 + 1 + 1  # student and teacher projector, predictor, predictor norm
+    method.training_step(make_views(batch=batch, local=1), torch.arange(batch))
+    assert all(bool(n.batch_statistics) == expected for n in norms)
+    assert method.describe()["head_statistics"] == ("batch" if expected else "running")
+    fixed = make_method(head_norm="running", predictor_norm="running")
+    fixed.training_step(make_views(batch=batch, local=1), torch.arange(batch))
+    assert not any(bool(n.batch_statistics) for n in fixed.modules() if isinstance(n, RunningNorm))
+
+
+def test_auto_threshold_counts_all_processes(monkeypatch):
+    """B = 4 on each of 2 processes is a batch of 8: batch statistics (the threshold is global)."""
+    from icone import distributed
+
+    method = make_method()
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    method._choose_auto_norms(4)
+    assert all(bool(n.batch_statistics) for n in method.modules() if isinstance(n, RunningNorm))
+
+
+def test_projector_normalises_all_crops_in_one_pass():
+    """As the official MLPBottleneckClassifier.forward: global and local crops' features go through
+    the student projector together, so a batch-norm head's statistics cover all of them."""
+    method = make_method(head_norm="batch", predictor_norm="batch")
+    calls = []
+    method.projector.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    method.student_outputs(make_views(batch=3, local=2), 2)
+    assert calls == [3 * 4]  # one pass over 2 global + 2 local crops of 3 samples
+
+
 def test_param_groups_centroid_weight_decay_schedule():
     method = make_method()
     groups = method.param_groups(1e-3, 0.05)
@@ -155,12 +250,18 @@ def test_param_groups_centroid_weight_decay_schedule():
 
 
 def test_crop_scale_schedule():
-    method = make_method()
     spec = ViewConfig(global_size=16, local_size=8, local_crops=2, flip=True, rotate90=True)
+    assert make_method().adjust_views(spec, 0, 10) == spec  # off by default: views.* scales as every method
+    # on: relative to views.global_scale, start = its minimum, end = start x 0.14 / 0.26
+    method = make_method(crop_schedule=True)
     first = method.adjust_views(spec, 0, 10)
-    assert first.global_scale == (pytest.approx(0.26), 1.0) and first.local_scale[1] == pytest.approx(0.26)
+    assert first.global_scale == (pytest.approx(0.4), 1.0) and first.local_scale == (0.05, pytest.approx(0.4))
     scales = [method.adjust_views(spec, e, 10).global_scale[0] for e in range(10)]
-    assert all(a > b for a, b in zip(scales, scales[1:])) and scales[-1] > 0.14
+    assert all(a > b for a, b in zip(scales, scales[1:])) and scales[-1] > 0.4 * 0.14 / 0.26
+    # the paper's schedule, given explicitly
+    paper = make_method(crop_schedule=True, crop_scale_start=0.26, crop_scale_end=0.14)
+    first = paper.adjust_views(spec, 0, 10)
+    assert first.global_scale == (pytest.approx(0.26), 1.0) and first.local_scale[1] == pytest.approx(0.26)
     assert crop_min_scale(10, 10) == pytest.approx(0.14)
     assert spec.global_scale == [0.4, 1.0]  # the input spec is not modified
     with pytest.raises(UserError, match="global crops"):
@@ -183,14 +284,37 @@ def test_kmeans_init_leaves_no_empty_cluster():
     assert method.epoch_metrics()["empty_cluster_fraction"] == 0.0  # epoch 0 shows the k-means occupancy
 
 
-def test_kmeans_init_keeps_norm_buffers():
-    method = make_method(norm="batch")
+@pytest.mark.parametrize("heads", ["batch", "running"])
+def test_kmeans_init_keeps_norm_buffers(heads):
+    """Batch-norm buffers (backbone, batch-norm heads) are left as they were; running-norm heads
+    are calibrated (their statistics set from the data, the same in student and teacher)."""
+    method = make_method(norm="batch", head_norm=heads, predictor_norm=heads)
+    running = {
+        f"{n}.{b}" for n, m in method.named_modules() if isinstance(m, RunningNorm) for b, _ in m.named_buffers()
+    }
     before = {n: b.clone() for n, b in method.named_buffers()}
     x = torch.from_numpy(np.asarray(tiny_dataset(2, n=32).train.samples))
     method.initialize([(x, torch.arange(32))])
     for name, buffer in method.named_buffers():
-        if name != "epoch_counts":
+        if name != "epoch_counts" and name not in running:
             assert torch.equal(buffer, before[name]), name
+    assert bool(running) == (heads == "running")
+    for name in running:
+        if name.endswith("running_mean"):
+            assert not torch.equal(method.get_buffer(name), before[name]), name
+    student, teacher = method.projector.state_dict(), method.teacher["projector"].state_dict()
+    assert all(torch.equal(student[k], teacher[k]) for k in student)
+
+
+def test_calibration_without_kmeans_uses_more_than_one_batch():
+    """kmeans_init=false still calibrates the running-norm heads, over up to CALIBRATION_ROWS samples."""
+    method = make_method(kmeans_init=False, head_norm="running", predictor_norm="running")
+    x = torch.from_numpy(np.asarray(tiny_dataset(2, n=32).train.samples))
+    centroids = method.centroids.weight.clone()
+    method.initialize([(x[:16], torch.arange(16)), (x[16:], torch.arange(16, 32))])
+    norm = next(m for m in method.teacher["projector"].modules() if isinstance(m, RunningNorm))
+    assert float(norm.rows_seen) == 32
+    assert torch.equal(method.centroids.weight, centroids)  # no k-means
 
 
 def test_cluster_assignments_balanced_or_raw():
@@ -259,6 +383,37 @@ def test_excb_trains_finite(dims, batch_size):
     epochs = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [0, 1] and all("health/empty_cluster_fraction" in r for r in epochs)
+
+
+def test_evaluation_backbone_is_the_teacher():
+    method = make_method()
+    assert method.evaluation_backbone() is method.teacher["backbone"]
+    student = make_method(eval_network="student")
+    assert student.evaluation_backbone() is student.backbone
+
+
+def test_exported_backbone_is_the_teacher(tmp_path):
+    trainer, _ = train_steps("excb", 2, batch_size=4, run_dir=tmp_path / "run")
+    method = trainer.method
+    exported = load_backbone(tmp_path / "run")  # from the run's checkpoint
+    teacher, student = method.teacher["backbone"].state_dict(), method.backbone.state_dict()
+    got = exported.state_dict()
+    assert all(torch.equal(got[k], teacher[k]) for k in teacher)
+    assert any(not torch.equal(got[k], student[k]) for k in student)  # the EMA teacher lags the student
+
+
+def test_teacher_keeps_its_own_norm_statistics():
+    """The EMA covers parameters only: a batch-norm teacher's running statistics come from its own inputs."""
+    method = make_method(norm="batch", head_norm="batch", predictor_norm="batch")
+    method.training_step(make_views(batch=4, local=1), torch.arange(4))
+    student = dict(method.backbone.named_buffers())
+    teacher_before = {n: b.clone() for n, b in method.teacher["backbone"].named_buffers()}
+    method.after_optimizer_step(1, 10)
+    for name, buffer in method.teacher["backbone"].named_buffers():
+        assert torch.equal(buffer, teacher_before[name]), name
+    assert any(
+        not torch.equal(teacher_before[n], student[n]) for n in student if n.endswith("running_mean")
+    )  # the student saw other crops
 
 
 # ---- distributed: sizes are all-reduced ----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The contract between a method and everything around it (trainer, evaluation, bench, CLI).
 
-A method is an ``nn.Module`` holding ``backbone`` (what is evaluated and exported) plus its heads
-and loss state. Generic code calls, and only calls:
+A method is an ``nn.Module`` holding ``backbone`` (the trained network; ``evaluation_backbone()``
+is what is evaluated and exported) plus its heads and loss state. Generic code calls, and only calls:
 
 - ``initialize(batches)`` once before the first step of a fresh run (not on resume), with
   un-augmented ``(samples, index)`` batches of the training set on the device;
@@ -15,7 +15,7 @@ and loss state. Generic code calls, and only calls:
   sparse tensor of the rows a step used; updated by a row-sparse optimizer);
 - ``adjust_views(spec, epoch, epochs)`` for view checks and schedules;
 - ``epoch_metrics()``: health of the method's own state, logged per epoch as ``health/<key>``;
-- ``evaluation_backbone()``: the network its paper evaluates (a teacher, for some);
+- ``evaluation_backbone()``: the network its paper evaluates (DINO's and ExCB's teacher);
 - ``cluster_assignments(x)`` / ``num_clusters`` for methods that cluster (``None`` otherwise);
 - ``describe()``: the paths the method's options chose (e.g. IConE's dense or sparse table);
 - the class attributes below, among them ``cost_grows_with_instances``.

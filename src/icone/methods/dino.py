@@ -101,6 +101,10 @@ class DINO(Method):
         self._progress: float | None = None  # host copy of ``progress`` (no device sync in the step)
         self._batch_center: torch.Tensor | None = None
 
+    def evaluation_backbone(self) -> nn.Module:
+        """The teacher's backbone: DINO's paper evaluates the teacher network (better than the student during training)."""
+        return self.teacher_backbone
+
     def adjust_views(self, spec: ViewConfig, epoch: int, epochs: int) -> ViewConfig:
         require_two_or_more_views(self.name, spec)
         self.global_crops = spec.global_crops

@@ -25,21 +25,50 @@ from icone.errors import UserError
 from icone.methods.base import Method, split_decay
 from icone.methods.kmeans import nearest_centroid, spherical_kmeans
 from icone.methods.parts import cosine_momentum, ema_update, forward_by_shape
-from icone.nets import HEAD_NORMS, MLP, CentroidLayer, norm_layer
+from icone.nets import HEAD_NORMS, MLP, CentroidLayer, RunningNorm, calibrate, norm_layer
 from icone.stats import occupancy
 
 MAX_CLUSTERS = 65536  # the paper's K on ImageNet
+SAMPLES_PER_CLUSTER = 20  # the K rule: N / 20 (ImageNet's 1.28 M samples -> 64,000, the paper's 65,536)
 ASSIGNMENTS = ("balanced", "raw")
+EVAL_NETWORKS = ("teacher", "student")
+EXCB_HEAD_NORMS = ("auto", *HEAD_NORMS)  # auto: batch statistics from excb.auto_batch_size up, running below
+# The paper's ImageNet setting (configs/main_config.yaml of the official code): K = 65536, size
+# momentum 0.999, batch 1024 over all processes, 2 global views -> 2048 assignments per step.
+# One assignment moves a cluster's relative size r_k = K s_k by K (1 - m) / A = 0.032.
+PAPER_SIZE_STEP = 65536 * (1 - 0.999) / (2 * 1024)
+CALIBRATION_ROWS = 8192  # at most this many training samples set the running-norm statistics at the start
 
 
 def default_num_clusters(num_instances: int) -> int:
-    """Our rule for K: ``round(N / 4)``, at least 2, at most 65536 and never more than N."""
-    return max(1, min(num_instances, MAX_CLUSTERS, max(2, round(num_instances / 4))))
+    """Our rule for K: ``round(N / 20)``, at least 2, at most 65536 and never more than N.
+
+    With the size-momentum rule (:func:`default_size_momentum`) the running sizes average over
+    ``K / (0.032 x 2 N)`` epochs of assignments; ``K = N / 20`` makes that 0.8 epochs at every
+    batch size, as in the paper's ImageNet setting (65536 / (0.032 x 2 x 1.28 M)), and gives about
+    the paper's K on ImageNet-size data.
+    """
+    return max(1, min(num_instances, MAX_CLUSTERS, max(2, round(num_instances / SAMPLES_PER_CLUSTER))))
 
 
 def default_hidden_dim(feature_dim: int) -> int:
     """Our rule for the head width: ``min(2048, 4 d)`` (2048 for ResNet-50 / full-width ResNet-18)."""
     return min(2048, 4 * feature_dim)
+
+
+def default_size_momentum(
+    num_clusters: int, batch_size: int, world_size: int = 1, global_views: int = 2, step: float = PAPER_SIZE_STEP
+) -> float:
+    """Our rule for the size momentum ``m_s``: keep the paper's per-step change of a cluster's size.
+
+    One assignment moves a cluster's relative size ``r_k = K s_k`` by ``K (1 - m_s) / A``, with
+    ``A = global_views x batch_size x world_size`` assignments per step. Keeping that at the paper's
+    ImageNet value (``step`` = 65536 x 0.001 / 2048 = 0.032) gives ``m_s = 1 - step x A / K``
+    (0.999 in the paper's setting), at least 0: the running sizes then always average about
+    ``1 / step`` = 31 assignments per cluster, whatever the batch size.
+    """
+    assignments = global_views * batch_size * world_size
+    return max(0.0, 1.0 - step * assignments / max(num_clusters, 1))
 
 
 def crop_min_scale(epoch: int, epochs: int, start: float = 0.26, end: float = 0.14) -> float:
@@ -49,27 +78,26 @@ def crop_min_scale(epoch: int, epochs: int, start: float = 0.26, end: float = 0.
 
 @dataclass
 class ExCBOptions:
-    num_clusters: int | None = option(None, low=2)  # K; None: default_num_clusters(N) = round(N / 4) in [2, 65536]
-    hidden_dim: int | None = option(
-        None, low=1
-    )  # projector/predictor hidden width; None: min(2048, 4 d) (paper 2048, d = 2048)
+    num_clusters: int | None = option(None, low=2)  # K; None: default_num_clusters(N) = round(N / 20) in [2, 65536]
+    hidden_dim: int | None = option(None, low=1)  # head width; None: min(2048, 4 d) (paper 2048, d = 2048)
     bottleneck_dim: int = option(256, low=1)  # projection size the centroids live in (paper 256)
     projector_layers: int = option(3, low=1)  # linear layers: d -> hidden -> hidden -> bottleneck (paper)
-    head_norm: str = option("layer", choices=HEAD_NORMS)  # norm inside projector/predictor MLPs (paper: batch)
+    head_norm: str = option("auto", choices=EXCB_HEAD_NORMS)  # norm inside projector/predictor MLPs (paper: batch)
     predictor: bool = True  # student predictor on top of the projection (paper: on)
-    predictor_norm: str = option(
-        "layer", choices=HEAD_NORMS
-    )  # norm on the projection before the predictor (paper: BN(256))
+    predictor_norm: str = option("auto", choices=EXCB_HEAD_NORMS)  # norm before the predictor (paper: BN(256))
+    auto_batch_size: int = option(8, low=1)  # auto: BatchNorm from this batch (all processes) up, running below
+    running_window: float = option(1024.0, low=1)  # rows the statistics of head_norm=running average over
     balancing: bool = True  # False: plain sharpened teacher softmax(z_t / 0.04), no balancing, no boost
     argmax_boost: bool = True  # reference-code extra: x1.01 at each sample's balanced argmax, clamp
     teacher_temperature: float = option(0.04, above=0)
     student_temperature: float = option(0.1, above=0)
-    size_momentum: float = option(0.999, low=0, high=1)  # m_s of the running cluster sizes
+    size_momentum: float | None = option(None, low=0, high=1)  # m_s; None: default_size_momentum (paper 0.999)
     ema_momentum: float = option(0.996, low=0, high=1)  # teacher EMA momentum, cosine to 1
     centroid_wd_start_scale: float = option(10.0, above=0)  # centroid weight decay falls from this x wd to 1 x wd
-    crop_schedule: bool = True  # min global crop scale crop_scale_start -> crop_scale_end over training
-    crop_scale_start: float = option(0.26, above=0, high=1)
-    crop_scale_end: float = option(0.14, above=0, high=1)
+    crop_schedule: bool = False  # min global crop scale crop_scale_start -> crop_scale_end (paper: on)
+    crop_scale_start: float | None = option(None, above=0, high=1)  # None: views.global_scale[0] (paper 0.26)
+    crop_scale_end: float | None = option(None, above=0, high=1)  # None: start x 0.14 / 0.26 (paper 0.14)
+    eval_network: str = option("teacher", choices=EVAL_NETWORKS)  # evaluated and exported (paper: teacher)
     eval_assignments: str = option(
         "balanced", choices=ASSIGNMENTS
     )  # cluster_assignments: argmax of B(z_t; s) (final sizes) | raw argmax of z_t
@@ -96,15 +124,18 @@ class ExCB(Method):
         opts = options
         self.num_clusters = opts.num_clusters or default_num_clusters(num_instances)
         self.hidden_dim = opts.hidden_dim or default_hidden_dim(self.feature_dim)
+        # auto: RunningNorm, switched to batch statistics at the first step if the batch allows it
+        norm, predictor_norm = ("running" if n == "auto" else n for n in (opts.head_norm, opts.predictor_norm))
         self.projector = MLP(
-            self.feature_dim, self.hidden_dim, opts.bottleneck_dim, layers=opts.projector_layers, norm=opts.head_norm
+            self.feature_dim, self.hidden_dim, opts.bottleneck_dim, layers=opts.projector_layers, norm=norm
         )
         self.centroids = CentroidLayer(opts.bottleneck_dim, self.num_clusters)
         if opts.predictor:
-            self.predictor_norm = norm_layer(opts.predictor_norm, opts.bottleneck_dim, dims=1)
-            self.predictor = MLP(
-                opts.bottleneck_dim, self.hidden_dim, opts.bottleneck_dim, layers=2, norm=opts.head_norm
-            )
+            self.predictor_norm = norm_layer(predictor_norm, opts.bottleneck_dim, dims=1)
+            self.predictor = MLP(opts.bottleneck_dim, self.hidden_dim, opts.bottleneck_dim, layers=2, norm=norm)
+        for module in self.modules():
+            if isinstance(module, RunningNorm):
+                module.window = float(opts.running_window)
         self.teacher = nn.ModuleDict(
             {
                 "backbone": copy.deepcopy(backbone),
@@ -117,12 +148,50 @@ class ExCB(Method):
         self.register_buffer("epoch_counts", torch.zeros(self.num_clusters))
         self.global_views = 2  # set from the view spec in adjust_views
         self._pending_fractions: torch.Tensor | None = None
+        self._pending_momentum = 0.999
+        self._auto_checked = False
+        self._auto_choice: str | None = None  # what auto chose (for describe), once it has
+
+    def evaluation_backbone(self) -> nn.Module:
+        """The teacher's backbone, as the paper evaluates (official code: linear_eval config
+        ``model_version: teacher``); ``eval_network=student`` for the student's."""
+        return self.teacher["backbone"] if self.options.eval_network == "teacher" else self.backbone
+
+    def describe(self) -> dict[str, Any]:
+        """What ``head_norm``/``predictor_norm=auto`` chose at the first step: batch or running statistics."""
+        return {} if self._auto_choice is None else {"head_statistics": self._auto_choice}
+
+    def _choose_auto_norms(self, batch_size: int) -> None:
+        """``auto`` heads, at the first step (when the batch size is known): batch statistics if the
+        batch over all processes is at least ``auto_batch_size``, running statistics below."""
+        self._auto_checked = True
+        opts = self.options
+        use_batch = batch_size * distributed.world_size() >= opts.auto_batch_size
+        auto: list[nn.Module] = []
+        if opts.head_norm == "auto":
+            auto += [self.projector, self.teacher["projector"]] + ([self.predictor] if opts.predictor else [])
+        if opts.predictor_norm == "auto" and opts.predictor:
+            auto.append(self.predictor_norm)
+        for module in auto:
+            for norm in module.modules():
+                if isinstance(norm, RunningNorm):
+                    norm.use_batch_statistics(use_batch)
+                    self._auto_choice = "batch" if use_batch else "running"
+
+    def size_momentum(self, batch_size: int, global_views: int) -> float:
+        """``excb.size_momentum`` if set, else :func:`default_size_momentum` of this step (per-process
+        batch, world size, global views: the assignments the size update counts)."""
+        if self.options.size_momentum is not None:
+            return float(self.options.size_momentum)
+        return default_size_momentum(self.num_clusters, batch_size, distributed.world_size(), global_views)
 
     # ---- forward pieces ------------------------------------------------------------------
 
     def _project(self, backbone: nn.Module, projector: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
-        """Projections ``(V*B) x D`` (view-major), one backbone pass per run of equally shaped views."""
-        return forward_by_shape(lambda x: projector(backbone(x)), views)
+        """Projections ``(V*B) x D`` (view-major): one backbone pass per run of equally shaped views,
+        then one projector pass over all of them, so a batch-norm head normalises global and local
+        crops together (as the official ``MLPBottleneckClassifier.forward`` does)."""
+        return projector(forward_by_shape(backbone, views))
 
     @staticmethod
     def _similarities(projections: torch.Tensor, centroids: CentroidLayer, detach: bool = False) -> torch.Tensor:
@@ -172,6 +241,8 @@ class ExCB(Method):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         opts, g = self.options, self._check_views(views)
         b = views[0].shape[0]
+        if not self._auto_checked:
+            self._choose_auto_norms(b)
         student = self.student_outputs(views, g)
         raw = self.teacher_similarities(views[:g]).reshape(g, b, self.num_clusters)
         balanced = self.teacher_logits(raw)  # uses the sizes from before this step
@@ -188,6 +259,7 @@ class ExCB(Method):
         counts = losses.excb_assignment_counts(labels, self.num_clusters)
         counts = distributed.all_reduce_mean(counts) * distributed.world_size()
         self._pending_fractions = counts / counts.sum().clamp(min=1)
+        self._pending_momentum = self.size_momentum(labels.shape[-1], labels.numel() // max(labels.shape[-1], 1))
         self.epoch_counts += counts
 
     @torch.no_grad()
@@ -213,70 +285,118 @@ class ExCB(Method):
             ).mean(),
             "balance_changed_labels": (labels != raw.argmax(-1)).float().mean(),
             "loss_projector": per_pair[on_projector].mean(),
+            "size_momentum": torch.tensor(self._pending_momentum),
         }
         if on_predictor:
             metrics["loss_predictor"] = per_pair[on_predictor].mean()
         return metrics
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        """Teacher EMA (0.996 -> 1 by cosine), then the size update from this step's assignments."""
+        """Teacher EMA (0.996 -> 1 by cosine), then the size update from this step's assignments.
+
+        The EMA covers parameters only: the teacher's norm statistics are its own, from its own
+        (global-view) inputs, as in the official code (``EMAHandler.ema_step`` averages
+        ``named_parameters``; the teacher's BatchNorm keeps its own buffers).
+        """
         momentum = cosine_momentum(self.options.ema_momentum, step, total_steps)
         for name in ("backbone", "projector", "centroids"):
-            ema_update(self.teacher[name], getattr(self, name), momentum)
+            ema_update(self.teacher[name], getattr(self, name), momentum, buffers=False)
         if self._pending_fractions is not None:
-            self.sizes.copy_(losses.excb_update_sizes(self.sizes, self._pending_fractions, self.options.size_momentum))
+            self.sizes.copy_(losses.excb_update_sizes(self.sizes, self._pending_fractions, self._pending_momentum))
             self._pending_fractions = None
 
     # ---- initialisation, schedules, optimizer groups ------------------------------------------
 
     @torch.no_grad()
     def initialize(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Centroids (student and teacher) from spherical k-means on untrained, normalised projections.
+        """Running-norm statistics of the heads, then the centroids (student and teacher) from
+        spherical k-means on the untrained teacher's normalised projections.
 
         The projections are the teacher's as training computes them (train mode, so a batch-norm
-        layer uses batch statistics as it will in the steps); norm buffers are restored afterwards.
+        layer uses batch statistics as it will in the steps); norm buffers are restored afterwards,
+        but for those of the running-norm heads (``head_norm=running|auto``), which are set here from
+        the first ``CALIBRATION_ROWS`` samples (:func:`icone.nets.calibrate`) in student and teacher.
         """
         opts = self.options
+        calibrating = any(isinstance(m, RunningNorm) for m in self.modules())
+        if not opts.kmeans_init and not calibrating:
+            return
+        x = self._initial_projections(batches, opts.kmeans_samples if opts.kmeans_init else 0, calibrating)
         if not opts.kmeans_init:
             return
-        x = self._initial_projections(batches, opts.kmeans_samples)
         centroids, assign = spherical_kmeans(x, self.num_clusters, opts.kmeans_iters, opts.kmeans_restarts)
         if distributed.is_distributed():  # every process must start from rank 0's centroids
             torch.distributed.broadcast(centroids, src=0)
             assign = nearest_centroid(x, centroids)
         self.centroids.weight.copy_(centroids)
         self.teacher["centroids"].weight.copy_(centroids)
-        self.epoch_counts.copy_(
-            torch.bincount(assign, minlength=self.num_clusters).float()
-        )  # epoch 0: k-means occupancy
+        self.epoch_counts.copy_(torch.bincount(assign, minlength=self.num_clusters).float())  # epoch 0: k-means
 
     @torch.no_grad()
-    def _initial_projections(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], limit: int) -> torch.Tensor:
+    def _initial_projections(
+        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], limit: int, calibrating: bool
+    ) -> torch.Tensor:
         teacher = self.teacher
-        saved = {name: b.clone() for name, b in teacher.named_buffers()}
+        running = {
+            f"{n}.{b}" for n, m in teacher.named_modules() if isinstance(m, RunningNorm) for b, _ in m.named_buffers()
+        }
+        saved = {name: b.clone() for name, b in teacher.named_buffers() if name not in running}
         was_training = teacher.training
         teacher.train()
-        features, count = [], 0
+        for module in teacher.modules():  # running norms normalise as in training but are not updated here
+            if isinstance(module, RunningNorm):
+                module.eval()
         try:
+            batches = iter(batches)
+            cached, rows = [], 0
+            if calibrating:
+                for x, _ in batches:
+                    cached.append(teacher["backbone"](x.float()))
+                    rows += len(x)
+                    if rows >= CALIBRATION_ROWS:
+                        break
+                self._calibrate_heads(cached)
+            if limit <= 0:
+                return torch.empty(0)
+            features = [F.normalize(teacher["projector"](f).float(), dim=-1) for f in cached]
             for x, _ in batches:
-                features.append(F.normalize(teacher["projector"](teacher["backbone"](x.float())).float(), dim=-1))
-                count += len(x)
-                if count >= limit:
+                if rows >= limit:
                     break
+                features.append(F.normalize(teacher["projector"](teacher["backbone"](x.float())).float(), dim=-1))
+                rows += len(x)
         finally:
             teacher.train(was_training)
             for name, b in teacher.named_buffers():
-                b.copy_(saved[name])
+                if name in saved:
+                    b.copy_(saved[name])
         return torch.cat(features)[:limit]
 
+    @torch.no_grad()
+    def _calibrate_heads(self, features: list[torch.Tensor]) -> None:
+        """Running statistics of the projector (teacher, copied to the student: the same weights at
+        the start), then of the predictor on the calibrated projections."""
+        projector = self.teacher["projector"]
+        with calibrate(projector):
+            for f in features:
+                projector(f)
+        self.projector.load_state_dict(projector.state_dict())
+        if self.options.predictor:
+            with calibrate(nn.ModuleList([self.predictor_norm, self.predictor])):
+                for f in features:
+                    self.predictor(self.predictor_norm(projector(f)))
+
     def adjust_views(self, spec: ViewConfig, epoch: int, epochs: int) -> ViewConfig:
-        """Minimum global crop scale 0.26 -> 0.14 (cosine over epochs); local crops span up to it."""
+        """With ``crop_schedule``: minimum global crop scale ``start -> end`` (cosine over epochs),
+        local crops span up to it. ``start`` defaults to ``views.global_scale[0]`` and ``end`` to
+        ``start x 0.14 / 0.26`` (the paper's 0.26 -> 0.14, relative to the scales every method uses)."""
         self.global_views = spec.global_crops
         if spec.global_crops < 2:
             raise UserError(f"excb needs at least 2 global crops; set views.global_crops=2 (now {spec.global_crops})")
         if not self.options.crop_schedule:
             return spec
-        low = crop_min_scale(epoch, epochs, self.options.crop_scale_start, self.options.crop_scale_end)
+        start = self.options.crop_scale_start or spec.global_scale[0]
+        end = self.options.crop_scale_end or start * 0.14 / 0.26
+        low = crop_min_scale(epoch, epochs, start, end)
         return dataclasses.replace(spec, global_scale=(low, 1.0), local_scale=(min(spec.local_scale[0], low), low))
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -79,12 +79,14 @@ def cosine_momentum(base: float, step: int, total_steps: int, final: float = 1.0
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """``target <- m * target + (1 - m) * online`` for parameters; buffers are copied."""
+def ema_update(target: nn.Module, online: nn.Module, momentum: float, buffers: bool = True) -> None:
+    """``target <- m * target + (1 - m) * online`` for parameters; buffers are copied (``buffers=False``:
+    the target keeps its own, e.g. norm statistics of its own inputs)."""
     for t, o in zip(target.parameters(), online.parameters()):
         t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
-    for t, o in zip(target.buffers(), online.buffers()):
-        t.copy_(o)
+    if buffers:
+        for t, o in zip(target.buffers(), online.buffers()):
+            t.copy_(o)
 
 
 def full_batch_gradient(loss: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from icone.nets.backbones import BACKBONES, build_backbone, parse_backbone_name, set_activation_checkpointing
 from icone.nets.heads import MLP, CentroidLayer
 from icone.nets.norms import HEAD_NORMS, NORMS, group_count, norm_layer
+from icone.nets.running_norm import RunningNorm, calibrate
 
 __all__ = [
     "BACKBONES",
@@ -10,7 +11,9 @@ __all__ = [
     "MLP",
     "NORMS",
     "CentroidLayer",
+    "RunningNorm",
     "build_backbone",
+    "calibrate",
     "group_count",
     "norm_layer",
     "parse_backbone_name",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from icone.nets.running_norm import RunningNorm
+
 NORMS = ("batch", "group", "instance", "layer")  # backbones: every layer of the network
-HEAD_NORMS = ("batch", "layer", "group", "none")  # heads: batch-free unless "batch"
+HEAD_NORMS = ("batch", "running", "layer", "group", "none")  # heads: batch-free unless "batch"
 
 
 def group_count(channels: int) -> int:
@@ -21,7 +23,8 @@ def norm_layer(norm: str, channels: int, dims: int, affine: bool = True) -> nn.M
 
     ``batch``: batch statistics; ``group``: :func:`group_count` groups; ``instance``: per sample and
     channel (maps only); ``layer``: over all features of a sample (``LayerNorm`` for vectors,
-    one-group ``GroupNorm`` over ``C x spatial`` for maps); ``none``: identity (heads).
+    one-group ``GroupNorm`` over ``C x spatial`` for maps); ``running``: per channel with running
+    statistics in training too (:class:`RunningNorm`, vectors only); ``none``: identity (heads).
     """
     if norm == "batch":
         return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1](channels, affine=affine)
@@ -31,6 +34,8 @@ def norm_layer(norm: str, channels: int, dims: int, affine: bool = True) -> nn.M
         return (
             nn.LayerNorm(channels, elementwise_affine=affine) if dims == 1 else nn.GroupNorm(1, channels, affine=affine)
         )
+    if norm == "running" and dims == 1:
+        return RunningNorm(channels, affine=affine)
     if norm == "instance" and dims > 1:
         return (nn.InstanceNorm2d, nn.InstanceNorm3d)[dims - 2](channels, affine=affine)
     if norm == "none":
