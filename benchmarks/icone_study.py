@@ -34,17 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from icone.evaluate.report import KEYS
+
 RESULTS = Path(__file__).parent / "results" / "icone-study"
 SHARED = ["model.backbone=smallcnn", "model.width=16", "model.norm=group"]
-METRICS = [
-    "knn_accuracy",
-    "linear_accuracy",
-    "linear_balanced_accuracy",
-    "linear_macro_f1",
-    "rankme",
-    "intrinsic_dimension",
-    "embedding_std",
-]
+METRICS = list(KEYS)  # what evaluation reports
 HEALTH = ["table_rankme", "table_mean_cosine", "table_max_cosine", "monitor_rankme", "monitor_std"]
 
 

@@ -79,14 +79,7 @@ def synthetic3d(size: int = 28, per_class: int = 200, test_fraction: float = 0.2
             volume = np.where(mask, foreground, background) + rng.normal(0, 0.08, mask.shape)
             volumes.append(volume.astype(np.float32)[None])
             labels.append(label)
-    samples, labels_array = np.stack(volumes), np.asarray(labels, np.int64)
-    train, test = stratified_split(labels_array, test_fraction, seed=0)
-    return Dataset(
-        name="synthetic3d",
-        train=Split(ArraySamples(samples[train], name="synthetic3d:train"), labels_array[train]),
-        test=Split(ArraySamples(samples[test], name="synthetic3d:test"), labels_array[test]),
-        class_names=list(SYNTHETIC3D_CLASSES),
-    )
+    return _labelled("synthetic3d", np.stack(volumes), labels, test_fraction, SYNTHETIC3D_CLASSES)
 
 
 SYNTHETIC2D_CLASSES = ["disc", "ring", "bar", "cross", "triangle", "pair", "stripes", "checker"]
@@ -165,11 +158,16 @@ def synthetic2d(size: int = 28, per_class: int = 250, test_fraction: float = 0.4
             image = image + rng.normal(0, rng.uniform(0.02, 0.12), image.shape)
             images.append(image.astype(np.float32)[None])
             labels.append(label)
-    samples, labels_array = np.stack(images), np.asarray(labels, np.int64)
+    return _labelled("synthetic2d", np.stack(images), labels, test_fraction, SYNTHETIC2D_CLASSES)
+
+
+def _labelled(name: str, samples: np.ndarray, labels: list[int], test_fraction: float, classes: list[str]) -> Dataset:
+    """A built-in source's samples with a fixed stratified split (seed 0)."""
+    labels_array = np.asarray(labels, np.int64)
     train, test = stratified_split(labels_array, test_fraction, seed=0)
     return Dataset(
-        name="synthetic2d",
-        train=Split(ArraySamples(samples[train], name="synthetic2d:train"), labels_array[train]),
-        test=Split(ArraySamples(samples[test], name="synthetic2d:test"), labels_array[test]),
-        class_names=list(SYNTHETIC2D_CLASSES),
+        name=name,
+        train=Split(ArraySamples(samples[train], name=f"{name}:train"), labels_array[train]),
+        test=Split(ArraySamples(samples[test], name=f"{name}:test"), labels_array[test]),
+        class_names=list(classes),
     )
