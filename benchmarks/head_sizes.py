@@ -17,7 +17,9 @@ BACKBONES = [("smallcnn", 16, (1, 28, 28)), ("resnet18", 32, (1, 28, 28)), ("res
 
 
 def sizes(method: str, backbone: str, width: int, shape: tuple[int, ...], instances: int) -> tuple[int, int, int]:
-    config = build_config(None, [f"method={method}", f"model.backbone={backbone}", f"model.width={width}", "data.source=digits"])
+    config = build_config(
+        None, [f"method={method}", f"model.backbone={backbone}", f"model.width={width}", "data.source=digits"]
+    )
     config = resolve_for_samples(config, shape, instances)
     model = build_method(config, instances)
     encoder = {id(p) for p in model.backbone.parameters()}
@@ -44,7 +46,10 @@ def main() -> None:
             floor[(backbone, width, len(shape))] = encoder
         print(f"| {method} | " + " | ".join(cells) + " |")
     print()
-    print("Backbones alone: " + ", ".join(f"{c} {floor[(b, w, len(s))] / 1e6:.2f} M" for c, (b, w, s) in zip(columns, BACKBONES)))
+    print(
+        "Backbones alone: "
+        + ", ".join(f"{c} {floor[(b, w, len(s))] / 1e6:.2f} M" for c, (b, w, s) in zip(columns, BACKBONES))
+    )
 
 
 if __name__ == "__main__":

@@ -218,14 +218,16 @@ def test_auto_heads_use_batch_statistics_from_the_threshold(batch, expected):
     assert not any(bool(n.batch_statistics) for n in fixed.modules() if isinstance(n, RunningNorm))
 
 
-def test_auto_threshold_counts_all_processes(monkeypatch):
-    """B = 4 on each of 2 processes is a batch of 8: batch statistics (the threshold is global)."""
+def test_auto_threshold_is_per_process(monkeypatch):
+    """B = 4 on each of 2 processes: each process would normalise 4 rows alone, so running statistics;
+    B = 8 on each of 2: batch statistics."""
     from icone import distributed
 
-    method = make_method()
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    method._choose_auto_norms(4)
-    assert all(bool(n.batch_statistics) for n in method.modules() if isinstance(n, RunningNorm))
+    for batch, expected in ((4, False), (8, True)):
+        method = make_method()
+        method._choose_auto_norms(batch)
+        assert all(bool(n.batch_statistics) == expected for n in method.modules() if isinstance(n, RunningNorm))
 
 
 def test_projector_normalises_all_crops_in_one_pass():

@@ -85,7 +85,7 @@ class ExCBOptions:
     head_norm: str = option("auto", choices=EXCB_HEAD_NORMS)  # norm inside projector/predictor MLPs (paper: batch)
     predictor: bool = True  # student predictor on top of the projection (paper: on)
     predictor_norm: str = option("auto", choices=EXCB_HEAD_NORMS)  # norm before the predictor (paper: BN(256))
-    auto_batch_size: int = option(8, low=1)  # auto: BatchNorm from this batch (all processes) up, running below
+    auto_batch_size: int = option(8, low=1)  # auto: BatchNorm from this batch per process up, running below
     running_window: float = option(1024.0, low=1)  # rows the statistics of head_norm=running average over
     balancing: bool = True  # False: plain sharpened teacher softmax(z_t / 0.04), no balancing, no boost
     argmax_boost: bool = True  # reference-code extra: x1.01 at each sample's balanced argmax, clamp
@@ -162,11 +162,13 @@ class ExCB(Method):
         return {} if self._auto_choice is None else {"head_statistics": self._auto_choice}
 
     def _choose_auto_norms(self, batch_size: int) -> None:
-        """``auto`` heads, at the first step (when the batch size is known): batch statistics if the
-        batch over all processes is at least ``auto_batch_size``, running statistics below."""
+        """``auto`` heads, at the first step (when the batch size is known): batch statistics if this
+        process's batch is at least ``auto_batch_size``, running statistics below. Per process,
+        because batch statistics are each process's own (a batch of 1 on each of 8 processes has
+        no statistics to normalise with)."""
         self._auto_checked = True
         opts = self.options
-        use_batch = batch_size * distributed.world_size() >= opts.auto_batch_size
+        use_batch = batch_size >= opts.auto_batch_size
         auto: list[nn.Module] = []
         if opts.head_norm == "auto":
             auto += [self.projector, self.teacher["projector"]] + ([self.predictor] if opts.predictor else [])
