@@ -75,7 +75,11 @@ def _last_epoch(run_dir: Path) -> dict[str, Any]:
         if record.get("kind") == "epoch" and record.get("epoch", 0) > 0:
             last = record
             seconds += float(record.get("epoch_seconds", 0.0))
-    health = {k: round(float(last[k]), 4) for k in HEALTH if k in last}
+    health = {}
+    for key in HEALTH:  # method health is logged under "health/" (the Method contract)
+        value = last.get(key, last.get(f"health/{key}"))
+        if value is not None:
+            health[key] = round(float(value), 4)
     health["train_seconds"] = round(seconds, 1)
     return health
 
