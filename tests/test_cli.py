@@ -178,7 +178,7 @@ def test_existing_run_folder_is_not_touched(capsys, trained):
 def test_resume_with_another_method_is_refused(capsys, trained):
     npz, run = trained
     before = (run / "checkpoints" / "last.pt").read_bytes()
-    expect_error(capsys, ["train", "--data", npz, "--out", run, "--resume", "icone.diversity=frame", *FAST], "differ")
+    expect_error(capsys, ["train", "--data", npz, "--out", run, "--resume", "icone.diversity=hinge", *FAST], "differ")
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
 
 

@@ -21,9 +21,9 @@ def views(b=2):
 
 def test_the_default_preset_is_the_study_and_paper_is_the_public_reading():
     ours, paper = get_method("icone").make_options({}), get_method("icone").make_options({"preset": "paper"})
-    keys = ("projector", "diversity", "table_lr_scale", "table_init")
-    assert [getattr(ours, k) for k in keys] == ["linear", "frame", 1.0, "features"]
-    assert [getattr(paper, k) for k in keys] == ["none", "hinge", 1.0, "normal"]
+    keys = ("projector", "diversity", "table_lr_scale", "table_init", "w_div")
+    assert [getattr(ours, k) for k in keys] == ["linear", "frame", 1.0, "features", 10.0]
+    assert [getattr(paper, k) for k in keys] == ["none", "hinge", 1.0, "normal", 1.0]
     assert set(PRESETS["icone"]) == set(PRESETS["paper"])  # each preset sets the same options
 
 

@@ -39,19 +39,9 @@ TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 # the values a preset gives the options left unset (None); docs/icone.md says why each differs
 PRESETS: dict[str, dict[str, Any]] = {
-    "icone": {
-        "projector": "linear",
-        "diversity": "frame",
-        "table_lr_scale": 1.0,
-        "table_init": "features",
-    },  # the study's
-    "paper": {
-        "projector": "none",
-        "diversity": "hinge",
-        "table_lr_scale": 1.0,
-        "table_init": "normal",
-    },  # the public reading
-}
+    "icone": {"projector": "linear", "diversity": "frame", "table_lr_scale": 1.0, "table_init": "features", "w_div": 10.0},
+    "paper": {"projector": "none", "diversity": "hinge", "table_lr_scale": 1.0, "table_init": "normal", "w_div": 1.0},
+}  # fmt: skip
 
 
 @dataclass
@@ -71,7 +61,7 @@ class IConEOptions:
     detach_table: bool = False  # stop-gradient of the alignment into the table (rows move by L_div only)
     w_vi: float = option(1.0, low=0)
     w_vv: float = option(1.0, low=0)
-    w_div: float = option(1.0, low=0)
+    w_div: float | None = option(None, low=0)  # frame's value is ~1/d at its optimum, so icone's preset weighs it 10
     temperature: float = option(0.1, above=0)  # infonce only
     negatives: int = option(4096, low=1)  # infonce: table rows sampled as negatives per step
     diversity_rows: int = option(
