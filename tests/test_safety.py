@@ -199,12 +199,19 @@ def test_ctrl_c_exits_130_and_names_the_checkpoint(tmp_path, npz):
         "8",
         *FAST,
     ]
-    process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    deadline = time.time() + 180
-    while not (run / "checkpoints" / "last.pt").is_file() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: a pipe nobody reads while we wait could fill and block the run
+    with log.open("w") as err:
+        process = subprocess.Popen(args, stderr=err, stdout=subprocess.DEVNULL, text=True, env=env)
+        deadline = time.time() + 180
+        while not (run / "checkpoints" / "last.pt").is_file() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"no exit 120 s after Ctrl-C; stderr ends: {log.read_text()[-2000:]}")
+    stderr = log.read_text()
     assert process.returncode == 130, stderr
     line = one_line(stderr)
     assert "interrupted" in line and f"icone train --resume --out {run}" in line and "last.pt" in line
