@@ -201,7 +201,10 @@ def test_ctrl_c_exits_130_and_names_the_checkpoint(tmp_path, npz):
     ]
     log = tmp_path / "stderr.txt"  # a file, not a pipe: a pipe nobody reads while we wait could fill and block the run
     with log.open("w") as err:
-        process = subprocess.Popen(args, stderr=err, stdout=subprocess.DEVNULL, text=True, env=env)
+        # a child inherits an ignored SIGINT (some library in this pytest process may set it), and Python
+        # then installs no Ctrl-C handler: start it with the default, as a terminal does
+        restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+        process = subprocess.Popen(args, stderr=err, stdout=subprocess.DEVNULL, text=True, env=env, preexec_fn=restore)
         deadline = time.time() + 180
         while not (run / "checkpoints" / "last.pt").is_file() and time.time() < deadline and process.poll() is None:
             time.sleep(0.2)
