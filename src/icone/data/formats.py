@@ -192,11 +192,13 @@ class ZarrStored(Stored):
             node = zarr.open(str(path), mode="r")
         except Exception as err:
             raise _cannot_read(path, err) from None
+        if array and not hasattr(node, "arrays"):
+            raise UserError(f"'{path}' is a single array, not a group; drop '#{array}' (zarr:{path})")
         if array:
             try:
                 node = node[array]
-            except (KeyError, TypeError, AttributeError):
-                found = _zarr_arrays(node) if hasattr(node, "arrays") else []
+            except (KeyError, TypeError, AttributeError, IndexError):
+                found = _zarr_arrays(node)
                 raise UserError(
                     f"'{path}' has no array '{array}' (arrays: {', '.join(found) or 'none'}); give one as zarr:{path}#NAME"
                 ) from None
