@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,31 +18,9 @@ import yaml
 
 from icone.errors import UserError
 from icone.files import atomic_write_text
+from icone.options import check_options, option
 
-
-def option(
-    default: Any = dataclasses.MISSING,
-    *,
-    factory: Any = dataclasses.MISSING,
-    low: float | None = None,
-    high: float | None = None,
-    above: float | None = None,
-    below: float | None = None,
-    choices: tuple[Any, ...] | None = None,
-    hint: str = "",
-) -> Any:
-    """A dataclass field with its valid values: ``low``/``high`` inclusive bounds, ``above``/``below``
-    exclusive ones (applied to each number of a list), or ``choices``. :func:`check_options` reads them;
-    every float must also be finite."""
-    rules = {
-        k: v
-        for k, v in {"low": low, "high": high, "above": above, "below": below, "choices": choices}.items()
-        if v is not None
-    }
-    metadata = {"rules": rules, "hint": hint}
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+YAML_NULLS = ("null", "Null", "NULL", "~")
 
 
 @dataclass
@@ -261,6 +238,33 @@ def update_dataclass(obj: Any, values: dict[str, Any], prefix: str = "") -> None
             setattr(obj, key, coerce(value, hints[key], full))
 
 
+def field_type(parts: list[str]) -> Any:
+    """The annotation of the :class:`Config` field at ``parts`` (``["data", "labels"]``); ``Any`` where unknown
+    (a method's options, a misspelt key: its value is then checked where it is set)."""
+    tp: Any = Config
+    for part in parts:
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if part not in hints:
+            return Any
+        tp = hints[part]
+    return tp
+
+
+def parse_value(raw: str, tp: Any = Any) -> Any:
+    """A ``KEY=VALUE`` value for a field of type ``tp``, the one rule of the CLI and the API: a string or path
+    field takes it verbatim (``#`` included; ``null`` or nothing unsets an optional one); a typed field (number,
+    flag, list, mapping) reads it as YAML, but a value with a ``#`` in it is kept whole, never cut as a comment."""
+    text = tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+    if raw == "" or (raw in YAML_NULLS and type(None) in typing.get_args(tp)):
+        return None
+    if text or raw.lstrip().startswith("#") or " #" in raw:
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_overrides(items: list[str], method: str | None = None) -> dict[str, Any]:
     """Turn ``["train.epochs=5", "icone.alignment=infonce"]`` into a nested dict.
 
@@ -276,12 +280,9 @@ def parse_overrides(items: list[str], method: str | None = None) -> dict[str, An
         parts = key.split(".")
         if not key or any(not p for p in parts):
             raise UserError(f"cannot read '{item}': overrides look like key.sub=value, e.g. train.epochs=5")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
         if method is not None and parts[0] == method and len(parts) > 1:
             parts = ["method_options", *parts[1:]]
+        value = parse_value(raw, field_type(parts))
         node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -298,7 +299,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"config file '{path}' does not exist; give the path of a YAML file (e.g. runs/NAME/config.yaml)"
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"config file '{path}' is not UTF-8 text (byte {err.object[err.start]:#x} at position {err.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
         raise UserError(
             f"config file '{path}' is not valid YAML ({str(err).splitlines()[0]}); fix or regenerate it"
@@ -349,56 +354,6 @@ def build_config(
         update_dataclass(config, parse_overrides(overrides, method=method))
     validate(config)
     return config
-
-
-def _rule_text(rules: dict[str, Any]) -> str:
-    parts = []
-    if "low" in rules and "high" in rules:
-        return f"between {rules['low']:g} and {rules['high']:g}"
-    if "low" in rules:
-        parts.append(f"at least {rules['low']:g}")
-    if "above" in rules:
-        parts.append(f"greater than {rules['above']:g}")
-    if "high" in rules:
-        parts.append(f"at most {rules['high']:g}")
-    if "below" in rules:
-        parts.append(f"less than {rules['below']:g}")
-    return " and ".join(parts)
-
-
-def _check_value(key: str, value: Any, rules: dict[str, Any], hint: str) -> None:
-    suffix = f" ({hint})" if hint else ""
-    if "choices" in rules:
-        if value not in rules["choices"]:
-            raise UserError(
-                f"{key}={value!r} is not valid; choose one of: {', '.join(str(c) for c in rules['choices'])}{suffix}"
-            )
-        return
-    numbers = value if isinstance(value, list) else [value]
-    for number in numbers:
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            continue
-        if not math.isfinite(number):
-            raise UserError(f"{key} must be a finite number, got {value}{suffix}")
-        bad = (
-            ("low" in rules and number < rules["low"])
-            or ("high" in rules and number > rules["high"])
-            or ("above" in rules and number <= rules["above"])
-            or ("below" in rules and number >= rules["below"])
-        )
-        if bad:
-            raise UserError(f"{key} must be {_rule_text(rules)}, got {value}{suffix}")
-
-
-def check_options(obj: Any, prefix: str = "") -> None:
-    """Check every field of a (nested) options dataclass against its :func:`option` rules; floats must be finite."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            check_options(value, f"{key}.")
-        elif value is not None:
-            _check_value(key, value, f.metadata.get("rules", {}), f.metadata.get("hint", ""))
 
 
 def _check_pair(key: str, pair: list[float]) -> None:
