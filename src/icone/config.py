@@ -49,6 +49,7 @@ class DataConfig:
     level: int = option(0, low=0)  # OME-Zarr resolution level
     spacing: list[float] | None = option(None, above=0)  # resample patches to this voxel spacing (z,y,x)
     series: str | None = None  # DICOM: the SeriesInstanceUID (or its start) of a folder with several series
+    timepoint: int | None = option(None, low=0)  # the time point read from an array with a T axis of several
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 An axes string names every dimension of an array as stored, e.g. ``CZYX``, ``ZCYX``, ``YXC``,
 ``TCZYX``. Letters: ``C`` channels (``S``, tifffile's samples, is read as ``C``), ``Z``, ``Y``,
-``X`` spatial, ``T`` time (only a single time point can be read). icone trains on ``C x Z x Y x X``
+``X`` spatial, ``T`` time (one time point is read: ``data.timepoint``, needed when there are several). icone trains on ``C x Z x Y x X``
 (volumes) or ``C x Y x X`` (images); an array without ``C`` has one channel.
 
 Guesses, for arrays without metadata (stated by ``icone data``; ``data.axes`` overrides them):
@@ -76,6 +76,7 @@ class Layout:
     axes: str  # as stored, e.g. "ZCYX"
     origin: str  # "metadata", "data.axes", "guessed" or the format's convention
     shape: tuple[int, ...]  # as stored
+    time: int = 0  # the time point read where there is a T axis
 
     @property
     def spatial(self) -> str:
@@ -90,10 +91,19 @@ class Layout:
         return tuple(self.shape[self.axes.index(a)] for a in self.spatial)
 
 
-def layout(shape: tuple[int, ...], name: str, override: str | None, known: str | None, convention: str = "") -> Layout:
+def layout(
+    shape: tuple[int, ...], name: str, override: str | None, known: str | None, convention: str = "",
+    timepoint: int | None = None,
+) -> Layout:  # fmt: skip
     """The :class:`Layout` of an array of ``shape`` called ``name``: ``data.axes`` if given, else the
-    metadata's axes (``known``), else the format's ``convention`` (e.g. NIfTI), else a guess."""
+    metadata's axes (``known``), else the format's ``convention`` (e.g. NIfTI), else a guess; at
+    ``timepoint`` (``data.timepoint``) where it has a T axis."""
     shape = tuple(int(s) for s in shape)
+    if not 2 <= len(shape) <= len(LETTERS):
+        raise UserError(
+            f"'{name}' has {len(shape)} dimension(s) (shape {'x'.join(map(str, shape))}); icone reads 2 to 5 "
+            "(Y and X, and Z, C, T where there are): save the image or volume as such an array"
+        )
     if override:
         axes, origin = parse_axes(override), "data.axes"
         if len(axes) != len(shape):
@@ -114,9 +124,21 @@ def layout(shape: tuple[int, ...], name: str, override: str | None, known: str |
                 "e.g. data.axes=TCZYX"
             )
         axes, origin = guessed, "guessed"
-    if "T" in axes and shape[axes.index("T")] != 1:
+    return Layout(axes, origin, shape, _time_point(axes, shape, name, timepoint))
+
+
+def _time_point(axes: str, shape: tuple[int, ...], name: str, timepoint: int | None) -> int:
+    """The index read along T: ``data.timepoint``, or the only one there is (without a T axis: 0, whatever is asked)."""
+    if "T" not in axes:
+        return 0
+    count = shape[axes.index("T")]
+    if timepoint is None and count > 1:
         raise UserError(
-            f"'{name}' holds {shape[axes.index('T')]} time points (axes {axes}); icone reads one: save a single time "
-            "point, or name the axis otherwise with data.axes=..."
+            f"'{name}' holds {count} time points (axes {axes}); pick one with data.timepoint=0..{count - 1}, "
+            "or name the axis otherwise with data.axes=..."
         )
-    return Layout(axes, origin, shape)
+    if timepoint is not None and timepoint >= count:
+        raise UserError(
+            f"data.timepoint={timepoint} but '{name}' has {count} time point(s) (axes {axes}); choose 0..{count - 1}"
+        )
+    return timepoint or 0

@@ -34,7 +34,9 @@ def open_files(files: list[Path], config: DataConfig | None = None) -> list[Volu
     """Every file's header as a :class:`Volume` (axes and channels applied; no pixels read)."""
     if config is None:
         return [Volume(open_stored(f)) for f in files]
-    return [Volume(open_stored(f), config.axes, config.channels, config.spacing) for f in files]
+    return [
+        Volume(open_stored(f), config.axes, config.channels, config.spacing, timepoint=config.timepoint) for f in files
+    ]
 
 
 def _shape_text(volume: Volume) -> str:

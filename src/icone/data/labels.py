@@ -11,6 +11,8 @@ from icone.data.patches import Grid, block_patches, cell_blocks
 from icone.data.volumes import Volume
 from icone.errors import UserError
 
+MAX_CLASSES = 1000  # more "classes" in a label volume are instance ids (and a C x C confusion matrix would not fit)
+
 
 def check_label_volume(labels: Volume, volume: Volume) -> None:
     """A label volume has one channel and the volume's spatial shape (as read: after resampling)."""
@@ -47,6 +49,12 @@ def majority_labels(labels: Volume, grid: Grid) -> np.ndarray:
             )
         flat = block_patches(region, grid).reshape(len(cells), -1)
         classes = int(flat.max()) + 1
+        if classes > MAX_CLASSES:
+            raise UserError(
+                f"the label volume '{labels.name}' holds classes up to {classes - 1} (near {','.join(map(str, lo))}): "
+                f"instance ids, not classes? A patch's label is the majority class per voxel; give a semantic "
+                f"segmentation with classes 0..C-1 (C at most {MAX_CLASSES}), or leave data.labels out"
+            )
         counts = np.bincount(
             (np.arange(len(cells))[:, None] * classes + flat).reshape(-1), minlength=len(cells) * classes
         )

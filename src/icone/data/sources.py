@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,22 +82,34 @@ def _resolve(spec: str) -> tuple[str, Path | None, str | None]:
     return guess_folder_kind(path), path, None
 
 
-def _npz_images(images: np.ndarray, axes: str | None, what: str) -> np.ndarray:
+def _npz_array(archive: Any, key: str, path: Path) -> np.ndarray:
+    """One array of an ``.npz``; an array of Python objects (which ``allow_pickle=False`` refuses) is one line."""
+    try:
+        return archive[key]
+    except ValueError as err:
+        if "object" not in str(err).lower():
+            raise UserError(f"cannot read '{path}': {key} ({err}); re-save it with numpy.savez") from None
+        raise UserError(
+            f"'{path}': {key} holds Python objects (dtype object), which icone does not load; save it as a numeric "
+            "array of equal-sized samples (e.g. numpy.stack(images))"
+        ) from None
+
+
+def _npz_images(images: np.ndarray, axes: str | None, what: str, timepoint: int | None = None) -> np.ndarray:
     """MedMNIST arrays ``N x sample``: each sample's axes from ``data.axes`` or the guessing rules
     (``N x H x W``, ``N x H x W x C``, ``N x C x H x W``, ``N x D x H x W``, ``N x D x H x W x C``...)."""
     if images.ndim < 3:
         raise UserError(f"{what} has shape {images.shape}; expected N x H x W (x C) or N x D x H x W (x C)")
-    plan = layout(images.shape[1:], what, axes, None)
+    plan = layout(images.shape[1:], what, axes, None, timepoint=timepoint)
     kept = plan.axes.replace("T", "")
-    images = images[(slice(None),) + tuple(0 if a == "T" else slice(None) for a in plan.axes)]
+    images = images[(slice(None),) + tuple(plan.time if a == "T" else slice(None) for a in plan.axes)]
     images = np.transpose(images, [0] + [kept.index(a) + 1 for a in "C" + plan.spatial if a in kept])
     return images if "C" in kept else images[:, None]
 
 
-def load_npz(
-    path: Path, resize: list[int] | None, axes: str | None = None, channels: list[int] | None = None
-) -> Dataset:
+def load_npz(path: Path, config: DataConfig) -> Dataset:
     """A MedMNIST-layout ``.npz``: ``train_images``, ``train_labels``, ``test_*`` (``val_*`` unused)."""
+    resize, channels = config.resize, config.channels
     try:
         archive = np.load(path, allow_pickle=False)
         keys = set(archive.files)
@@ -110,7 +123,8 @@ def load_npz(
     def split(prefix: str) -> Split | None:
         if f"{prefix}_images" not in keys:
             return None
-        images = _npz_images(archive[f"{prefix}_images"], axes, f"'{path}': {prefix}_images")
+        images = _npz_array(archive, f"{prefix}_images", path)
+        images = _npz_images(images, config.axes, f"'{path}': {prefix}_images", config.timepoint)
         if channels is not None:
             if max(channels) >= images.shape[1]:
                 raise UserError(
@@ -126,7 +140,7 @@ def load_npz(
             images = np.stack([resize_sample(x, resize) for x in images])
         labels = np.full(n, -1)
         if f"{prefix}_labels" in keys:
-            labels, multi = check_labels(archive[f"{prefix}_labels"], n, f"'{path}': {prefix}_labels")
+            labels, multi = check_labels(_npz_array(archive, f"{prefix}_labels", path), n, f"'{path}': {prefix}_labels")
             if multi:
                 log.warning(
                     "'%s': %s_labels has several labels per sample (multi-label); the run is evaluated without kNN and linear probe",
@@ -149,7 +163,7 @@ def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
     elif kind == "synthetic3d":
         dataset = synthetic3d()
     elif kind == "npz":
-        dataset = load_npz(path, config.resize, config.axes, config.channels)
+        dataset = load_npz(path, config)
     elif kind in ("zarr", "h5", "dicom") or path.is_file():
         dataset = load_volume(kind, path, fragment, config, seed)
     elif config.patch is not None:

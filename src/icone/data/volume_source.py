@@ -52,7 +52,8 @@ def label_volume(spec: str, volume: Volume, config: DataConfig) -> Volume:
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"data.labels: '{path}' does not exist; give the label volume's path")
-    labels = Volume(stored_of(kind, path, fragment, config), None, None, config.spacing, labels=True)
+    stored = stored_of(kind, path, fragment, config)
+    labels = Volume(stored, None, None, config.spacing, labels=True, timepoint=config.timepoint)
     check_label_volume(labels, volume)
     return labels
 
@@ -100,7 +101,8 @@ def _filtered(volume: Volume, grids: list[Grid], config: DataConfig, info: dict[
 
 def load_volume(kind: str, path: Path, fragment: str | None, config: DataConfig, seed: int) -> Dataset:
     """One volume as patches; with ``data.labels`` a labelled dataset whose test split is a held-out region."""
-    volume = Volume(stored_of(kind, path, fragment, config), config.axes, config.channels, config.spacing)
+    stored = stored_of(kind, path, fragment, config)
+    volume = Volume(stored, config.axes, config.channels, config.spacing, timepoint=config.timepoint)
     patch, stride = _patch(config, [volume])
     shape = volume.spatial_shape
     jitter = config.sampler != "grid"
@@ -141,7 +143,9 @@ def load_volume_folder(root: Path, config: DataConfig, seed: int) -> Dataset:
     files = files_of(root)
     if not files:
         raise UserError(f"folder '{root}' holds no images or volumes; point to a folder with data")
-    volumes = [Volume(open_stored(f), config.axes, config.channels, config.spacing) for f in files]
+    volumes = [
+        Volume(open_stored(f), config.axes, config.channels, config.spacing, timepoint=config.timepoint) for f in files
+    ]
     patch, stride = _patch(config, volumes)
     grids = [make_grid(v.spatial_shape, patch, stride, v.name) for v in volumes]
     file_labels, names = labels_from_folders(root, files)

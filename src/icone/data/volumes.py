@@ -16,6 +16,8 @@ import numpy as np
 from icone.data.axes import Layout, layout
 from icone.errors import UserError
 
+MAX_RESAMPLING = 1000  # data.spacing at most this many times finer or coarser than the stored spacing
+
 
 class ReadError(UserError):
     """A :class:`UserError` raised while reading a sample; it keeps its one line when torch re-raises it
@@ -89,9 +91,10 @@ class Volume:
         channels: Sequence[int] | None = None,
         target_spacing: Sequence[float] | None = None,
         labels: bool = False,
+        timepoint: int | None = None,
     ) -> None:
         self.stored, self.labels = stored, labels
-        self.layout: Layout = layout(stored.shape, stored.name, axes, stored.axes, stored.convention)
+        self.layout: Layout = layout(stored.shape, stored.name, axes, stored.axes, stored.convention, timepoint)
         total = self.layout.channels
         if channels is not None:
             bad = [c for c in channels if c >= total]
@@ -118,7 +121,26 @@ class Volume:
                     "leave data.spacing out, or store the spacing in the file (OME, NIfTI, ImageJ, DICOM)"
                 )
             self.factor = np.asarray(self.stored_spacing, float) / np.asarray(target, float)
+            self._check_factor(target_spacing)
         self.target_spacing = None if target_spacing is None else tuple(float(s) for s in self.spacing)
+
+    def _check_factor(self, asked: Sequence[float]) -> None:
+        """``data.spacing`` within :data:`MAX_RESAMPLING` times the stored spacing, and at least a voxel per axis."""
+        given = f"data.spacing={','.join(f'{s:g}' for s in asked)}"
+        stored = _spacing_text(self.layout.spatial, self.stored_spacing, self.stored.unit)
+        finest = float(self.factor.max())
+        if not finest <= MAX_RESAMPLING:
+            raise UserError(
+                f"{given} is {finest:.3g} times finer than the stored spacing of '{self.name}' ({stored}); give a "
+                f"spacing within {MAX_RESAMPLING} times the stored one"
+            )
+        shape = np.asarray(self.layout.spatial_shape) * self.factor
+        if (np.round(shape) < 1).any():
+            raise UserError(
+                f"{given} leaves '{self.name}' {'x'.join(str(int(round(s))) for s in shape)} voxels "
+                f"({self.layout.spatial.lower()}); give a spacing within {MAX_RESAMPLING} times the stored one ({stored}) "
+                "that keeps a patch's worth of voxels"
+            )
 
     def _spacing(self) -> tuple[float | None, ...]:
         per_axis = self.stored.spacing
@@ -174,7 +196,7 @@ class Volume:
         index, kept = [], []
         for axis in self.layout.axes:
             if axis == "T":
-                index.append(0)
+                index.append(self.layout.time)
             elif axis == "C":
                 index.append(slice(None))
                 kept.append(axis)
@@ -234,7 +256,12 @@ class Volume:
         """What ``icone data`` shows of the volume."""
         return {
             "file": self.name,
-            "axes": f"{self.layout.axes} ({self.layout.origin})",
+            "axes": f"{self.layout.axes} ({self.layout.origin})"
+            + (
+                f", time point {self.layout.time} of {self.layout.shape[self.layout.axes.index('T')]}"
+                if "T" in self.layout.axes
+                else ""
+            ),
             "stored shape": "x".join(map(str, self.stored.shape)),
             "dtype": str(self.stored.dtype),
             "channels": f"{self.num_channels} of {self.layout.channels}"
