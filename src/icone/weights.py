@@ -74,8 +74,15 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
             f"model.init: '{path}' does not exist; give a run folder, a checkpoint, a backbone.pt or a .safetensors file"
         )
     if path.suffix == ".safetensors":
-        tensors = require("safetensors.torch", "safetensors").load_file(str(path))
-        return dict(tensors), "safetensors export"
+        loader = require("safetensors.torch", "safetensors")
+        try:
+            return dict(loader.load_file(str(path))), "safetensors export"
+        except Exception as err:  # safetensors raises its own error types for a corrupt header or data
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(
+                f"model.init: cannot read '{path}' as safetensors ({reason}); give a run folder, a backbone.pt "
+                "or an intact .safetensors file"
+            ) from None
     item = load_torch_file(path)
     if not isinstance(item, dict):
         raise UserError(f"model.init: '{path}' holds no state dict")

@@ -18,12 +18,26 @@ from icone.run_folder import LOCK, MARKER, RunLock
 from icone.runtime import pick_device
 
 
+def _grid_record(path: Path) -> dict[str, Any]:
+    """A grid folder's ``grid.json``; one line when it is not one (cut short, edited, another file)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(
+            f"'{path}' is not a grid record ({type(err).__name__}: {str(err).splitlines()[0]}); choose another --out "
+            "(or repair the file: it holds the grid's settings)"
+        ) from None
+    if not isinstance(saved, dict):
+        raise UserError(f"'{path}' is not a grid record (no settings in it); choose another --out")
+    return saved
+
+
 def _check_out(spec: BenchSpec) -> None:
     """``--out`` is a new or empty folder, or a grid with the same settings."""
     out = spec.out
     grid_file = out / "grid.json"
     if grid_file.is_file():
-        saved = json.loads(grid_file.read_text())
+        saved = _grid_record(grid_file)
         differ = [k for k, v in spec.settings().items() if saved.get(k) != v]
         if differ:
             raise UserError(
