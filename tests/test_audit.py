@@ -3,11 +3,14 @@ failure during training, 130 for Ctrl-C), and its advice leads somewhere."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 
-from helpers import FAST, expect_error, write_tiny_npz
+from helpers import FAST, expect_error, run_cli, write_tiny_npz
 
 TRAIN = ["--epochs", "1", "--batch-size", "8", *FAST, "eval.after_train=false"]
 
@@ -47,3 +50,87 @@ def test_a_garbage_grid_json_is_one_line(capsys, tmp_path):
         r"'.*grid\.json' is not a grid record \(JSONDecodeError.*\); choose another --out",
     )
     assert (bench / "grid.json").read_text() == '{"data": "digits", "epochs": '
+
+
+# ---- training: what a run says when it stops, and what it leaves ---------------------------------------
+
+
+def test_an_allocator_failure_is_out_of_memory_naming_the_samples_and_data_resize(capsys, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from icone.training.trainer import Trainer
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(16):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64), np.uint8)).save(folder / f"{i}.png")
+
+    def allocator(self, *args, **kwargs):  # what torch's CPU allocator raises for a 4096^2 set over the limit
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+            "to allocate 5368709120 bytes. Error code 12 (Cannot allocate memory)"
+        )
+
+    monkeypatch.setattr(Trainer, "fit", allocator)
+    line = expect_error(
+        capsys,
+        ["train", "--data", folder, "--out", tmp_path / "run", *TRAIN],
+        r"^error: out of memory training on samples of 1x64x64 \(e.g. '.*big/0\.png'\) at batch 8; pass data.resize=",
+        code=1,
+    )
+    assert "internal error" not in line and "--batch-size" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_yaml_holds_the_options_a_resume_changed(capsys, tmp_path, npz):
+    from icone.config import build_config, load_yaml
+
+    run = tmp_path / "run"
+    assert run_cli(["train", "--data", npz, "--out", run, *TRAIN], capsys)[0] == 0
+    code, _, err = run_cli(
+        ["train", "--out", run, "--resume", "--epochs", "2", "train.log_every=3", "--no-progress"], capsys
+    )
+    assert code == 0, err
+    saved = build_config(load_yaml(run / "config.yaml"))
+    assert (saved.train.epochs, saved.train.log_every) == (2, 3)
+
+
+def test_tensorboard_does_not_show_replayed_steps_twice(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from icone.training.logs import MetricsLog
+
+    first = MetricsLog(tmp_path / "metrics.jsonl", "tensorboard")
+    for step in range(1, 7):  # killed after step 6; its last checkpoint was at step 4
+        first.write({"kind": "step", "epoch": 1, "step": step, "loss": 10.0 + step})
+    first.close()
+    time.sleep(1.1)  # a new event file is named by the second it was opened
+    resumed = MetricsLog(tmp_path / "metrics.jsonl", "tensorboard")
+    resumed.resume_at(0, 4)
+    for step in (5, 6, 7):
+        resumed.write({"kind": "step", "epoch": 1, "step": step, "loss": 20.0 + step})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    got = [(e.step, e.value) for e in events.Scalars("step/loss")]
+    assert got == [(1, 11.0), (2, 12.0), (3, 13.0), (4, 14.0), (5, 25.0), (6, 26.0), (7, 27.0)]
+
+
+def test_a_torchrun_ctrl_c_names_a_command_that_resumes_the_distributed_run(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from icone.runs.train import _interrupted
+
+    trainer = SimpleNamespace(epoch=3, step=40, saved_epoch=3)
+    assert "'icone train --resume --out runs/a'" in str(_interrupted(Path("runs/a"), trainer))
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    line = str(_interrupted(Path("runs/a"), trainer))
+    assert (
+        "'torchrun --nnodes=2 --nproc_per_node=4 [your rendezvous options] -m icone train --resume --out runs/a'"
+        in line
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    line = str(_interrupted(Path("runs/a"), trainer))
+    assert "'torchrun --standalone --nproc_per_node=2 -m icone train --resume --out runs/a'" in line

@@ -13,7 +13,7 @@ from icone.build import build_method, resolve_config, view_maker
 from icone.config import Config, build_config, load_yaml, validate
 from icone.data import Dataset, load_dataset
 from icone.data.sources import resolve
-from icone.errors import Interrupted, UserError
+from icone.errors import Interrupted, OutOfMemory, UserError, is_out_of_memory
 from icone.evaluate.plots import plot_training
 from icone.export import export_backbone
 from icone.run_folder import RunFolder, check_replaceable, has_contents
@@ -185,9 +185,65 @@ def _interrupted(run_dir: Path, trainer: Trainer | None) -> Interrupted:
     if trainer is not None and trainer.saved_epoch:
         return Interrupted(
             f"interrupted{where}; the checkpoint of epoch {trainer.saved_epoch} is kept in {run_dir / 'checkpoints' / 'last.pt'}: "
-            f"continue with 'icone train --resume --out {run_dir}'"
+            f"continue with '{distributed.resume_command(run_dir)}'"
         )
     return Interrupted(f"interrupted{where}, before the first checkpoint; nothing of this run is kept")
+
+
+def out_of_memory_line(config: Config, dataset: Dataset) -> str:
+    """What ran out of memory in training (the samples, the batch) and what to make smaller."""
+    samples, spatial = dataset.train.samples, dataset.spatial_shape
+    shape = "x".join(map(str, (dataset.in_channels, *spatial)))
+    smaller = ",".join(str(min(256, max(1, s // 2))) for s in spatial)
+    option = "data.patch" if samples.position(0) else "data.resize"
+    return (
+        f"out of memory training on samples of {shape} (e.g. '{samples.source(0)}') at batch {config.train.batch_size}; "
+        f"pass {option}=... (e.g. {option}={smaller}), lower --batch-size, or the backbone (model.width=..., --backbone smallcnn)"
+    )
+
+
+def _fit(trainer: Trainer, dataset: Dataset) -> Any:
+    """``trainer.fit()``; Ctrl-C and running out of memory become the one line that says what to do."""
+    try:
+        return trainer.fit()
+    except KeyboardInterrupt:
+        raise _interrupted(trainer.run_dir, trainer) from None
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        raise OutOfMemory(out_of_memory_line(trainer.config, dataset)) from None
+
+
+def _trainer(
+    config: Config, dataset: Dataset, run_dir: Path, checkpoint: dict[str, Any] | None, folder: RunFolder | None,
+    progress: bool,
+) -> Trainer:  # fmt: skip
+    """The run's method and trainer, on the run's own device, restored from ``checkpoint`` if given."""
+    device = distributed.process_device(pick_device(config.train.device))  # a resumed run's own device
+    method = build_method(config, num_instances=len(dataset.train), initial_weights=checkpoint is None)
+    trainer = Trainer(
+        config, dataset, run_dir, method, views=lambda epoch: view_maker(config, method, epoch), device=device,
+        progress=progress, on_checkpoint=folder.started if folder else None,
+    )  # fmt: skip
+    if checkpoint is not None:
+        try:
+            trainer.restore(checkpoint)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise UserError(
+                f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})"
+            ) from None
+    return trainer
+
+
+def _finish(result: Any, config: Config, dataset: Dataset, run_dir: Path, trainer: Trainer) -> dict[str, Any]:
+    """On the main process: ``backbone.pt``, the plots and (``eval.after_train``) the evaluation."""
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": result.epochs_done, "steps": result.steps_done}
+    export_backbone(result.method.evaluation_backbone(), config, run_dir / "backbone.pt")
+    plot_training(run_dir)
+    if config.eval.after_train:
+        summary["eval"] = evaluate_method(result.method, config, dataset, run_dir, trainer.device)
+        trainer.log.write(eval_record(summary["eval"], trainer.epoch, trainer.step))
+    return summary
 
 
 def train_run(
@@ -212,41 +268,12 @@ def train_run(
     trainer: Trainer | None = None
     try:
         config, dataset, run_dir, checkpoint, folder = prepare_on_main(config, out, resume, overwrite, explicit)
-        device = distributed.process_device(pick_device(config.train.device))  # a resumed run's own device
-        method = build_method(config, num_instances=len(dataset.train), initial_weights=checkpoint is None)
-        trainer = Trainer(
-            config,
-            dataset,
-            run_dir,
-            method,
-            views=lambda epoch: view_maker(config, method, epoch),
-            device=device,
-            progress=progress,
-            on_checkpoint=folder.started if folder else None,
-        )
-        if checkpoint is not None:
-            try:
-                trainer.restore(checkpoint)
-            except (RuntimeError, ValueError, KeyError) as err:
-                raise UserError(
-                    f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})"
-                ) from None
-        try:
-            result = trainer.fit()
-        except KeyboardInterrupt:
-            raise _interrupted(run_dir, trainer) from None
+        trainer = _trainer(config, dataset, run_dir, checkpoint, folder, progress)
+        result = _fit(trainer, dataset)
         # no process leaves the group while another still talks to it: a gloo peer that vanishes
         # mid-exchange can abort the other process ("terminate called without an active exception")
         distributed.barrier()
-        if not distributed.is_main_process():
-            return {}
-        summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": result.epochs_done, "steps": result.steps_done}
-        export_backbone(result.method.evaluation_backbone(), config, run_dir / "backbone.pt")
-        plot_training(run_dir)
-        if config.eval.after_train:
-            summary["eval"] = evaluate_method(result.method, config, dataset, run_dir, trainer.device)
-            trainer.log.write(eval_record(summary["eval"], trainer.epoch, trainer.step))
-        return summary
+        return _finish(result, config, dataset, run_dir, trainer) if distributed.is_main_process() else {}
     except BaseException:
         if folder is not None:
             folder.failed()

@@ -38,7 +38,13 @@ class TensorBoardMirror:
             raise UserError(
                 "train.logger=tensorboard needs the tensorboard package: pip install 'icone[tensorboard]'"
             ) from None
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.writer_class, self.folder = SummaryWriter, str(run_dir / "tensorboard")
+        self.writer = SummaryWriter(log_dir=self.folder)
+
+    def resume_at(self, step: int) -> None:
+        """Hide what an interrupted run logged after its checkpoint (``purge_step``): a resumed run logs it again."""
+        self.writer.close()
+        self.writer = self.writer_class(log_dir=self.folder, purge_step=step + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         for key, value in scalars(record).items():
@@ -113,3 +119,5 @@ class MetricsLog:
                     kept.append(line)
         kept.append(json.dumps({"kind": "resume", "epoch": epoch, "step": step, "time": time.time()}))
         atomic_write_text(self.path, "\n".join(kept) + "\n")
+        if hasattr(self.mirror, "resume_at"):
+            self.mirror.resume_at(step)

@@ -196,7 +196,7 @@ class Trainer:
         else:
             advice = (
                 f"the checkpoint of epoch {self.saved_epoch} is kept: continue it with a lower rate, "
-                f"'icone train --resume --out {self.run_dir} {lower}', or start again with a larger batch"
+                f"'{distributed.resume_command(self.run_dir, ' ' + lower)}', or start again with a larger batch"
             )
         raise TrainingDiverged(f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {self.step}; {advice}")
 
@@ -238,9 +238,9 @@ class Trainer:
         """Train to ``train.epochs`` (or stop after ``until_epoch``, as an interruption would)."""
         config = self.config
         last_epoch = config.train.epochs if until_epoch is None else min(until_epoch, config.train.epochs)
+        if distributed.is_main_process():  # on --resume too: the options given again are the run's now
+            save_config(config, self.run_dir / "config.yaml")
         if self.step == 0:
-            if distributed.is_main_process():
-                save_config(config, self.run_dir / "config.yaml")
             self.method.initialize(self._plain_batches())
             self.log.write({"kind": "epoch", "epoch": 0, "step": 0, **self.monitor()})
         progress = _progress(self.progress and distributed.is_main_process())
