@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
 from helpers import FAST, expect_error, run_cli, write_tiny_npz
