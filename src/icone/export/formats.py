@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import warnings
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import nn
 
 from icone.config import Config
 from icone.errors import UserError
-from icone.files import atomic_path, atomic_write_text
+from icone.files import atomic_write, atomic_write_text
 from icone.nets import parse_backbone_name
 from icone.weights import require
 
@@ -61,8 +62,8 @@ def export_torchscript(backbone: nn.Module, config: Config, out: Path) -> Path:
     ):  # torch marks TorchScript deprecated; it is still what runs anywhere
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(backbone.eval(), example_input(config), check_trace=False)
-        with atomic_path(out) as tmp:
-            torch.jit.save(traced, str(tmp))
+        # through a Python handle: torch.jit.save to a path writes in C++, which aborts the process on a full disk
+        atomic_write(out, lambda handle: torch.jit.save(traced, handle))
     return out
 
 
@@ -72,31 +73,32 @@ def export_onnx(backbone: nn.Module, config: Config, out: Path) -> Path:
     x = example_input(config)
     dims = int(config.model.spatial_dims)
     spatial = {2 + i: f"size{i}" for i in range(dims)}
-    with atomic_path(out) as tmp:
-        with warnings.catch_warnings():  # torch announces its newer exporter; this one is the stable path for convnets
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                backbone.eval(), (x,), str(tmp), dynamo=False, input_names=["input"], output_names=["features"],
-                dynamic_axes={"input": {0: "batch", **spatial}, "features": {0: "batch"}},
-            )  # fmt: skip
-        check = example_input(config, batch=3, side=20)  # another batch and size than the traced one
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"input": check.numpy()})[0]
-        with torch.no_grad():
-            expected = backbone(check).numpy()
-        worst = float(np.abs(got - expected).max())
-        if not worst <= TOLERANCE:
-            raise UserError(
-                f"the ONNX export differs from PyTorch by {worst:.2e} (more than {TOLERANCE:g}); nothing was written"
-            )
+    model = io.BytesIO()  # in memory, checked, then written by Python (a C++ writer fails silently on a full disk)
+    with warnings.catch_warnings():  # torch announces its newer exporter; this one is the stable path for convnets
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            backbone.eval(), (x,), model, dynamo=False, input_names=["input"], output_names=["features"],
+            dynamic_axes={"input": {0: "batch", **spatial}, "features": {0: "batch"}},
+        )  # fmt: skip
+    check = example_input(config, batch=3, side=20)  # another batch and size than the traced one
+    session = ort.InferenceSession(model.getvalue(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": check.numpy()})[0]
+    with torch.no_grad():
+        expected = backbone(check).numpy()
+    worst = float(np.abs(got - expected).max())
+    if not worst <= TOLERANCE:
+        raise UserError(
+            f"the ONNX export differs from PyTorch by {worst:.2e} (more than {TOLERANCE:g}); nothing was written"
+        )
+    atomic_write(out, lambda handle: handle.write(model.getvalue()))
     return out
 
 
 def export_safetensors(backbone: nn.Module, config: Config, out: Path) -> Path:
     safetensors = require("safetensors.torch", "safetensors")
     state = {k: v.detach().contiguous().clone() for k, v in backbone.state_dict().items()}
-    with atomic_path(out) as tmp:
-        safetensors.save_file(state, str(tmp), metadata={"format": "icone-backbone"})
+    data = safetensors.save(state, metadata={"format": "icone-backbone"})  # bytes, written by Python
+    atomic_write(out, lambda handle: handle.write(data))
     atomic_write_text(out.with_suffix(".json"), json.dumps(describe(config, backbone), indent=2))
     return out
 
@@ -148,8 +150,7 @@ def swap_block_norm(net, block_norm):  # MONAI's ResNet gives its blocks BatchNo
 def export_monai(backbone: nn.Module, config: Config, out: Path) -> Path:
     kwargs = monai_resnet_kwargs(config, backbone)
     state = {k[len("net.") :]: v for k, v in backbone.state_dict().items() if k.startswith("net.")}
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
+    atomic_write(out, lambda handle: torch.save(state, handle))
     sidecar: dict[str, Any] = {
         "monai.networks.nets.ResNet": kwargs,
         "note": "pass norm as a tuple: kwargs['norm'] = tuple(kwargs['norm'])",

@@ -14,7 +14,7 @@ from typing import Any
 
 from icone import distributed
 from icone.errors import UserError
-from icone.files import atomic_write_text
+from icone.files import atomic_write_text, disk_full
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -94,8 +94,11 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not distributed.is_main_process():
             return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise disk_full(err, self.path) or err from None
         if self.mirror is not None:
             self.mirror.write(record)
 
