@@ -24,6 +24,7 @@ from icone.errors import UserError
 
 TEMP_SUFFIX = ".tmp"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+WRITE_LISTENERS: list[Callable[[Path], None]] = []  # called with every file written (run folders list their own)
 
 
 def disk_full(err: BaseException, path: str | Path) -> UserError | None:
@@ -85,6 +86,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if full is not None:
             raise full from None
         raise
+    for listener in list(WRITE_LISTENERS):
+        listener(path)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from icone.errors import UserError
+from icone.run_folder import settle_before_use
 
 EXPORT_FORMAT = "icone-backbone-1"
 EVALUATED = "evaluated_backbone"  # checkpoint key: the module path of the method's evaluated backbone
@@ -63,6 +64,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     (a classifier's ``fc.*`` is left out).
     """
     path = Path(path)
+    if path.is_dir() or not path.exists():
+        settle_before_use(path)  # a run an interrupted --overwrite hid is put back first
     if path.is_dir():
         if not (path / "backbone.pt").is_file():
             raise UserError(

@@ -14,7 +14,7 @@ from icone.bench.report import BASELINE, COLUMNS, METRICS, summary_markdown, wri
 from icone.errors import TrainingDiverged, UserError
 from icone.files import atomic_write_text
 from icone.methods import get_method
-from icone.run_folder import LOCK, MARKER, RunLock
+from icone.run_folder import LOCK, RunLock, record_written
 from icone.runtime import pick_device
 
 
@@ -111,8 +111,8 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
             status = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         record = {"status": status, "peak_memory_bytes": meter.peak_bytes, "memory_kind": meter.kind, "lr": row["lr"]}
         run_dir.mkdir(parents=True, exist_ok=True)  # a cell that stopped before its first checkpoint left no folder
-        (run_dir / MARKER).touch()
         atomic_write_text(record_file, json.dumps(record, indent=2))
+        record_written(run_dir, ["bench.json"])  # the cell's own file: --overwrite of the cell may replace it
     row["status"] = record.get("status", "ok")
     row["peak_memory_bytes"], row["memory_kind"] = record.get("peak_memory_bytes"), record.get("memory_kind")
     row["epochs"], row["steps"], row["train_seconds"] = training_log(run_dir)

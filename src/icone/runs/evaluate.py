@@ -25,7 +25,7 @@ from icone.evaluate.report import Features, embed_dataset, evaluate_features, oc
 from icone.export import method_from_checkpoint
 from icone.files import atomic_write_text
 from icone.methods import Method
-from icone.run_folder import RunLock
+from icone.run_folder import RunLock, recording
 from icone.runtime import pick_device
 from icone.training.checkpoint import load_checkpoint
 from icone.weights import EXPORT_FORMAT
@@ -143,6 +143,7 @@ def evaluate_run(
         log.warning("'%s' is in use (still training?): its eval.json and plots are left as they are", run_dir)
         return evaluate_method(method, config, dataset, None, device)
     try:
-        return evaluate_method(method, config, dataset, run_dir, device)
+        with recording(run_dir):  # eval.json and the plots are the run's: --overwrite may replace them
+            return evaluate_method(method, config, dataset, run_dir, device)
     finally:
         lock.release()

@@ -16,7 +16,7 @@ from icone.data.sources import resolve
 from icone.errors import Interrupted, OutOfMemory, UserError, is_out_of_memory
 from icone.evaluate.plots import plot_training
 from icone.export import export_backbone
-from icone.run_folder import RunFolder, check_replaceable, has_contents
+from icone.run_folder import RunFolder, check_replaceable, has_contents, is_inside, settle_before_use
 from icone.runs.evaluate import evaluate_method
 from icone.runtime import pick_device
 from icone.training.checkpoint import load_checkpoint
@@ -88,15 +88,30 @@ def _protected_paths(config: Config) -> list[Path]:
     return [path] if path is not None else []
 
 
-def prepare_training(
-    config: Config, out: str | Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None = None
-) -> tuple[Config, Dataset, Path, dict[str, Any] | None]:
-    """Check everything before touching the disk: the resolved config, the data, the run folder.
+def _check_out(config: Config, run_dir: Path, overwrite: bool) -> None:
+    """The run folder is not inside a data folder (its plots would be read as images next time), and
+    ``--overwrite`` would not replace the weights ``model.init`` reads."""
+    for data in _protected_paths(config):
+        if data.is_dir() and is_inside(run_dir, data) and run_dir.resolve() != data.resolve():  # itself: refused below
+            raise UserError(
+                f"--out '{run_dir}' is inside the data folder '{data}': the run would write among the data (and its "
+                "plots be read as images next time); choose an --out outside it"
+            )
+    init = config.model.init
+    if overwrite and init and run_dir.is_dir() and is_inside(Path(init).expanduser(), run_dir):
+        raise UserError(
+            f"model.init='{init}' is inside the run folder --overwrite would replace; copy the weights out first "
+            "(e.g. icone export RUN --out weights.pt) or choose another --out"
+        )
 
-    ``explicit``: the options the user gave (nested), checked against the run's config on resume.
-    """
-    run_dir = Path(out) if out is not None else None
-    checkpoint = None
+
+def _run_dir_config(
+    config: Config, run_dir: Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None
+) -> Config:
+    """The config to train (a resumed run's own), once ``--out`` is checked for ``--resume``/``--overwrite``."""
+    if run_dir is not None:
+        settle_before_use(run_dir)  # a run that an interrupted --overwrite hid is put back first
+        _check_out(config, run_dir, overwrite and not resume)
     if resume:
         if run_dir is None:
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
@@ -106,8 +121,8 @@ def prepare_training(
             raise UserError(
                 f"cannot resume: '{run_dir}' has no checkpoints/last.pt yet; start it again with --overwrite"
             )
-        config = resumed_config(build_config(load_yaml(run_dir / "config.yaml")), explicit or {})
-    elif run_dir is not None and run_dir.exists() and (not run_dir.is_dir() or has_contents(run_dir)):
+        return resumed_config(build_config(load_yaml(run_dir / "config.yaml")), explicit or {})
+    if run_dir is not None and run_dir.exists() and (not run_dir.is_dir() or has_contents(run_dir)):
         if not run_dir.is_dir():
             raise UserError(f"--out '{run_dir}' is a file; give a folder")
         if not overwrite:
@@ -115,22 +130,41 @@ def prepare_training(
                 f"run folder '{run_dir}' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out"
             )
         check_replaceable(run_dir, _protected_paths(config))
+    return config
+
+
+def _check_checkpoint(checkpoint: dict[str, Any], config: Config, dataset: Dataset, run_dir: Path) -> None:
+    """A checkpoint to resume fits the config, the data and the number of processes."""
+    if checkpoint.get("method") != config.method or checkpoint.get("num_instances") != len(dataset.train):
+        raise UserError(
+            f"checkpoint in '{run_dir}' was written by method {checkpoint.get('method')} on {checkpoint.get('num_instances')} samples; it does not fit this config"
+        )
+    written_by, world = int(checkpoint.get("world_size", 1)), distributed.world_size()
+    if written_by != world:  # train.batch_size is per process: another count changes the batch and the schedule
+        raise UserError(
+            f"the run in '{run_dir}' was trained by {written_by} process(es) and this is {world}; resume it with "
+            f"{written_by} in all (torchrun --nnodes x --nproc_per_node), see docs/distributed.md"
+        )
+
+
+def prepare_training(
+    config: Config, out: str | Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None = None
+) -> tuple[Config, Dataset, Path, dict[str, Any] | None]:
+    """Check everything before touching the disk: the resolved config, the data, the run folder.
+
+    ``explicit``: the options the user gave (nested), checked against the run's config on resume.
+    """
+    run_dir = Path(out) if out is not None else None
+    config = _run_dir_config(config, run_dir, resume, overwrite, explicit)
     dataset = load_dataset(config.data, seed=config.train.seed)
     config = resolve_config(config, dataset)
+    checkpoint = None
     if resume:
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-        if checkpoint.get("method") != config.method or checkpoint.get("num_instances") != len(dataset.train):
-            raise UserError(
-                f"checkpoint in '{run_dir}' was written by method {checkpoint.get('method')} on {checkpoint.get('num_instances')} samples; it does not fit this config"
-            )
-        written_by, world = int(checkpoint.get("world_size", 1)), distributed.world_size()
-        if written_by != world:  # train.batch_size is per process: another count changes the batch and the schedule
-            raise UserError(
-                f"the run in '{run_dir}' was trained by {written_by} process(es) and this is {world}; resume it with "
-                f"{written_by} in all (torchrun --nnodes x --nproc_per_node), see docs/distributed.md"
-            )
+        _check_checkpoint(checkpoint, config, dataset, run_dir)
     if run_dir is None:
         run_dir = default_run_dir(config, dataset)
+        _check_out(config, run_dir, False)
     return config, dataset, run_dir, checkpoint
 
 
