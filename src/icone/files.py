@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -107,6 +109,22 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """``path.write_text(text)``, atomically."""
     return atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """``value`` as strict JSON: a NaN or infinite number (which ``json.dumps`` writes as a bare ``NaN``, not
+    JSON) becomes ``null``."""
+
+    def finite(item: Any) -> Any:
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {k: finite(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [finite(v) for v in item]
+        return item
+
+    return json.dumps(finite(value), indent=indent, allow_nan=False)
 
 
 def remove_orphans(folder: str | Path) -> list[Path]:

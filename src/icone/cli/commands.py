@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -76,9 +75,15 @@ def _print_eval(result: dict, title: str) -> None:
         )
 
 
+DATA_OPTIONS = (
+    "data.* options of the --data source (its own: not the run's labels or patches), e.g. data.labels=... data.patch=64"
+)
+
+
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[data.KEY=VALUE]...", help=DATA_OPTIONS),
     data: Optional[str] = typer.Option(None, "--data", help="Evaluate on another source of the same kind."),
     label_fractions: Optional[str] = typer.Option(
         None, "--label-fractions", help="Few-label probes on these shares of the labels, e.g. 0.01,0.1,1."
@@ -94,9 +99,11 @@ def evaluate(
     from icone.runs import evaluate_run
 
     fractions = parse_list(label_fractions, float, "--label-fractions")
-    result = evaluate_run(run, data, fractions, parse_list(shots, int, "--shots"), repeats)
+    result = evaluate_run(run, data, fractions, parse_list(shots, int, "--shots"), repeats, list(overrides or []))
     if as_json:
-        print(json.dumps(result))
+        from icone.files import json_text
+
+        print(json_text(result, indent=None))
         return
     _print_eval(result, f"{result['method']} on {result['data']}")
     if "few_label" in result:
@@ -133,6 +140,7 @@ def _print_few_label(result: dict) -> None:
 @app.command()
 def embed(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[data.KEY=VALUE]...", help=DATA_OPTIONS),
     data: str = typer.Option(..., "--data", help="The source to embed (any source the backbone fits)."),
     out: Path = typer.Option(..., "--out", help="FILE.parquet (streamed), FILE.h5ad (AnnData), FILE.npz or FILE.npy."),
     plot: bool = typer.Option(
@@ -143,7 +151,7 @@ def embed(
     """One row per sample: index, source file, patch position, split, label and embedding."""
     from icone.runs import embed_run
 
-    summary = embed_run(checkpoint, data, out, overwrite, plot)
+    summary = embed_run(checkpoint, data, out, overwrite, plot, list(overrides or []))
     console.print(
         f"{summary['rows']} embeddings written to {summary['out']}"
         + (f"; map: {summary['plot']}" if "plot" in summary else "")

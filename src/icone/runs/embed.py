@@ -28,7 +28,7 @@ from icone.data.sources import resolve
 from icone.errors import UserError
 from icone.export import load_backbone
 from icone.files import atomic_path, atomic_write
-from icone.runs.evaluate import check_fit
+from icone.runs.evaluate import check_fit, data_for
 from icone.runtime import pick_device
 from icone.training.checkpoint import load_checkpoint
 from icone.weights import require
@@ -137,11 +137,29 @@ def _write_numpy(out: Path, rows: Rows) -> None:
     atomic_write(out, lambda handle: np.save(handle, record))
 
 
+def write_table(out: Path, chunks: Iterator[Rows], keep: bool) -> Rows | None:
+    """The rows to ``out`` in the format its suffix names; ``keep``: collect them (returned) rather than stream."""
+    if out.suffix == ".parquet" and not keep:
+        _write_parquet(out, chunks)
+        return None
+    collected = _collect(chunks)
+    if out.suffix == ".parquet":
+        _write_parquet(out, iter([collected]))
+    elif out.suffix == ".h5ad":
+        _write_h5ad(out, collected)
+    else:
+        _write_numpy(out, collected)
+    return collected
+
+
 def embed_run(
-    path: str | Path, data: str, out: str | Path, overwrite: bool = False, plot: bool = False
-) -> dict[str, Any]:
+    path: str | Path, data: str, out: str | Path, overwrite: bool = False, plot: bool = False,
+    data_options: list[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Embed every sample of ``data`` with the backbone of a run, checkpoint or export; write ``out``
-    (and with ``plot`` a map of the embeddings beside it, ``OUT.png``)."""
+    (and with ``plot`` a map of the embeddings beside it, ``OUT.png``). ``data`` starts from its own
+    data options (:func:`icone.runs.evaluate.data_for`: the run's labels or patches are not its own),
+    then ``data_options`` (``data.KEY=VALUE``)."""
     out = Path(out)
     if out.suffix not in FORMATS:
         raise UserError(f"--out '{out}' must end in one of {', '.join(FORMATS)} (the format is taken from the suffix)")
@@ -154,22 +172,12 @@ def embed_run(
     item = load_checkpoint(path)
     config = build_config(item["config"])
     resolve(data)
-    dataset = load_dataset(dataclasses.replace(config.data, source=data, imbalance_ratio=1.0))
+    config = dataclasses.replace(config, data=data_for(config, data, data_options))
+    dataset = load_dataset(config.data)
     check_fit(config, dataset)
     device = pick_device(config.train.device)
     backbone = load_backbone(path, device)
-    chunks = embedded_rows(backbone, dataset, device)
-    collected = None
-    if out.suffix == ".parquet" and not plot:
-        _write_parquet(out, chunks)
-    else:
-        collected = _collect(chunks)
-        if out.suffix == ".parquet":
-            _write_parquet(out, iter([collected]))
-        elif out.suffix == ".h5ad":
-            _write_h5ad(out, collected)
-        else:
-            _write_numpy(out, collected)
+    collected = write_table(out, embedded_rows(backbone, dataset, device), keep=plot)
     summary: dict[str, Any] = {
         "out": str(out),
         "rows": len(dataset.train) + (len(dataset.test) if dataset.test is not None else 0),
