@@ -11,7 +11,7 @@ from icone.bench.grid import BenchSpec, Cell, cell_config, cell_lr, choose_lr_fa
 from icone.bench.measure import PeakMemory, environment_of, training_log
 from icone.bench.plots import plot_results
 from icone.bench.report import BASELINE, COLUMNS, METRICS, summary_markdown, write_results
-from icone.errors import TrainingDiverged, UserError
+from icone.errors import Interrupted, TrainingDiverged, UserError
 from icone.files import atomic_write_text
 from icone.methods import get_method
 from icone.run_folder import LOCK, RunLock, record_written
@@ -101,6 +101,8 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
                 train_run(config, out=run_dir, resume=resume, overwrite=not resume and run_dir.exists(), progress=False)
             metrics_row(row, evaluate_run(run_dir))
             status = "ok"
+        except Interrupted:
+            raise  # Ctrl-C stops the grid (the cell keeps its checkpoint, and resumes from it next time)
         except TrainingDiverged as err:
             status = "diverged: " + str(err).split(";")[0]
         except UserError as err:
@@ -151,11 +153,13 @@ def _run_cells(
     for position, cell in enumerate(cells, 1):
         try:
             row, how = run_cell(spec, cell, debug)
-        except KeyboardInterrupt:
-            log(
-                f"interrupted in cell {cell.name}; run the same command again to continue (finished cells are kept, this one resumes)"
-            )
-            raise
+        except (KeyboardInterrupt, Interrupted):
+            saved = (spec.out / "cells" / cell.name / "checkpoints" / "last.pt").is_file()
+            again = "resumes from its last checkpoint" if saved else "starts again (it had no checkpoint yet)"
+            raise Interrupted(
+                f"interrupted in cell {cell.name}; the finished cells are kept and this one {again}: "
+                f"continue with '{spec.command or 'the same icone bench command'}'"
+            ) from None
         rows.append(row)
         log(progress_line(position, len(cells), row, how))
         write(rows)
