@@ -133,3 +133,17 @@ def test_a_torchrun_ctrl_c_names_a_command_that_resumes_the_distributed_run(tmp_
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     line = str(_interrupted(Path("runs/a"), trainer))
     assert "'torchrun --standalone --nproc_per_node=2 -m icone train --resume --out runs/a'" in line
+
+
+def test_icone_on_a_single_training_instance_is_refused_before_anything_is_written(capsys, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), np.uint8)).save(tmp_path / "one.png")
+    run = tmp_path / "run"
+    expect_error(
+        capsys,
+        ["train", "--data", tmp_path / "one.png", "--out", run, "--batch-size", "1", *FAST],
+        r"icone tells training instances apart and needs at least 2, but '.*one\.png' gives 1 \(one patch of 32x32\); "
+        r"make more with a smaller data.patch or data.stride, or give more images",
+    )
+    assert not run.exists()

@@ -50,8 +50,23 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
     Returns a copy; the copy is what ``config.yaml`` holds, so re-running it is exact. The learning
     rate is :func:`learning_rate`'s.
     """
+    check_instances(config, dataset)
     shape = (dataset.in_channels, *dataset.spatial_shape)
     return resolve_for_samples(config, shape, len(dataset.train), dataset.view_defaults)
+
+
+def check_instances(config: Config, dataset: Dataset) -> None:
+    """Enough training instances for a method that tells them apart (``min_instances``): with fewer, its
+    objective is met by a constant encoder, and the run would learn nothing (refused before anything is written)."""
+    method_cls, count = get_method(config.method), len(dataset.train)
+    if count >= method_cls.min_instances:
+        return
+    samples, size = dataset.train.samples, "x".join(map(str, dataset.spatial_shape))
+    what = f"one patch of {size}" if count == 1 and samples.position(0) else f"{count} sample(s) of {size}"
+    raise UserError(
+        f"{method_cls.name} tells training instances apart and needs at least {method_cls.min_instances}, but "
+        f"'{config.data.source}' gives {count} ({what}); make more with a smaller data.patch or data.stride, or give more images"
+    )
 
 
 def resolve_for_samples(
