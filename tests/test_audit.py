@@ -147,3 +147,22 @@ def test_icone_on_a_single_training_instance_is_refused_before_anything_is_writt
         r"make more with a smaller data.patch or data.stride, or give more images",
     )
     assert not run.exists()
+
+
+@pytest.mark.parametrize("item", ["views.global_size=1", "views.local_size=1"])
+def test_views_of_one_pixel_are_refused_not_blamed_on_the_learning_rate(capsys, tmp_path, npz, item):
+    line = expect_error(
+        capsys,
+        ["train", "--data", npz, "--out", tmp_path / "run", *TRAIN, "--method", "dino", item],
+        rf"{item.split('=')[0]} must be at least 2, got 1 \(a view of one pixel",
+    )
+    assert "optim.lr" not in line and not (tmp_path / "run").exists()
+
+
+def test_a_batch_above_patches_per_epoch_names_the_option(capsys, tmp_path, npz):
+    expect_error(
+        capsys,
+        ["train", "--data", npz, "--out", tmp_path / "run", *TRAIN, "data.patches_per_epoch=4"],
+        r"batch size 8 is larger than the 4 samples drawn per epoch \(data.patches_per_epoch=4\); use --batch-size 4 "
+        r"or less, or raise data.patches_per_epoch",
+    )

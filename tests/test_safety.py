@@ -366,7 +366,7 @@ def test_a_crafted_checkpoint_does_not_run_its_payload(capsys, tmp_path):
     [
         ("optim.grad_clip=-1", "optim.grad_clip must be at least 0"),
         ("optim.lr=nan", "optim.lr must be a finite number"),
-        ("views.global_size=0", "views.global_size must be at least 1"),
+        ("views.global_size=0", "views.global_size must be at least 2"),
         ("data.num_workers=-1", "data.num_workers must be at least 0"),
         ("train.save_every=-1", "train.save_every must be at least 0"),
         ("optim.warmup_epochs=-1", "optim.warmup_epochs must be at least 0"),

@@ -110,7 +110,7 @@ def resolve_for_samples(
         config.train.precision, pick_device(config.train.device)
     )  # the choice, saved
     config.method_options = dataclasses.asdict(method_cls.make_options(config.method_options))
-    check_batch_size(config, method_cls, min(num_samples, config.data.patches_per_epoch or num_samples))
+    check_batch_size(config, method_cls, num_samples)
     validate(config)
     return config
 
@@ -123,6 +123,13 @@ def check_batch_size(config: Config, method_cls: type[Method], num_samples: int)
         raise UserError(
             f"{method_cls.name} needs a batch size of at least {method_cls.min_batch_size} ({method_cls.batch_needs}); "
             f"use --batch-size {method_cls.min_batch_size} or more, or a method defined at batch size {batch}: {alternatives}"
+        )
+    drawn = config.data.patches_per_epoch
+    if drawn is not None and batch * world > drawn:
+        raise UserError(
+            f"batch size {batch}{f' x {world} processes' if world > 1 else ''} is larger than the {drawn} samples drawn "
+            f"per epoch (data.patches_per_epoch={drawn}); use --batch-size {max(1, drawn // world)} or less, or raise "
+            "data.patches_per_epoch"
         )
     if batch * world > num_samples:
         if world > 1:

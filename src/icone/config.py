@@ -21,6 +21,7 @@ from icone.files import atomic_write_text
 from icone.options import check_options, option
 
 YAML_NULLS = ("null", "Null", "NULL", "~")
+ONE_PIXEL = "a view of one pixel has no image in it, and its contrast is undefined"
 
 
 @dataclass
@@ -58,8 +59,8 @@ class ViewConfig:
 
     global_crops: int = option(2, low=1)
     local_crops: int | None = option(None, low=0)
-    global_size: int | None = option(None, low=1)  # None: the input size
-    local_size: int | None = option(None, low=1)  # None: 3/7 of the global size (96 -> 224 in DINO)
+    global_size: int | None = option(None, low=2, hint=ONE_PIXEL)  # None: the input size
+    local_size: int | None = option(None, low=2, hint=ONE_PIXEL)  # None: 3/7 of the global size (96 -> 224 in DINO)
     global_scale: list[float] = option(
         factory=lambda: [0.4, 1.0], above=0, high=1
     )  # share of the area/volume a crop covers
