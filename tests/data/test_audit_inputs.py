@@ -94,3 +94,17 @@ def test_a_time_series_is_read_at_the_time_point_asked(capsys, tmp_path):
     assert abs(float(patch.mean()) - 2.0) < 0.1
     code, out, err = run_cli(["data", tmp_path / "t.npy", "data.axes=TCZYX", "data.timepoint=1"], capsys)
     assert code == 0 and "time point 1 of 3" in out, err
+
+
+def test_a_store_missing_chunks_is_warned_about_once(capsys, tmp_path):
+    volume = np.random.default_rng(0).integers(1, 999, (32, 32, 32), np.uint16)
+    store = write_zarr(tmp_path / "v.zarr", volume, chunks=(16, 16, 16))
+    (store / "c" / "1" / "1" / "1").unlink()  # a chunk lost in a copy: read as zeros
+    said = (
+        f"warning: '{store}' holds 7 of its 8 chunks; the missing ones are read as the fill value 0 (zarr leaves out "
+        "chunks of only that value; or is the copy incomplete?)"
+    )
+    code, _, err = run_cli(["data", store, "data.patch=16"], capsys)
+    assert code == 0 and err.splitlines()[0] == said
+    code, _, err = run_cli(["train", "--data", store, "--out", tmp_path / "run", *TRAIN, "data.patch=16"], capsys)
+    assert code == 0 and err.count("holds 7 of its 8 chunks") == 1, err  # once per store, not per patch read

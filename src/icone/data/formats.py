@@ -41,7 +41,7 @@ def suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _cannot_read(path: Path | str, err: Exception) -> UserError:
+def cannot_read(path: Path | str, err: Exception) -> UserError:
     reason = str(err).splitlines()[0] if str(err) else "corrupt file"
     return UserError(f"cannot read '{path}' ({type(err).__name__}: {reason}); remove or replace the file")
 
@@ -56,7 +56,7 @@ class NpyStored(Stored):
         try:
             return np.load(self.path, mmap_mode="r", allow_pickle=False)
         except Exception as err:
-            raise _cannot_read(self.path, err) from None
+            raise cannot_read(self.path, err) from None
 
 
 # ---- TIFF ----------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ class TiffStored(Stored):
         except UserError:
             raise
         except Exception as err:
-            raise _cannot_read(path, err) from None
+            raise cannot_read(path, err) from None
         if not self.mappable and importlib.util.find_spec("zarr") is None:
             self.lazy = False
             size = int(np.prod(self.shape)) * self.dtype.itemsize
@@ -129,7 +129,7 @@ class TiffStored(Stored):
                 return zarr.open(tifffile.imread(self.path, aszarr=True, series=0), mode="r")
             return tifffile.imread(self.path, series=0)
         except Exception as err:
-            raise _cannot_read(self.path, err) from None
+            raise cannot_read(self.path, err) from None
 
 
 # ---- NIfTI ---------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ class NiftiStored(Stored):
             self.unit = image.header.get_xyzt_units()[0]
             self.unit = "" if self.unit == "unknown" else self.unit
         except Exception as err:
-            raise _cannot_read(path, err) from None
+            raise cannot_read(path, err) from None
         self.convention = {2: "YX", 3: "ZYX", 4: "ZYXC"}.get(len(self.shape), "")
         self.spacing = tuple(zooms[: min(3, len(self.shape))]) + (None,) * max(0, len(self.shape) - 3)
         if len(self.shape) == 2:
@@ -165,95 +165,7 @@ class NiftiStored(Stored):
             proxy = nibabel.load(str(self.path)).dataobj
             return proxy if self.lazy else np.asarray(proxy)
         except Exception as err:
-            raise _cannot_read(self.path, err) from None
-
-
-# ---- Zarr / OME-Zarr -----------------------------------------------------------------------------
-
-
-def _multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
-    return attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-
-
-def _zarr_arrays(group: Any, prefix: str = "") -> list[str]:
-    names = sorted(f"{prefix}{name}" for name, _ in group.arrays())
-    for name, sub in group.groups():
-        names += _zarr_arrays(sub, f"{prefix}{name}/")
-    return names
-
-
-class ZarrStored(Stored):
-    """An array of a Zarr store (``store.zarr#path``), or a resolution level of an OME-Zarr image."""
-
-    def __init__(self, path: Path, array: str | None, level: int = 0) -> None:
-        zarr = need("zarr", "Zarr stores")
-        self.path, self.level = path, level
-        try:
-            node = zarr.open(str(path), mode="r")
-        except Exception as err:
-            raise _cannot_read(path, err) from None
-        if array and not hasattr(node, "arrays"):
-            raise UserError(f"'{path}' is a single array, not a group; drop '#{array}' (zarr:{path})")
-        if array:
-            try:
-                node = node[array]
-            except (KeyError, TypeError, AttributeError, IndexError):
-                found = _zarr_arrays(node)
-                raise UserError(
-                    f"'{path}' has no array '{array}' (arrays: {', '.join(found) or 'none'}); give one as zarr:{path}#NAME"
-                ) from None
-        inner = array or ""
-        if hasattr(node, "arrays"):  # a group: an OME-Zarr image, or a store holding one array
-            multiscales = _multiscales(node.attrs.asdict())
-            if multiscales:
-                inner = self._level(node, multiscales[0], inner)
-            else:
-                found = _zarr_arrays(node)
-                if len(found) != 1:
-                    raise UserError(
-                        f"'{path}' holds {len(found)} arrays ({', '.join(found[:8]) or 'none'}); name one: zarr:{path}#"
-                        f"{found[0] if found else 'NAME'}"
-                    )
-                inner = f"{inner}/{found[0]}" if inner else found[0]
-        if level and not self.axes:
-            raise UserError(f"data.level={level} but '{path}' is not a multi-resolution OME-Zarr image; leave it out")
-        self.inner = inner
-        self.name = f"{path}#{inner}" if inner else str(path)
-        target = self.open()
-        self.shape, self.dtype, self.chunks = tuple(target.shape), np.dtype(target.dtype), tuple(target.chunks)
-        if self.spacing is not None and len(self.spacing) != len(self.shape):
-            self.spacing = None
-
-    def _level(self, group: Any, multiscale: dict[str, Any], inner: str) -> str:
-        datasets = multiscale.get("datasets", [])
-        if self.level >= len(datasets):
-            raise UserError(
-                f"data.level={self.level} but '{self.path}' has {len(datasets)} resolution level(s) (0..{len(datasets) - 1}); choose one of them"
-            )
-        axes = multiscale.get("axes") or []
-        names = "".join((a["name"] if isinstance(a, dict) else str(a))[:1] for a in axes)
-        self.axes = from_metadata(names) if names else None
-        units = [a.get("unit", "") for a in axes if isinstance(a, dict) and a.get("type") == "space"]
-        self.unit = units[0] if units else ""
-        scale = np.ones(len(axes))
-        for transforms in (
-            multiscale.get("coordinateTransformations"),
-            datasets[self.level].get("coordinateTransformations"),
-        ):
-            for t in transforms or []:
-                if t.get("type") == "scale" and len(t.get("scale", [])) == len(axes):
-                    scale = scale * np.asarray(t["scale"], float)
-        if len(axes):
-            spatial = [(isinstance(a, dict) and a.get("type") == "space") or str(a).lower() in "zyx" for a in axes]
-            self.spacing = tuple(float(s) if space else None for s, space in zip(scale, spatial))
-        path = datasets[self.level]["path"]
-        return f"{inner}/{path}" if inner else path
-
-    def open(self) -> Any:
-        import zarr
-
-        root = zarr.open(str(self.path), mode="r")
-        return root[self.inner] if self.inner else root
+            raise cannot_read(self.path, err) from None
 
 
 # ---- HDF5 ----------------------------------------------------------------------------------------
@@ -277,7 +189,7 @@ class H5Stored(Stored):
         try:
             handle = self._file()
         except Exception as err:
-            raise _cannot_read(path, err) from None
+            raise cannot_read(path, err) from None
         with handle:
             found = _h5_datasets(handle)
             if dataset is None:
@@ -320,6 +232,8 @@ class H5Stored(Stored):
 
 def open_stored(path: Path, fragment: str | None = None, level: int = 0) -> Stored:
     """The stored array of a file or store, by its suffix (a ``.zarr``/``.h5`` may name its array after ``#``)."""
+    from icone.data.zarr_stored import ZarrStored
+
     kind = suffix(path)
     if kind == ".zarr" or (path.is_dir() and is_zarr(path)):
         return ZarrStored(path, fragment, level)
@@ -356,7 +270,7 @@ class ImageStored(Stored):
                 self.alpha = image.mode in ("RGBA", "LA", "PA")
                 self.mode = image.mode
         except Exception as err:
-            raise _cannot_read(path, err) from None
+            raise cannot_read(path, err) from None
         channels = bands - 1 if self.alpha else bands
         if image.mode not in ("L", "I;16", "I;16B", "I", "F", "RGB", "RGBA", "LA"):
             channels = 3
@@ -376,7 +290,7 @@ class ImageStored(Stored):
                     image = image.convert("RGB")
                 array = np.asarray(image)
         except Exception as err:
-            raise _cannot_read(self.path, err) from None
+            raise cannot_read(self.path, err) from None
         if self.alpha:
             array = array[..., :-1]
             array = array[..., 0] if array.shape[-1] == 1 else array

@@ -54,6 +54,9 @@ class Stored:
     def open(self) -> Any:
         raise NotImplementedError
 
+    def say_missing(self) -> None:
+        """Warn about parts of the array the file does not hold (Zarr: missing chunks); once the array is accepted."""
+
     def handle(self) -> Any:
         if self._handle is None or self._pid != os.getpid():
             self._handle, self._pid = self.open(), os.getpid()
@@ -70,6 +73,7 @@ class Stored:
         state = dict(self.__dict__)
         state.pop("_handle", None)
         state.pop("_pid", None)
+        state.pop("_target", None)
         return state
 
 
@@ -123,6 +127,8 @@ class Volume:
             self.factor = np.asarray(self.stored_spacing, float) / np.asarray(target, float)
             self._check_factor(target_spacing)
         self.target_spacing = None if target_spacing is None else tuple(float(s) for s in self.spacing)
+        if not labels:  # a label volume leaves out its background chunks as a matter of course
+            stored.say_missing()
 
     def _check_factor(self, asked: Sequence[float]) -> None:
         """``data.spacing`` within :data:`MAX_RESAMPLING` times the stored spacing, and at least a voxel per axis."""
