@@ -166,3 +166,18 @@ def test_a_batch_above_patches_per_epoch_names_the_option(capsys, tmp_path, npz)
         r"batch size 8 is larger than the 4 samples drawn per epoch \(data.patches_per_epoch=4\); use --batch-size 4 "
         r"or less, or raise data.patches_per_epoch",
     )
+
+
+@pytest.mark.parametrize(
+    "name,fmt,pattern",
+    [
+        ("resnet.pt", "onnx", r"--out '.*resnet\.pt' does not end in \.onnx, the suffix of --format onnx; name it .*resnet\.onnx"),
+        ("resnet.onnx", "icone", r"does not end in \.pt or \.pth, the suffix of --format icone; name it .*resnet\.pt"),
+        ("weights.bin", "safetensors", r"name it .*weights\.safetensors"),
+    ],
+)  # fmt: skip
+def test_an_export_under_another_formats_suffix_is_refused(capsys, tmp_path, npz, name, fmt, pattern):
+    run = tmp_path / "run"
+    assert run_cli(["train", "--data", npz, "--out", run, *TRAIN], capsys)[0] == 0
+    expect_error(capsys, ["export", run, "--out", tmp_path / name, "--format", fmt], pattern)
+    assert not (tmp_path / name).exists()

@@ -65,11 +65,12 @@ def method_from_checkpoint(checkpoint: dict[str, Any]) -> Method:
 
 def export_run(path: str | Path, out: str | Path, format: str = "icone", overwrite: bool = False) -> list[Path]:
     """``icone export``: the evaluated backbone of a run, checkpoint or export, in ``format``; returns the files written."""
-    from icone.export.formats import FORMATS, WRITERS
+    from icone.export.formats import FORMATS, WRITERS, check_suffix
 
     if format not in FORMATS:
         raise UserError(f"--format {format!r} is not one of: {', '.join(FORMATS)}")
     out = Path(out)
+    check_suffix(out, format)
     targets = [out] + ([out.with_suffix(".json")] if format in ("safetensors", "monai") else [])
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:

@@ -32,7 +32,21 @@ from icone.nets import parse_backbone_name
 from icone.weights import require
 
 FORMATS = ("icone", "torchscript", "onnx", "safetensors", "monai")
-SUFFIXES = {"icone": ".pt", "torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors", "monai": ".pt"}
+# the names each format's file may have (the first is suggested): a file's suffix says what it holds
+SUFFIXES = {"icone": (".pt", ".pth"), "torchscript": (".pt", ".pth", ".ts"), "onnx": (".onnx",),
+            "safetensors": (".safetensors",), "monai": (".pt", ".pth")}  # fmt: skip
+
+
+def check_suffix(out: Path, format: str) -> None:
+    """``--out`` ends in a suffix of ``format`` (an ONNX file named ``.pt`` is read as a torch file, and fails)."""
+    allowed = SUFFIXES[format]
+    if out.suffix.lower() not in allowed:
+        raise UserError(
+            f"--out '{out}' does not end in {' or '.join(allowed)}, the suffix of --format {format}; name it "
+            f"{out.with_suffix(allowed[0])}"
+        )
+
+
 TOLERANCE = 1e-4  # largest difference between an export's features and PyTorch's
 
 
