@@ -352,3 +352,15 @@ def test_ctrl_c_stops_the_grid_exit_130_and_the_same_command_resumes_the_cell(tm
     records = [json.loads(x) for x in (cells / "icone-b8-r1-s0" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["kind"] == "resume"] == [1]  # from its checkpoint, not from scratch
     assert [r["status"] for r in read_csv(out)] == ["ok", "ok", "ok"]
+
+
+def test_a_grid_inside_the_data_folder_is_refused(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(8):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16), np.uint8)).save(data / f"{i}.png")
+    code, _, err = run_cli(["bench", "--data", data, "--methods", "icone", "--out", data / "grid", *TINY], capsys)
+    assert code == 2 and "is inside the data folder" in err and sorted(p.name for p in data.iterdir())[-1] == "7.png"
