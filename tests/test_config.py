@@ -88,6 +88,8 @@ def test_typed_values_are_parsed_and_a_comment_is_not_dropped_silently():
     )
     with pytest.raises(UserError, match="train.epochs must be a whole number, got '3 #three'"):
         build_config(None, ["train.epochs=3 #three"])
+    with pytest.raises(UserError, match="data.patch must be a whole number, got '32 #x'"):
+        build_config(None, ["data.patch=16,32 #x"])
     assert build_config(None, ["method=icone", "icone.projector=my head #2"]).method_options == {
         "projector": "my head #2"
     }

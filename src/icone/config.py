@@ -188,7 +188,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             value = list(value)
         if not isinstance(value, list):
             value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v]
-        return [coerce(yaml.safe_load(v) if isinstance(v, str) else v, inner, key) for v in value]
+        return [coerce(parse_value(v, inner) if isinstance(v, str) else v, inner, key) for v in value]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise UserError(f"{key} must be a mapping, got {value!r}")

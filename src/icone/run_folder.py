@@ -81,17 +81,16 @@ def written(folder: Path) -> set[str] | None:
 
 
 def record_written(folder: Path, paths: Iterable[str]) -> None:
-    """Add ``paths`` (relative to ``folder``) to the run's list; a list is first made of an older run's
-    own entries (by their names) when its marker had none."""
+    """Add ``paths`` (relative to ``folder``) to the run's list, making the marker if needed; an older
+    run's marker (no list) first gets its own entries, by their names."""
     folder = Path(folder)
     known = written(folder)
-    if known is None:
-        known = (
-            {p.name for p in folder.iterdir() if p.name in RUN_ENTRIES | set(APPENDED)} if folder.is_dir() else set()
-        )
-    new = known | set(paths)
-    if new != known or not (folder / MARKER).is_file() or written(folder) is None:
-        atomic_write_text(folder / MARKER, json.dumps({"written": sorted(new - {MARKER, LOCK})}))
+    start = known if known is not None else set()
+    if known is None and folder.is_dir():
+        start = {p.name for p in folder.iterdir() if p.name in RUN_ENTRIES | set(APPENDED)}
+    new = (start | set(paths)) - {MARKER, LOCK}
+    if new != known:
+        atomic_write_text(folder / MARKER, json.dumps({"written": sorted(new)}))
 
 
 @contextlib.contextmanager
