@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from icone.bench.grid import DEFAULT_NORM, BenchSpec
-from icone.build import REFERENCE_BATCH
 from icone.evaluate.report import KEYS
 from icone.files import atomic_write_text
+from icone.training.optim import REFERENCE_BATCH
 
 METRICS = list(KEYS)  # what evaluation reports, for the trained and (baseline_*) the untrained encoder
 BASELINE = ["knn_accuracy", "linear_accuracy", "linear_balanced_accuracy", "rankme", "intrinsic_dimension"]
@@ -32,7 +32,7 @@ COLUMNS = (
         "empty_cluster_fraction",
     ]
     + [f"baseline_{k}" for k in BASELINE]
-    + ["epochs", "steps", "train_seconds", "peak_memory_bytes", "memory_kind", "run_dir"]
+    + ["epochs", "steps", "forward_passes", "train_seconds", "peak_memory_bytes", "memory_kind", "run_dir"]
 )
 
 

@@ -18,6 +18,7 @@ import torch
 from icone.build import build_method
 from icone.config import Config, build_config
 from icone.data import Dataset, load_dataset
+from icone.data.arrays import validation_split
 from icone.errors import UserError
 from icone.evaluate.few_label import check_budgets
 from icone.evaluate.plots import plot_confusion, plot_map
@@ -105,9 +106,11 @@ def evaluate_method(
 
 def evaluate_run(
     path: str | Path, data: str | None = None, fractions: list[float] | None = None, shots: list[int] | None = None,
-    repeats: int | None = None,
+    repeats: int | None = None, split: str = "test",
 ) -> dict[str, Any]:  # fmt: skip
-    """``icone evaluate``: a run folder or checkpoint, on its own data or on ``data``; with few-label budgets if asked."""
+    """``icone evaluate``: a run folder or checkpoint, on its own data or on ``data``; with few-label budgets if asked.
+    ``split="validation"``: scored on a stratified fifth of the training split (the rest is the kNN memory and
+    the probe's training set), for choosing settings without looking at the test split."""
     checkpoint = load_checkpoint(path)
     if checkpoint.get("format") == EXPORT_FORMAT:
         raise UserError(f"'{path}' is a backbone export; evaluate its run folder or checkpoints/last.pt instead")
@@ -131,11 +134,15 @@ def evaluate_run(
         raise UserError(
             f"the data of '{path}' now has {len(dataset.train)} training samples, the run had {checkpoint['num_instances']}; pass --data"
         )
+    if split == "validation":
+        if not dataset.train.labelled:
+            raise UserError(f"a validation score needs labels, and '{config.data.source}' has none")
+        dataset = validation_split(dataset)
     checkpoint_path = Path(checkpoint["path"])
     run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" and data is None else None
     device = pick_device(config.train.device)
-    if run_dir is None:
-        return evaluate_method(method, config, dataset, None, device)
+    if run_dir is None or split != "test":
+        return {**evaluate_method(method, config, dataset, None, device), "split": split}
     lock = RunLock(run_dir)
     try:
         lock.acquire()

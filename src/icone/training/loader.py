@@ -4,12 +4,46 @@ share under ``torchrun``, from any batch on (to resume in the middle of an epoch
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from icone import distributed
 from icone.data import IndexedDataset
+
+
+@dataclass(frozen=True)
+class Revisits:
+    """``data.order=window``: instances come in sliding windows (Cao et al. 2020, PIC, §3.3).
+
+    A sweep is a seeded permutation of the ``n`` instances; window ``k`` of sweep ``r`` holds the
+    ``size`` instances from position ``k x stride`` on (wrapping round), shuffled by a seeded draw
+    of its own. Each instance falls in about ``size / stride`` consecutive windows, so it is seen
+    that many times within ``size x size / stride`` samples, then not again until the next sweep;
+    on average it is still seen once per ``n`` samples, so an epoch keeps its meaning.
+    """
+
+    size: int
+    stride: int
+
+    def windows_per_sweep(self, n: int) -> int:
+        return -(-n // self.stride)
+
+    def window(self, n: int, seed: int, index: int) -> torch.Tensor:
+        """The ``index``-th window of the endless stream (sweep ``index // windows_per_sweep``)."""
+        sweep, k = divmod(index, self.windows_per_sweep(n))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + 7 * sweep + 2))
+        rows = order[(k * self.stride + torch.arange(min(self.size, n))) % n]
+        shuffle = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed * 1_000_033 + 11 * index + 5))
+        return rows[shuffle]
+
+    def slice(self, n: int, seed: int, start: int, count: int) -> torch.Tensor:
+        """Items ``start .. start + count - 1`` of the stream of windows."""
+        size = min(self.size, n)
+        first, last = start // size, (start + count - 1) // size
+        rows = torch.cat([self.window(n, seed, i) for i in range(first, last + 1)])
+        return rows[start - first * size :][:count]
 
 
 class EpochOrder(Sampler[int]):
@@ -20,14 +54,17 @@ class EpochOrder(Sampler[int]):
     ``seed + epoch``, cut to a multiple of the processes, every ``world``-th sample from ``rank``.
     With ``num_samples`` (``data.patches_per_epoch``): the epoch's slice of an endless sequence of
     seeded permutations of all samples (every instance comes round before any repeats), every
+    ``world``-th of it from ``rank``. With ``revisits`` (:class:`Revisits`): the epoch's slice of
+    the stream of sliding windows (``num_samples``, or the training set's size, per epoch), every
     ``world``-th of it from ``rank``.
     """
 
     def __init__(
-        self, size: int, seed: int, epoch: int, batch_size: int, start_batch: int = 0, num_samples: int | None = None
-    ) -> None:
+        self, size: int, seed: int, epoch: int, batch_size: int, start_batch: int = 0, num_samples: int | None = None,
+        revisits: Revisits | None = None,
+    ) -> None:  # fmt: skip
         self.size, self.seed, self.epoch, self.batch_size, self.start_batch = size, seed, epoch, batch_size, start_batch
-        self.num_samples = num_samples
+        self.num_samples, self.revisits = num_samples, revisits
         self.world, self.rank = distributed.world_size(), distributed.rank()
 
     def _permutation(self, k: int) -> torch.Tensor:
@@ -41,6 +78,10 @@ class EpochOrder(Sampler[int]):
         return rows[: len(rows) - len(rows) % self.world][self.rank :: self.world]
 
     def order(self) -> torch.Tensor:
+        if self.revisits is not None:
+            count = int(self.num_samples or self.size)
+            rows = self.revisits.slice(self.size, self.seed, self.epoch * count, count)
+            return rows[: len(rows) - len(rows) % self.world][self.rank :: self.world]
         if self.num_samples is not None:
             return self._draw()
         if self.world == 1:
@@ -61,11 +102,13 @@ class EpochOrder(Sampler[int]):
 
 def train_loader(
     train_set: IndexedDataset, batch_size: int, seed: int, epoch: int, num_workers: int = 0, device: torch.device | None = None,
-    shuffle: bool = True, start_batch: int = 0, num_samples: int | None = None,
+    shuffle: bool = True, start_batch: int = 0, num_samples: int | None = None, revisits: Revisits | None = None,
 ) -> DataLoader:  # fmt: skip
     """Epoch ``epoch``'s batches (:class:`EpochOrder`, the incomplete last batch dropped), from
     ``start_batch`` on; with ``shuffle=False`` every sample once, in order."""
-    sampler = EpochOrder(len(train_set), seed, epoch, batch_size, start_batch, num_samples) if shuffle else None
+    sampler = (
+        EpochOrder(len(train_set), seed, epoch, batch_size, start_batch, num_samples, revisits) if shuffle else None
+    )
     return DataLoader(
         train_set,
         batch_size=batch_size,
