@@ -41,13 +41,18 @@ LOCAL_ALIGNMENTS = ("detached", "none")
 
 # the values a preset gives the options left unset (None); docs/icone.md says why each differs
 PRESETS: dict[str, dict[str, Any]] = {
-    "icone": {"projector": "linear", "diversity": "frame", "table_lr_scale": 1.0, "table_init": "features", "w_div": 10.0},
-    "paper": {"projector": "none", "diversity": "hinge", "table_lr_scale": 1.0, "table_init": "normal", "w_div": 1.0},
+    "icone": {"projector": "linear", "diversity": "frame", "table_lr_scale": 1.0, "table_init": "features", "w_div": 10.0,
+              "alignment": "cosine", "temperature": 0.1, "negatives": 4096, "table_init_std": 0.02, "w_vv": 1.0,
+              "table_optimizer": "adamw", "table_lr": 4.0},
+    "paper": {"projector": "none", "diversity": "hinge", "table_lr_scale": 1.0, "table_init": "normal", "w_div": 1.0,
+              "alignment": "cosine", "temperature": 0.1, "negatives": 4096, "table_init_std": 0.02, "w_vv": 1.0,
+              "table_optimizer": "adamw", "table_lr": 4.0},
     # Cao et al. 2020 (PIC, github bl0/PIC): softmax of each view against every row, rows N(0, 0.01^2)
-    # moved by SGD, no diversity or view-view term; small crops scored against the detached table
+    # moved by SGD (theirs: lr 0.03 at batch 256, momentum 0.9, for encoder and table), no diversity or
+    # view-view term; small crops scored against the detached table
     "pic": {"projector": "mlp", "diversity": "frame", "table_lr_scale": 1.0, "table_init": "normal", "w_div": 0.0,
-            "alignment": "infonce", "temperature": 0.2, "table_init_std": 0.01, "w_vv": 0.0,
-            "table_optimizer": "sgd", "negatives": 1 << 30},
+            "alignment": "infonce", "temperature": 0.2, "negatives": 1 << 30, "table_init_std": 0.01, "w_vv": 0.0,
+            "table_optimizer": "sgd", "table_lr": 0.0075},
 }  # fmt: skip
 
 
@@ -67,7 +72,7 @@ class IConEOptions:
     table_init_std: float | None = option(None, above=0)  # table_init=normal: std of the rows (0.02; pic 0.01)
     table_optimizer: str | None = option(None, choices=TABLE_OPTIMIZERS)  # adamw (icone, paper) | sgd (pic)
     table_lr_scale: float | None = option(None, above=0)  # adamw: table lr = encoder lr * this
-    table_lr: float = option(4.0, above=0)  # sgd: the table's lr at batch 64, scaled linearly with the batch
+    table_lr: float | None = option(None, above=0)  # sgd: the table's lr at batch 64, scaled linearly (pic 0.0075)
     table_momentum: float = option(0.9, low=0, below=1)  # sgd: momentum of the table
     table_weight_decay: float | None = option(None, low=0)  # None: the encoder's (adamw), 0 (sgd)
     local_alignment: str = option("detached", choices=LOCAL_ALIGNMENTS)  # local crops vs their row: detached | none
@@ -93,15 +98,11 @@ class IConEOptions:
     )  # sparse path, frame diversity: recompute the d x d matrix every this many steps
 
     def validate(self) -> None:
-        """Fill the unset options from ``preset``, then the presets' common defaults."""
-        for key, value in {**COMMON, **PRESETS[self.preset]}.items():
+        """Fill the unset options from ``preset``."""
+        for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
 
-
-# what a preset leaves unset
-COMMON: dict[str, Any] = {"alignment": "cosine", "table_init_std": 0.02, "table_optimizer": "adamw", "w_vv": 1.0,
-                          "temperature": 0.1, "negatives": 4096}  # fmt: skip
 
 
 class IConE(Method):

@@ -17,33 +17,53 @@ from icone.data import IndexedDataset
 class Revisits:
     """``data.order=window``: instances come in sliding windows (Cao et al. 2020, PIC, §3.3).
 
-    A sweep is a seeded permutation of the ``n`` instances; window ``k`` of sweep ``r`` holds the
-    ``size`` instances from position ``k x stride`` on (wrapping round), shuffled by a seeded draw
-    of its own. Each instance falls in about ``size / stride`` consecutive windows, so it is seen
-    that many times within ``size x size / stride`` samples, then not again until the next sweep;
-    on average it is still seen once per ``n`` samples, so an epoch keeps its meaning.
+    Instances are laid out in an endless sequence of seeded permutations (every instance once per
+    ``n`` positions). Window ``k`` holds the ``size`` positions up to ``(k + 1) x stride`` (the
+    first windows are shorter: they start at position 0), shuffled by a seeded draw of its own;
+    the stream of samples is window after window. Each position falls in ``size / stride``
+    consecutive windows, so each instance is seen that many times within about ``size x size /
+    stride`` samples, then not again until its next position; an epoch of ``n`` samples still
+    shows each instance once on average.
     """
 
     size: int
     stride: int
 
-    def windows_per_sweep(self, n: int) -> int:
-        return -(-n // self.stride)
+    def _ramp(self) -> int:
+        """How many windows are shorter than ``size`` (the ones that start at position 0)."""
+        return -(-self.size // self.stride) - 1
 
-    def window(self, n: int, seed: int, index: int) -> torch.Tensor:
-        """The ``index``-th window of the endless stream (sweep ``index // windows_per_sweep``)."""
-        sweep, k = divmod(index, self.windows_per_sweep(n))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + 7 * sweep + 2))
-        rows = order[(k * self.stride + torch.arange(min(self.size, n))) % n]
-        shuffle = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed * 1_000_033 + 11 * index + 5))
+    def start(self, k: int) -> int:
+        """Stream position of window ``k``'s first sample."""
+        ramp = self._ramp()
+        if k <= ramp:
+            return self.stride * k * (k + 1) // 2
+        return self.start(ramp) + (k - ramp) * self.size
+
+    def containing(self, t: int) -> int:
+        """The window that stream position ``t`` falls in."""
+        ramp = self._ramp()
+        if t >= self.start(ramp):
+            return ramp + (t - self.start(ramp)) // self.size
+        return next(k for k in range(ramp + 1) if self.start(k + 1) > t)
+
+    def window(self, n: int, seed: int, k: int) -> torch.Tensor:
+        """The instances of window ``k``, shuffled."""
+        end = (k + 1) * self.stride
+        positions = torch.arange(max(0, end - self.size), end)
+        rows = torch.empty_like(positions)
+        for sweep in range(int(positions[0]) // n, int(positions[-1]) // n + 1):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + 7 * sweep + 2))
+            here = positions // n == sweep
+            rows[here] = order[positions[here] % n]
+        shuffle = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed * 1_000_033 + 11 * k + 5))
         return rows[shuffle]
 
     def slice(self, n: int, seed: int, start: int, count: int) -> torch.Tensor:
         """Items ``start .. start + count - 1`` of the stream of windows."""
-        size = min(self.size, n)
-        first, last = start // size, (start + count - 1) // size
-        rows = torch.cat([self.window(n, seed, i) for i in range(first, last + 1)])
-        return rows[start - first * size :][:count]
+        first, last = self.containing(start), self.containing(start + count - 1)
+        rows = torch.cat([self.window(n, seed, k) for k in range(first, last + 1)])
+        return rows[start - self.start(first) :][:count]
 
 
 class EpochOrder(Sampler[int]):
