@@ -85,10 +85,10 @@ def _last_epoch(run_dir: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
+    from icone.bench.measure import forward_passes
     from icone.build import scaled_lr
     from icone.config import build_config
     from icone.methods import get_method
-    from icone.bench.measure import forward_passes
     from icone.runs import evaluate_run, train_run
 
     out = Path(args.out) if args.out else RESULTS / f"{args.data}.jsonl"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_trainer, tiny_dataset
 
+from helpers import make_trainer, tiny_dataset
 from icone.build import resolve_config
 from icone.config import build_config
 from icone.training.checkpoint import load_checkpoint

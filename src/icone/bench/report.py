@@ -102,7 +102,8 @@ def sweep_markdown(spec: BenchSpec, sweep: list[dict[str, Any]], chosen: dict[st
     if not sweep:
         return []
     lines = [
-        f"## lr sweep (batch {spec.sweep_batch}, seed 0; the grid uses each method's best factor by kNN)",
+        f"## lr sweep (batch {spec.sweep_batch}, seed 0; kNN on a validation split carved from the training split, "
+        "never the test split; the grid uses each method's best factor)",
         "",
         "| method | " + " | ".join(f"x{k:g}" for k in spec.lr_sweep) + " | chosen |",
         "|---|" + "---|" * (len(spec.lr_sweep) + 1),
@@ -138,7 +139,11 @@ def summary_markdown(
     ]
     if any(r.get("empty_cluster_fraction") is not None for r in rows):
         columns.append(("empty clusters", "empty_cluster_fraction", 3, 1.0))
-    columns += [("train s", "train_seconds", 1, 1.0), ("peak MiB", "peak_memory_bytes", 0, 2**20)]
+    columns += [
+        ("passes (M)", "forward_passes", 2, 1e6),  # backbone forward passes: views x samples seen
+        ("train s", "train_seconds", 1, 1.0),
+        ("peak MiB", "peak_memory_bytes", 0, 2**20),
+    ]
     stats = {key: aggregate(rows, key) for _, key, _, _ in columns}
     memory = next((r["memory_kind"] for r in rows if r.get("memory_kind")), "cuda_max_allocated or cpu_rss_growth")
     lines = [

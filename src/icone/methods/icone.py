@@ -104,7 +104,6 @@ class IConEOptions:
                 setattr(self, key, value)
 
 
-
 class IConE(Method):
     name = "icone"
     family = "instance-table"
