@@ -82,6 +82,7 @@ class IConEOptions:
     w_div: float | None = option(None, low=0)  # frame's value is ~1/d at its optimum, so icone's preset weighs it 10
     temperature: float | None = option(None, above=0)  # infonce only: 0.1 (pic 0.2)
     negatives: int | None = option(None, low=1)  # infonce: table rows sampled as negatives per step (4096; pic: all)
+    negatives_from: str = option("table", choices=("table", "recent"))  # infonce: a uniform draw | the last rows visited
     diversity_rows: int = option(
         8192, low=1
     )  # full-table diversity up to this many rows; above it (and on the sparse path) the batch's rows vs a sample
@@ -133,6 +134,9 @@ class IConE(Method):
         dtype = TABLE_DTYPES[options.table_dtype]
         self.table = nn.Parameter((torch.randn(num_instances, dim) * options.table_init_std).to(dtype))
         self.global_views = 2  # set from the view options in adjust_views
+        if options.negatives_from == "recent":  # a ring of the instances visited last (all processes)
+            self.register_buffer("recent", torch.zeros(min(options.negatives or 4096, num_instances), dtype=torch.long))
+            self.register_buffer("recent_count", torch.zeros((), dtype=torch.long))
         self.sparse = options.table_path == "sparse" or (
             options.table_path == "auto" and num_instances > options.diversity_rows
         )
@@ -201,7 +205,11 @@ class IConE(Method):
         return spec
 
     def _negatives(self, device: torch.device) -> torch.Tensor:
-        """Rows scored as negatives: every row once when ``negatives`` covers the table, else a uniform draw."""
+        """Rows scored as negatives: the ``negatives`` rows visited last (``negatives_from=recent``: rows a
+        step has just moved, so as fresh as the encoder), or every row once when ``negatives`` covers the
+        table, else a uniform draw."""
+        if self.options.negatives_from == "recent":
+            return self.recent[: int(self.recent_count.clamp(max=len(self.recent)))]
         n = self.num_instances
         if self.options.negatives >= n and not self.sparse:  # a draw with replacement repeats some, misses others
             return torch.arange(n, device=device)
@@ -246,8 +254,18 @@ class IConE(Method):
             with torch.no_grad():
                 touched = torch.unique(distributed.all_gather_cat(touched))
                 self._touched = (touched, F.normalize(self.table[touched].float(), dim=-1))
+        if opts.negatives_from == "recent":
+            self._remember(index)
         loss = opts.w_vi * l_vi + opts.w_vv * l_vv + opts.w_div * l_div
         return loss, {"loss_vi": l_vi.detach(), "loss_vv": l_vv.detach(), "loss_div": l_div.detach()}
+
+    @torch.no_grad()
+    def _remember(self, index: torch.Tensor) -> None:
+        """Push this step's instances (every process's) into the ring of recent ones."""
+        seen = distributed.all_gather_cat(index)[-len(self.recent) :]
+        slots = (self.recent_count + torch.arange(len(seen), device=seen.device)) % len(self.recent)
+        self.recent[slots] = seen
+        self.recent_count += len(seen)
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
