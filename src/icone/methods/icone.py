@@ -30,6 +30,7 @@ from icone.nets import MLP
 from icone.stats import rankme
 
 ALIGNMENTS = ("cosine", "infonce")
+CONTRASTS = ("none", "rows")
 DIVERSITIES = ("hinge", "frame", "uniformity")
 PROJECTORS = ("none", "linear", "mlp")
 TABLE_INITS = ("normal", "features")
@@ -79,6 +80,8 @@ class IConEOptions:
     detach_table: bool = False  # stop-gradient of the alignment into the table (rows move by L_div only)
     w_vi: float = option(1.0, low=0)
     w_vv: float | None = option(None, low=0)  # 1 (icone, paper); 0 (pic)
+    contrast: str = option("none", choices=CONTRASTS)  # rows: views each other's positives, other rows negatives
+    w_contrast: float = option(1.0, low=0)
     w_div: float | None = option(None, low=0)  # frame's value is ~1/d at its optimum, so icone's preset weighs it 10
     temperature: float | None = option(None, above=0)  # infonce only: 0.1 (pic 0.2)
     negatives: int | None = option(None, low=1)  # infonce: table rows sampled as negatives per step (4096; pic: all)
@@ -254,10 +257,15 @@ class IConE(Method):
             with torch.no_grad():
                 touched = torch.unique(distributed.all_gather_cat(touched))
                 self._touched = (touched, F.normalize(self.table[touched].float(), dim=-1))
+        l_con = z.new_zeros(())
+        if opts.contrast == "rows" and g > 1:
+            rows = negatives if negatives is not None else self._negatives(z.device)
+            l_con = losses.icone_view_contrast(z[:, :g], self.table, index, rows, temperature=opts.temperature)
         if opts.negatives_from == "recent":
             self._remember(index)
-        loss = opts.w_vi * l_vi + opts.w_vv * l_vv + opts.w_div * l_div
-        return loss, {"loss_vi": l_vi.detach(), "loss_vv": l_vv.detach(), "loss_div": l_div.detach()}
+        loss = opts.w_vi * l_vi + opts.w_vv * l_vv + opts.w_div * l_div + opts.w_contrast * l_con
+        metrics = {"loss_vi": l_vi.detach(), "loss_vv": l_vv.detach(), "loss_div": l_div.detach()}
+        return loss, {**metrics, "loss_contrast": l_con.detach()} if opts.contrast != "none" else metrics
 
     @torch.no_grad()
     def _remember(self, index: torch.Tensor) -> None:
