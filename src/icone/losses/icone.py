@@ -173,6 +173,20 @@ def icone_infonce_alignment(
     return F.cross_entropy(logits.reshape(b * v, -1), target.reshape(-1))
 
 
+def icone_view_repulsion(z: torch.Tensor, gram: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Views kept apart from the other instances' rows: ``mean_{i, v} mean_{j != i} <z_{i,v}, e_j>^2``.
+
+    The negative half of the spectral contrastive loss (HaoChen et al. 2021, eq. 5) with the table's
+    rows as the negatives, so no second sample is needed: from ``G = E_n^T E_n`` (``d x d``, the
+    normalised table, taken as a constant) it is ``(z^T G z - <z, e_i>^2) / (N - 1)`` for unit ``z``.
+    ``z``: ``B x V x d``; ``rows``: ``B x d`` the batch's own rows (removed from the sum).
+    """
+    zn = F.normalize(z, dim=-1)
+    own = (zn * F.normalize(rows.detach(), dim=-1)[:, None, :]).sum(-1)
+    spread = ((zn @ gram.detach().to(zn.dtype)) * zn).sum(-1)
+    return ((spread - own.pow(2)) / max(num_rows - 1, 1)).mean()
+
+
 def icone_view_contrast(
     z: torch.Tensor, table: torch.Tensor, index: torch.Tensor, negatives: torch.Tensor, temperature: float = 0.2
 ) -> torch.Tensor:
@@ -204,6 +218,7 @@ __all__ = [
     "icone_infonce_alignment",
     "icone_uniformity",
     "icone_view_contrast",
+    "icone_view_repulsion",
     "icone_view_instance_alignment",
     "icone_view_view_alignment",
 ]

@@ -82,10 +82,13 @@ class IConEOptions:
     w_vv: float | None = option(None, low=0)  # 1 (icone, paper); 0 (pic)
     contrast: str = option("none", choices=CONTRASTS)  # rows: views each other's positives, other rows negatives
     w_contrast: float = option(1.0, low=0)
+    w_repel: float = option(0.0, low=0)  # views vs the other rows: mean squared cosine (spectral contrastive negatives)
     w_div: float | None = option(None, low=0)  # frame's value is ~1/d at its optimum, so icone's preset weighs it 10
     temperature: float | None = option(None, above=0)  # infonce only: 0.1 (pic 0.2)
     negatives: int | None = option(None, low=1)  # infonce: table rows sampled as negatives per step (4096; pic: all)
-    negatives_from: str = option("table", choices=("table", "recent"))  # infonce: a uniform draw | the last rows visited
+    negatives_from: str = option(
+        "table", choices=("table", "recent")
+    )  # infonce: a uniform draw | the last rows visited
     diversity_rows: int = option(
         8192, low=1
     )  # full-table diversity up to this many rows; above it (and on the sparse path) the batch's rows vs a sample
@@ -178,6 +181,14 @@ class IConE(Method):
         self.frame_gram.copy_(gram)
         return drift
 
+    @torch.no_grad()
+    def _table_gram(self) -> torch.Tensor:
+        """``E_n^T E_n`` of the normalised table: the maintained matrix on the sparse frame path, else computed."""
+        if self.uses_gram:
+            return self.frame_gram.float()
+        e = F.normalize(self.table.float(), dim=-1)
+        return e.t() @ e
+
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Table rows with a gradient: a sparse one (only these rows) on the sparse path."""
         return F.embedding(ids, self.table, sparse=self.sparse).float()
@@ -261,11 +272,15 @@ class IConE(Method):
         if opts.contrast == "rows" and g > 1:
             rows = negatives if negatives is not None else self._negatives(z.device)
             l_con = losses.icone_view_contrast(z[:, :g], self.table, index, rows, temperature=opts.temperature)
+        l_rep = z.new_zeros(())
+        if opts.w_repel > 0:
+            l_rep = losses.icone_view_repulsion(z[:, :g], self._table_gram(), batch_rows, self.num_instances)
         if opts.negatives_from == "recent":
             self._remember(index)
-        loss = opts.w_vi * l_vi + opts.w_vv * l_vv + opts.w_div * l_div + opts.w_contrast * l_con
+        loss = opts.w_vi * l_vi + opts.w_vv * l_vv + opts.w_div * l_div + opts.w_contrast * l_con + opts.w_repel * l_rep
         metrics = {"loss_vi": l_vi.detach(), "loss_vv": l_vv.detach(), "loss_div": l_div.detach()}
-        return loss, {**metrics, "loss_contrast": l_con.detach()} if opts.contrast != "none" else metrics
+        metrics.update({"loss_contrast": l_con.detach()} if opts.contrast != "none" else {})
+        return loss, {**metrics, "loss_repel": l_rep.detach()} if opts.w_repel > 0 else metrics
 
     @torch.no_grad()
     def _remember(self, index: torch.Tensor) -> None:
