@@ -218,7 +218,7 @@ __all__ = [
     "icone_infonce_alignment",
     "icone_uniformity",
     "icone_view_contrast",
-    "icone_view_repulsion",
     "icone_view_instance_alignment",
+    "icone_view_repulsion",
     "icone_view_view_alignment",
 ]
