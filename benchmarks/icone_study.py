@@ -85,10 +85,11 @@ def _last_epoch(run_dir: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
+    from icone.bench.measure import forward_passes
     from icone.build import scaled_lr
     from icone.config import build_config
     from icone.methods import get_method
-    from icone.runs import train_run
+    from icone.runs import evaluate_run, train_run
 
     out = Path(args.out) if args.out else RESULTS / f"{args.data}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +141,9 @@ def run(args: argparse.Namespace) -> None:
                         handle.write(json.dumps(record) + "\n")
                     continue
                 health = _last_epoch(run_dir)
+                health["forward_passes"] = forward_passes(run_dir)
+                validation = evaluate_run(run_dir, split="validation")
+                health.update({f"val_{k}": validation.get(k) for k in ("knn_accuracy", "linear_accuracy")})
             result = summary["eval"]
             record.update(status="ok", steps=summary["steps"], wall_seconds=round(time.time() - started, 1), **health)
             record.update({k: (None if result.get(k) is None else round(float(result[k]), 4)) for k in METRICS})
@@ -189,6 +193,8 @@ def summary(args: argparse.Namespace) -> None:
         "seeds",
         "steps",
         "lr",
+        "val kNN",
+        "val linear",
         "kNN",
         "linear",
         "bal. acc",
@@ -196,6 +202,7 @@ def summary(args: argparse.Namespace) -> None:
         "ID",
         "table RankMe",
         "untrained kNN",
+        "passes",
         "s/run",
     ]
     print("| " + " | ".join(by + columns) + " |")
@@ -209,6 +216,8 @@ def summary(args: argparse.Namespace) -> None:
             str(len(ok)),
             str(ok[0].get("steps")),
             f"{ok[0]['lr']:.2g}",
+            _fmt([r.get("val_knn_accuracy") for r in ok], 3),
+            _fmt([r.get("val_linear_accuracy") for r in ok], 3),
             _fmt([r["knn_accuracy"] for r in ok], 3),
             _fmt([r["linear_accuracy"] for r in ok], 3),
             _fmt([r["linear_balanced_accuracy"] for r in ok], 3),
@@ -216,6 +225,7 @@ def summary(args: argparse.Namespace) -> None:
             _fmt([r["intrinsic_dimension"] for r in ok], 1),
             _fmt([r.get("table_rankme") for r in ok], 1),
             _fmt([r["untrained_knn_accuracy"] for r in ok], 3),
+            str(ok[0].get("forward_passes", "-")),
             _fmt([r["wall_seconds"] for r in ok], 0),
         ]
         print("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + " |")

@@ -99,6 +99,7 @@ def test_results_have_one_row_per_cell_with_the_columns(grid):
                 row["epochs"] == "1"
                 and int(row["steps"]) == (12 if row["imbalance"] == "1.0" else int(row["steps"])) > 0
             )
+            assert int(row["forward_passes"]) == 2 * 4 * int(row["steps"])  # 2 views x batch 4 x steps
     document = json.loads((out / "results.json").read_text())
     assert [r["status"] for r in document["rows"]] == [r["status"] for r in rows]
     assert document["command"] == "icone bench (test)" and document["settings"]["reference_batch"] == 64
@@ -282,9 +283,11 @@ def test_the_lr_sweep_tries_every_factor_and_the_grid_uses_the_best(tmp_path, mo
     import icone.runs  # run_cell imports evaluate_run from here at call time
 
     real = icone.runs.evaluate_run
+    splits = {}
 
     def fake_evaluate(run_dir, *args, **kwargs):
         result = real(run_dir, *args, **kwargs)
+        splits[str(run_dir)] = (kwargs.get("split", "test"), result.get("split", "test"))
         factor = 2.0 if "-lr2" in run_dir.name else 0.5 if "-lr0.5" in run_dir.name else None
         if factor is not None:
             score = knn_at_factor[factor]
@@ -310,7 +313,30 @@ def test_the_lr_sweep_tries_every_factor_and_the_grid_uses_the_best(tmp_path, mo
         default = bench.grid.get_method(method).default_lr * (2 / 64) ** 0.5
         assert rows[method]["lr_factor"] == factor and rows[method]["lr"] == pytest.approx(default * factor)
     summary = (tmp_path / "grid" / "summary.md").read_text()
-    assert "## lr sweep (batch 2" in summary and "| icone | 0.200" in summary
+    assert "## lr sweep (batch 2" in summary and "| icone | 0.200" in summary and "validation split" in summary
+    for run_dir, (asked, scored) in splits.items():  # the sweep chose on a validation split, the grid reports the test
+        assert asked == scored == ("validation" if "/sweep/" in run_dir else "test"), run_dir
+    assert len(splits) == 6 and all(
+        (tmp_path / "grid" / "cells" / r["cell"] / "eval_validation.json").is_file() for r in sweep
+    )
+
+
+def test_the_validation_split_is_a_stratified_seeded_part_of_the_training_split():
+    from icone.config import DataConfig
+    from icone.data import load_dataset
+    from icone.data.arrays import validation_split
+
+    def images(split) -> set[bytes]:
+        return {row.tobytes() for chunk in split.samples.chunks(512) for row in chunk}
+
+    data = load_dataset(DataConfig(source="synthetic2d"), seed=0)
+    split = validation_split(data)
+    assert len(split.test) == round(0.2 * len(data.train)) and len(split.train) + len(split.test) == len(data.train)
+    assert images(split.train) | images(split.test) == images(data.train)  # carved from the training split...
+    assert not images(split.train) & images(split.test) and not images(split.test) & images(data.test)  # ...only
+    for c in range(8):  # each class keeps its share
+        assert (split.test.labels == c).sum() == pytest.approx((data.train.labels == c).sum() * 0.2, abs=1)
+    assert (validation_split(data).test.labels == split.test.labels).all()  # seeded
 
 
 def test_sweep_options_are_checked(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 
 from icone import distributed
 from icone.config import Config, validate
@@ -19,19 +18,9 @@ from icone.errors import UserError
 from icone.methods import Method, batch_free_methods, get_method
 from icone.nets import build_backbone, parse_backbone_name
 from icone.runtime import pick_device, resolve_precision, seed_everything
+from icone.training.optim import scaled_lr
 from icone.views import ViewMaker
 from icone.weights import load_initial_weights
-
-REFERENCE_BATCH = 64  # the batch size a method's default lr (and optim.base_lr) is stated for
-
-
-def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
-    """``lr`` (stated for :data:`REFERENCE_BATCH`) at ``batch_size``: ``sqrt`` (Adam-type), ``linear`` (SGD) or ``none``."""
-    if rule == "sqrt":
-        return lr * math.sqrt(batch_size / REFERENCE_BATCH)
-    if rule == "linear":
-        return lr * batch_size / REFERENCE_BATCH
-    return lr
 
 
 def learning_rate(config: Config) -> tuple[float, float | None]:
@@ -109,10 +98,22 @@ def resolve_for_samples(
     config.train.precision = resolve_precision(
         config.train.precision, pick_device(config.train.device)
     )  # the choice, saved
+    resolve_windows(config, num_samples)
     config.method_options = dataclasses.asdict(method_cls.make_options(config.method_options))
     check_batch_size(config, method_cls, num_samples)
     validate(config)
     return config
+
+
+def resolve_windows(config: Config, num_samples: int) -> None:
+    """``data.order=window``: the window (default an eighth of the training set, at least one batch)
+    and its stride (default a quarter of the window: each instance in four windows running)."""
+    data = config.data
+    if data.order != "window":
+        return
+    size = data.window_size or max(config.train.batch_size * distributed.world_size(), -(-num_samples // 8))
+    data.window_size = min(size, num_samples)
+    data.window_stride = min(data.window_stride or max(1, data.window_size // 4), data.window_size)
 
 
 def check_batch_size(config: Config, method_cls: type[Method], num_samples: int) -> None:

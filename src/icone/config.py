@@ -42,6 +42,13 @@ class DataConfig:
     stride: list[int] | None = option(None, low=1)  # distance between grid cells; None: the patch size
     sampler: str = option("random", choices=("grid", "random", "foreground"))
     patches_per_epoch: int | None = option(None, low=1)  # samples drawn per epoch; None: every instance once
+    order: str = option(
+        "shuffle", choices=("shuffle", "window")
+    )  # window: sliding windows, each instance revisited in bursts
+    window_size: int | None = option(
+        None, low=1
+    )  # order=window: instances per window; None: an eighth of the training set
+    window_stride: int | None = option(None, low=1)  # order=window: window start advance; None: a quarter of the window
     foreground_threshold: float | None = None  # sampler=foreground: intensity threshold; None: Otsu's
     foreground_fraction: float = option(0.1, above=0, high=1)  # share of a patch above the threshold to keep it
     labels: str | None = None  # a label volume of the volume's shape: a patch's label is its majority class

@@ -85,3 +85,16 @@ def test_same_seed_same_views():
     torch.manual_seed(5)
     b = ViewMaker(*spec(2))(x)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("global_crops", [2, 6])
+def test_every_crop_of_a_size_is_made_in_one_batched_call(global_crops, monkeypatch):
+    """K views cost one resampling of K x B samples per crop size, not K calls, and differ from each other."""
+    calls = []
+    grid_sample = torch.nn.functional.grid_sample
+    monkeypatch.setattr(
+        torch.nn.functional, "grid_sample", lambda x, *a, **k: calls.append(len(x)) or grid_sample(x, *a, **k)
+    )
+    views = ViewMaker(*spec(2, global_crops=global_crops, local_crops=3))(torch.randn(4, 1, 12, 12))
+    assert calls == [global_crops * 4, 3 * 4]
+    assert len(views) == global_crops + 3 and not torch.equal(views[0], views[1])

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from icone.bench.grid import BenchSpec, Cell, cell_config, cell_lr, choose_lr_factors, grid_cells, sweep_cells
-from icone.bench.measure import PeakMemory, environment_of, training_log
+from icone.bench.measure import PeakMemory, environment_of, forward_passes, training_log
 from icone.bench.plots import plot_results
 from icone.bench.report import BASELINE, COLUMNS, METRICS, summary_markdown, write_results
 from icone.errors import Interrupted, TrainingDiverged, UserError
@@ -63,9 +63,24 @@ def metrics_row(row: dict[str, Any], result: dict[str, Any]) -> None:
         row[f"baseline_{key}"] = result.get("baseline", {}).get(key)
 
 
+# a sweep cell is scored on a validation split carved from the training split, a grid cell on the test split
+SCORES = {True: "eval_validation.json", False: "eval.json"}
+
+
+def score_cell(run_dir: Path, cell: Cell) -> dict[str, Any]:
+    """The cell's evaluation (a sweep cell's on the validation split, kept in ``eval_validation.json``)."""
+    from icone.runs import evaluate_run
+
+    if not cell.sweep:
+        return evaluate_run(run_dir)
+    result = evaluate_run(run_dir, split="validation")
+    atomic_write_text(run_dir / SCORES[True], json.dumps(result, indent=2))
+    return result
+
+
 def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str, Any], str]:
     """One cell: refused, read back, resumed or trained; returns its row and how it was obtained."""
-    from icone.runs import evaluate_run, train_run
+    from icone.runs import train_run
 
     config = cell_config(spec, cell)
     run_dir = spec.out / "cells" / cell.name
@@ -86,11 +101,12 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
         return row, "not run"
     record_file = run_dir / "bench.json"
     record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    evaluated = (run_dir / "eval.json").is_file() and (training_log(run_dir)[0] or 0) >= spec.epochs
+    scores = run_dir / SCORES[cell.sweep]
+    evaluated = scores.is_file() and (training_log(run_dir)[0] or 0) >= spec.epochs
     if evaluated or str(record.get("status", "")).startswith("diverged"):
         how = "read back"
         if evaluated:
-            metrics_row(row, json.loads((run_dir / "eval.json").read_text()))
+            metrics_row(row, json.loads(scores.read_text()))
             record["status"] = "ok"
     else:
         resume = (run_dir / "checkpoints" / "last.pt").is_file()
@@ -99,7 +115,7 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
         try:
             with meter:
                 train_run(config, out=run_dir, resume=resume, overwrite=not resume and run_dir.exists(), progress=False)
-            metrics_row(row, evaluate_run(run_dir))
+            metrics_row(row, score_cell(run_dir, cell))
             status = "ok"
         except Interrupted:
             raise  # Ctrl-C stops the grid (the cell keeps its checkpoint, and resumes from it next time)
@@ -118,6 +134,7 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
     row["status"] = record.get("status", "ok")
     row["peak_memory_bytes"], row["memory_kind"] = record.get("peak_memory_bytes"), record.get("memory_kind")
     row["epochs"], row["steps"], row["train_seconds"] = training_log(run_dir)
+    row["forward_passes"] = forward_passes(run_dir)
     row["run_dir"] = str(run_dir) if run_dir.is_dir() else None
     return row, how
 

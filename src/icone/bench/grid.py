@@ -197,7 +197,8 @@ def sweep_cells(spec: BenchSpec) -> list[Cell]:
 
 
 def choose_lr_factors(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Each method's factor with the best kNN accuracy in the sweep (a tie: the factor nearest 1)."""
+    """Each method's factor with the best kNN accuracy in the sweep (a tie: the factor nearest 1); the
+    sweep's rows are scored on a validation split of the training split (``bench.cells.score_cell``)."""
     best: dict[str, tuple[float, float, float]] = {}
     for row in rows:
         if row["status"] != "ok" or row.get("knn_accuracy") is None:

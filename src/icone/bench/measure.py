@@ -86,6 +86,20 @@ def training_log(run_dir: Path) -> tuple[int | None, int | None, float | None]:
     )
 
 
+def forward_passes(run_dir: Path) -> int | None:
+    """Backbone forward passes a finished run used for training: views per sample x samples seen
+    (steps x batch; one process, as bench cells run), from ``config.yaml`` and ``metrics.jsonl`` (a local crop counts as a view)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    steps = training_log(run_dir)[1]
+    if not path.is_file() or steps is None:
+        return None
+    config = yaml.safe_load(path.read_text())
+    views = int(config["views"]["global_crops"]) + int(config["views"]["local_crops"] or 0)
+    return views * steps * int(config["train"]["batch_size"])
+
+
 def environment_of(device: torch.device) -> dict[str, Any]:
     """Date, platform, CPU, torch version and threads, and the training device."""
     return {

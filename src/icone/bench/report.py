@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from icone.bench.grid import DEFAULT_NORM, BenchSpec
-from icone.build import REFERENCE_BATCH
 from icone.evaluate.report import KEYS
 from icone.files import atomic_write_text
+from icone.training.optim import REFERENCE_BATCH
 
 METRICS = list(KEYS)  # what evaluation reports, for the trained and (baseline_*) the untrained encoder
 BASELINE = ["knn_accuracy", "linear_accuracy", "linear_balanced_accuracy", "rankme", "intrinsic_dimension"]
@@ -32,7 +32,7 @@ COLUMNS = (
         "empty_cluster_fraction",
     ]
     + [f"baseline_{k}" for k in BASELINE]
-    + ["epochs", "steps", "train_seconds", "peak_memory_bytes", "memory_kind", "run_dir"]
+    + ["epochs", "steps", "forward_passes", "train_seconds", "peak_memory_bytes", "memory_kind", "run_dir"]
 )
 
 
@@ -102,7 +102,8 @@ def sweep_markdown(spec: BenchSpec, sweep: list[dict[str, Any]], chosen: dict[st
     if not sweep:
         return []
     lines = [
-        f"## lr sweep (batch {spec.sweep_batch}, seed 0; the grid uses each method's best factor by kNN)",
+        f"## lr sweep (batch {spec.sweep_batch}, seed 0; kNN on a validation split carved from the training split, "
+        "never the test split; the grid uses each method's best factor)",
         "",
         "| method | " + " | ".join(f"x{k:g}" for k in spec.lr_sweep) + " | chosen |",
         "|---|" + "---|" * (len(spec.lr_sweep) + 1),
@@ -138,7 +139,11 @@ def summary_markdown(
     ]
     if any(r.get("empty_cluster_fraction") is not None for r in rows):
         columns.append(("empty clusters", "empty_cluster_fraction", 3, 1.0))
-    columns += [("train s", "train_seconds", 1, 1.0), ("peak MiB", "peak_memory_bytes", 0, 2**20)]
+    columns += [
+        ("passes (M)", "forward_passes", 2, 1e6),  # backbone forward passes: views x samples seen
+        ("train s", "train_seconds", 1, 1.0),
+        ("peak MiB", "peak_memory_bytes", 0, 2**20),
+    ]
     stats = {key: aggregate(rows, key) for _, key, _, _ in columns}
     memory = next((r["memory_kind"] for r in rows if r.get("memory_kind")), "cuda_max_allocated or cpu_rss_growth")
     lines = [

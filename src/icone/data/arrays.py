@@ -76,3 +76,18 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
         test.append(rows[:n_test])
         train.append(rows[n_test:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+VALIDATION_FRACTION = 0.2  # share of the training split held out to choose settings on
+
+
+def validation_split(dataset: Dataset, fraction: float = VALIDATION_FRACTION, seed: int = 0) -> Dataset:
+    """``dataset`` with its training split cut in two, stratified and seeded: ``train`` the rest, ``test``
+    the held-out ``fraction``. Settings (an lr, a lever) are chosen on this, never on the test split."""
+    if not dataset.train.labelled:
+        raise ValueError("a validation split needs a labelled training split")
+    keep, held_out = stratified_split(dataset.train.labels, fraction, seed)
+    return Dataset(
+        dataset.name, dataset.train.subset(keep), dataset.train.subset(held_out), dataset.class_names,
+        dataset.view_defaults, dataset.info,
+    )  # fmt: skip

@@ -180,6 +180,43 @@ def icone_infonce_alignment(
     return F.cross_entropy(logits.reshape(b * v, -1), target.reshape(-1))
 
 
+def icone_view_repulsion(z: torch.Tensor, gram: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Views kept apart from the other instances' rows: ``mean_{i, v} mean_{j != i} <z_{i,v}, e_j>^2``.
+
+    The negative half of the spectral contrastive loss (HaoChen et al. 2021, eq. 5) with the table's
+    rows as the negatives, so no second sample is needed: from ``G = E_n^T E_n`` (``d x d``, the
+    normalised table, taken as a constant) it is ``(z^T G z - <z, e_i>^2) / (N - 1)`` for unit ``z``.
+    ``z``: ``B x V x d``; ``rows``: ``B x d`` the batch's own rows (removed from the sum).
+    """
+    zn = F.normalize(z, dim=-1)
+    own = (zn * F.normalize(rows.detach(), dim=-1)[:, None, :]).sum(-1)
+    spread = ((zn @ gram.detach().to(zn.dtype)) * zn).sum(-1)
+    return ((spread - own.pow(2)) / max(num_rows - 1, 1)).mean()
+
+
+def icone_view_contrast(
+    z: torch.Tensor, table: torch.Tensor, index: torch.Tensor, negatives: torch.Tensor, temperature: float = 0.2
+) -> torch.Tensor:
+    """Views of an instance as each other's positives, the table's other rows as negatives.
+
+    For every ordered pair of views ``(v, w)`` of instance ``i``: cross-entropy of ``<z_v, z_w> / tau``
+    against ``<z_v, e_j> / tau`` for the rows ``j`` in ``negatives`` other than ``i`` (all vectors
+    normalised), averaged over pairs and instances. The positive is as fresh as the encoder (both views
+    carry gradients, as in SimCLR's NT-Xent), the negatives come from the table, so no term needs a
+    second sample in the batch. ``z``: ``B x V x d`` (V >= 2); the table enters detached.
+    """
+    v = z.shape[1]
+    zn = F.normalize(z, dim=-1)
+    rows = F.normalize(table.detach()[negatives].to(z.dtype), dim=-1)
+    to_rows = zn @ rows.t() / temperature  # B x V x M
+    to_rows = to_rows.masked_fill((negatives[None, :] == index[:, None])[:, None, :], float("-inf"))
+    pairs = [(a, c) for a in range(v) for c in range(v) if a != c]
+    positive = torch.stack([(zn[:, a] * zn[:, c]).sum(-1) for a, c in pairs], 1) / temperature  # B x P
+    anchors = torch.tensor([a for a, _ in pairs], device=z.device)
+    logits = torch.cat([positive[..., None], to_rows[:, anchors]], dim=-1)  # B x P x (1 + M)
+    return -F.log_softmax(logits, dim=-1)[..., 0].mean()
+
+
 __all__ = [
     "icone_batch_diversity",
     "icone_frame_diversity",
@@ -187,6 +224,8 @@ __all__ = [
     "icone_hinge_diversity",
     "icone_infonce_alignment",
     "icone_uniformity",
+    "icone_view_contrast",
     "icone_view_instance_alignment",
+    "icone_view_repulsion",
     "icone_view_view_alignment",
 ]

@@ -71,6 +71,15 @@ def default_size_momentum(
     return max(0.0, 1.0 - step * assignments / max(num_clusters, 1))
 
 
+PAPER_TEACHER_EPOCHS = (1024 / 1_281_167) / (1 - 0.996)  # the paper's teacher averages over 0.2 epochs of ImageNet
+
+
+def default_ema_momentum(num_instances: int, batch_size: int, world_size: int = 1) -> float:
+    """The teacher's EMA momentum that averages over the paper's share of an epoch (0.2) at any batch
+    size and data size: ``1 - (B x world / N) / 0.2`` (0.996 in the paper's ImageNet setting), at least 0."""
+    return max(0.0, 1.0 - batch_size * world_size / max(num_instances, 1) / PAPER_TEACHER_EPOCHS)
+
+
 def crop_min_scale(epoch: int, epochs: int, start: float = 0.26, end: float = 0.14) -> float:
     """Minimum global crop scale by epoch: cosine from ``start`` (epoch 0) towards ``end``."""
     return end + 0.5 * (start - end) * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
@@ -92,7 +101,9 @@ class ExCBOptions:
     teacher_temperature: float = option(0.04, above=0)
     student_temperature: float = option(0.1, above=0)
     size_momentum: float | None = option(None, low=0, high=1)  # m_s; None: default_size_momentum (paper 0.999)
-    ema_momentum: float = option(0.996, low=0, high=1)  # teacher EMA momentum, cosine to 1
+    ema_momentum: float | None = option(
+        0.996, low=0, high=1
+    )  # teacher EMA momentum, cosine to 1; None: default_ema_momentum
     centroid_wd_start_scale: float = option(10.0, above=0)  # centroid weight decay falls from this x wd to 1 x wd
     crop_schedule: bool = False  # min global crop scale crop_scale_start -> crop_scale_end (paper: on)
     crop_scale_start: float | None = option(None, above=0, high=1)  # None: views.global_scale[0] (paper 0.26)
@@ -150,6 +161,7 @@ class ExCB(Method):
         self._pending_fractions: torch.Tensor | None = None
         self._pending_momentum = 0.999
         self._auto_checked = False
+        self._batch_size = 1  # this process's batch, seen at each step
         self._auto_choice: str | None = None  # what auto chose (for describe), once it has
 
     def evaluation_backbone(self) -> nn.Module:
@@ -245,6 +257,7 @@ class ExCB(Method):
         b = views[0].shape[0]
         if not self._auto_checked:
             self._choose_auto_norms(b)
+        self._batch_size = b
         student = self.student_outputs(views, g)
         raw = self.teacher_similarities(views[:g]).reshape(g, b, self.num_clusters)
         balanced = self.teacher_logits(raw)  # uses the sizes from before this step
@@ -300,7 +313,10 @@ class ExCB(Method):
         (global-view) inputs, as in the official code (``EMAHandler.ema_step`` averages
         ``named_parameters``; the teacher's BatchNorm keeps its own buffers).
         """
-        momentum = cosine_momentum(self.options.ema_momentum, step, total_steps)
+        base = self.options.ema_momentum
+        if base is None:
+            base = default_ema_momentum(self.num_instances, self._batch_size, distributed.world_size())
+        momentum = cosine_momentum(base, step, total_steps)
         for name in ("backbone", "projector", "centroids"):
             ema_update(self.teacher[name], getattr(self, name), momentum, buffers=False)
         if self._pending_fractions is not None:

@@ -30,24 +30,39 @@ from icone.nets import MLP
 from icone.stats import rankme
 
 ALIGNMENTS = ("cosine", "infonce")
+CONTRASTS = ("none", "rows")
 DIVERSITIES = ("hinge", "frame", "uniformity")
 PROJECTORS = ("none", "linear", "mlp")
 TABLE_INITS = ("normal", "features")
 TABLE_PATHS = ("auto", "dense", "sparse")
 TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TABLE_OPTIMIZERS = ("adamw", "sgd")
+LOCAL_ALIGNMENTS = ("detached", "none")
 
 
 # the values a preset gives the options left unset (None); docs/icone.md says why each differs
 PRESETS: dict[str, dict[str, Any]] = {
-    "icone": {"projector": "linear", "diversity": "frame", "table_lr_scale": 1.0, "table_init": "features", "w_div": 10.0},
-    "paper": {"projector": "none", "diversity": "hinge", "table_lr_scale": 1.0, "table_init": "normal", "w_div": 1.0},
+    "icone": {"projector": "linear", "diversity": "frame", "table_lr_scale": 1.0, "table_init": "features", "w_div": 10.0,
+              "alignment": "cosine", "temperature": 0.1, "negatives": 4096, "table_init_std": 0.02, "w_vv": 1.0,
+              "table_optimizer": "adamw", "table_lr": 4.0},
+    "paper": {"projector": "none", "diversity": "hinge", "table_lr_scale": 1.0, "table_init": "normal", "w_div": 1.0,
+              "alignment": "cosine", "temperature": 0.1, "negatives": 4096, "table_init_std": 0.02, "w_vv": 1.0,
+              "table_optimizer": "adamw", "table_lr": 4.0},
+    # Cao et al. 2020 (PIC, github bl0/PIC): softmax of each view against every row, rows N(0, 0.01^2)
+    # moved by SGD (theirs: lr 0.03 at batch 256, momentum 0.9, for encoder and table), no diversity or
+    # view-view term; small crops scored against the detached table
+    "pic": {"projector": "mlp", "diversity": "frame", "table_lr_scale": 1.0, "table_init": "normal", "w_div": 0.0,
+            "alignment": "infonce", "temperature": 0.2, "negatives": 1 << 30, "table_init_std": 0.01, "w_vv": 0.0,
+            "table_optimizer": "sgd", "table_lr": 0.0075},
 }  # fmt: skip
 
 
 @dataclass
 class IConEOptions:
     preset: str = option("icone", choices=tuple(PRESETS))  # fills the options below that are left unset
-    alignment: str = option("cosine", choices=ALIGNMENTS)  # cosine | infonce (own row positive, other rows negatives)
+    alignment: str | None = option(
+        None, choices=ALIGNMENTS
+    )  # cosine (icone) | infonce (own row positive, other rows negatives)
     diversity: str | None = option(None, choices=DIVERSITIES)
     projector: str | None = option(None, choices=PROJECTORS)  # none | linear | mlp (MLP with LayerNorm)
     projector_dim: int = option(128, low=1)
@@ -55,15 +70,25 @@ class IConEOptions:
     table_init: str | None = option(
         None, choices=TABLE_INITS
     )  # features: rows = untrained encoder's embeddings (ours) | normal N(0, std^2)
-    table_init_std: float = option(0.02, above=0)
-    table_lr_scale: float | None = option(None, above=0)  # table lr = encoder lr * this
-    table_weight_decay: float | None = option(None, low=0)  # None: the encoder's weight decay
+    table_init_std: float | None = option(None, above=0)  # table_init=normal: std of the rows (0.02; pic 0.01)
+    table_optimizer: str | None = option(None, choices=TABLE_OPTIMIZERS)  # adamw (icone, paper) | sgd (pic)
+    table_lr_scale: float | None = option(None, above=0)  # adamw: table lr = encoder lr * this
+    table_lr: float | None = option(None, above=0)  # sgd: the table's lr at batch 64, scaled linearly (pic 0.0075)
+    table_momentum: float = option(0.9, low=0, below=1)  # sgd: momentum of the table
+    table_weight_decay: float | None = option(None, low=0)  # None: the encoder's (adamw), 0 (sgd)
+    local_alignment: str = option("detached", choices=LOCAL_ALIGNMENTS)  # local crops vs their row: detached | none
     detach_table: bool = False  # stop-gradient of the alignment into the table (rows move by L_div only)
     w_vi: float = option(1.0, low=0)
-    w_vv: float = option(1.0, low=0)
+    w_vv: float | None = option(None, low=0)  # 1 (icone, paper); 0 (pic)
+    contrast: str = option("none", choices=CONTRASTS)  # rows: views each other's positives, other rows negatives
+    w_contrast: float = option(1.0, low=0)
+    w_repel: float = option(0.0, low=0)  # views vs the other rows: mean squared cosine (spectral contrastive negatives)
     w_div: float | None = option(None, low=0)  # frame's value is ~1/d at its optimum, so icone's preset weighs it 10
-    temperature: float = option(0.1, above=0)  # infonce only
-    negatives: int = option(4096, low=1)  # infonce: table rows sampled as negatives per step
+    temperature: float | None = option(None, above=0)  # infonce only: 0.1 (pic 0.2)
+    negatives: int | None = option(None, low=1)  # infonce: table rows sampled as negatives per step (4096; pic: all)
+    negatives_from: str = option(
+        "table", choices=("table", "recent")
+    )  # infonce: a uniform draw | the last rows visited
     diversity_rows: int = option(
         8192, low=1
     )  # full-table diversity up to this many rows; above it (and on the sparse path) the batch's rows vs a sample
@@ -115,6 +140,10 @@ class IConE(Method):
         self.embedding_dim = dim
         dtype = TABLE_DTYPES[options.table_dtype]
         self.table = nn.Parameter((torch.randn(num_instances, dim) * options.table_init_std).to(dtype))
+        self.global_views = 2  # set from the view options in adjust_views
+        if options.negatives_from == "recent":  # a ring of the instances visited last (all processes)
+            self.register_buffer("recent", torch.zeros(min(options.negatives or 4096, num_instances), dtype=torch.long))
+            self.register_buffer("recent_count", torch.zeros((), dtype=torch.long))
         self.sparse = options.table_path == "sparse" or (
             options.table_path == "auto" and num_instances > options.diversity_rows
         )
@@ -153,6 +182,14 @@ class IConE(Method):
         self.frame_gram.copy_(gram)
         return drift
 
+    @torch.no_grad()
+    def _table_gram(self) -> torch.Tensor:
+        """``E_n^T E_n`` of the normalised table: the maintained matrix on the sparse frame path, else computed."""
+        if self.uses_gram:
+            return self.frame_gram.float()
+        e = F.normalize(self.table.float(), dim=-1)
+        return e.t() @ e
+
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Table rows with a gradient: a sparse one (only these rows) on the sparse path."""
         return F.embedding(ids, self.table, sparse=self.sparse).float()
@@ -177,39 +214,82 @@ class IConE(Method):
             batch_rows, index, others, sample, diversity=opts.diversity, t=opts.uniformity_t
         )
 
+    def adjust_views(self, spec: Any, epoch: int, epochs: int) -> Any:
+        """Global crops are pulled to their row (and to each other); local crops as ``local_alignment`` says."""
+        self.global_views = int(spec.global_crops)
+        return spec
+
+    def _negatives(self, device: torch.device) -> torch.Tensor:
+        """Rows scored as negatives: the ``negatives`` rows visited last (``negatives_from=recent``: rows a
+        step has just moved, so as fresh as the encoder), or every row once when ``negatives`` covers the
+        table, else a uniform draw."""
+        if self.options.negatives_from == "recent":
+            return self.recent[: int(self.recent_count.clamp(max=len(self.recent)))]
+        n = self.num_instances
+        if self.options.negatives >= n and not self.sparse:  # a draw with replacement repeats some, misses others
+            return torch.arange(n, device=device)
+        return torch.randint(0, n, (min(self.options.negatives, n),), device=device)
+
+    def _alignment(
+        self, z: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, negatives: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``L_vi`` of the views ``z`` (``B x V x d``) against their rows ``rows`` (cosine) or the table (infonce)."""
+        if self.options.alignment == "cosine":
+            return losses.icone_view_instance_alignment(z, rows)
+        table = self.table.detach() if not rows.requires_grad else self.table
+        return losses.icone_infonce_alignment(
+            z,
+            table,
+            index,
+            negatives,
+            temperature=self.options.temperature,
+            sparse_grad=self.sparse and rows.requires_grad,
+        )
+
     def training_step(
         self, views: list[torch.Tensor], index: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         opts = self.options
-        b = views[0].shape[0]
-        z = forward_by_shape(self.embed, views).float()  # (V*B) x d, one backbone pass per view size
-        z = z.reshape(len(views), b, -1).transpose(0, 1)  # B x V x d
+        b, g = views[0].shape[0], min(self.global_views, len(views))
+        local = len(views) - g if opts.local_alignment == "detached" else 0
+        z = forward_by_shape(self.embed, views[: g + local]).float()  # (V*B) x d, one backbone pass per view size
+        z = z.reshape(g + local, b, -1).transpose(0, 1)  # B x V x d
         batch_rows = self._rows(index)
-        touched = index
-        if opts.alignment == "cosine":
-            l_vi = losses.icone_view_instance_alignment(z, batch_rows.detach() if opts.detach_table else batch_rows)
-        else:
-            n = self.num_instances
-            if (
-                opts.negatives >= n and not self.sparse
-            ):  # every row once (a draw with replacement repeats some, misses others)
-                negatives = torch.arange(n, device=z.device)
-            else:
-                negatives = torch.randint(0, n, (min(opts.negatives, n),), device=z.device)
-            aligned_table = self.table.detach() if opts.detach_table else self.table
-            l_vi = losses.icone_infonce_alignment(
-                z, aligned_table, index, negatives, temperature=opts.temperature, sparse_grad=self.sparse
-            )
-            touched = torch.cat([index, negatives])
-        l_vv = losses.icone_view_view_alignment(z)
+        negatives = self._negatives(z.device) if opts.alignment == "infonce" else None
+        aligned_rows = batch_rows.detach() if opts.detach_table else batch_rows
+        l_vi = self._alignment(z[:, :g], index, aligned_rows, negatives)
+        if local:  # small crops follow the row; they never move it
+            l_local = self._alignment(z[:, g:], index, batch_rows.detach(), negatives)
+            l_vi = (g * l_vi + local * l_local) / (g + local)
+        touched = index if negatives is None else torch.cat([index, negatives])
+        l_vv = losses.icone_view_view_alignment(z[:, :g]) if opts.w_vv > 0 else z.new_zeros(())
         # w_div = 0: not computed (the full-table hinge is O(N^2 d) a step, most of the step at N = 10^3)
         l_div = self.diversity(index, batch_rows) if opts.w_div > 0 else z.new_zeros(())
         if self.uses_gram:  # the rows this step changes on any process, as they are before it
             with torch.no_grad():
                 touched = torch.unique(distributed.all_gather_cat(touched))
                 self._touched = (touched, F.normalize(self.table[touched].float(), dim=-1))
-        loss = opts.w_vi * l_vi + opts.w_vv * l_vv + opts.w_div * l_div
-        return loss, {"loss_vi": l_vi.detach(), "loss_vv": l_vv.detach(), "loss_div": l_div.detach()}
+        l_con = z.new_zeros(())
+        if opts.contrast == "rows" and g > 1:
+            rows = negatives if negatives is not None else self._negatives(z.device)
+            l_con = losses.icone_view_contrast(z[:, :g], self.table, index, rows, temperature=opts.temperature)
+        l_rep = z.new_zeros(())
+        if opts.w_repel > 0:
+            l_rep = losses.icone_view_repulsion(z[:, :g], self._table_gram(), batch_rows, self.num_instances)
+        if opts.negatives_from == "recent":
+            self._remember(index)
+        loss = opts.w_vi * l_vi + opts.w_vv * l_vv + opts.w_div * l_div + opts.w_contrast * l_con + opts.w_repel * l_rep
+        metrics = {"loss_vi": l_vi.detach(), "loss_vv": l_vv.detach(), "loss_div": l_div.detach()}
+        metrics.update({"loss_contrast": l_con.detach()} if opts.contrast != "none" else {})
+        return loss, {**metrics, "loss_repel": l_rep.detach()} if opts.w_repel > 0 else metrics
+
+    @torch.no_grad()
+    def _remember(self, index: torch.Tensor) -> None:
+        """Push this step's instances (every process's) into the ring of recent ones."""
+        seen = distributed.all_gather_cat(index)[-len(self.recent) :]
+        slots = (self.recent_count + torch.arange(len(seen), device=seen.device)) % len(self.recent)
+        self.recent[slots] = seen
+        self.recent_count += len(seen)
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
@@ -224,15 +304,18 @@ class IConE(Method):
             self.frame_gram_drift = self.resync_gram()
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """The encoder's groups, and the table's: AdamW at ``table_lr_scale`` x the encoder's lr, or SGD
+        (``table_lr`` at batch 64, scaled linearly with the batch, as Cao et al. 2020 train theirs)."""
+        opts = self.options
         encoder = [(n, p) for n, p in self.named_parameters() if n != "table"]
-        table_wd = weight_decay if self.options.table_weight_decay is None else self.options.table_weight_decay
-        table_group = {
-            "params": [self.table],
-            "lr": lr * self.options.table_lr_scale,
-            "weight_decay": table_wd,
-            "lr_scale": self.options.table_lr_scale,
-            "row_sparse": self.sparse,
-        }
+        table_group: dict[str, Any] = {"params": [self.table], "row_sparse": self.sparse}
+        if opts.table_optimizer == "sgd":
+            wd = 0.0 if opts.table_weight_decay is None else opts.table_weight_decay
+            table_group.update(optimizer="sgd", reference_lr=opts.table_lr, momentum=opts.table_momentum, lr=lr)
+        else:
+            wd = weight_decay if opts.table_weight_decay is None else opts.table_weight_decay
+            table_group.update(lr=lr * opts.table_lr_scale, lr_scale=opts.table_lr_scale)
+        table_group["weight_decay"] = wd
         return split_decay(encoder, lr, weight_decay) + [table_group]
 
     @torch.no_grad()

@@ -18,6 +18,7 @@ import torch
 from icone.build import build_method
 from icone.config import Config, DataConfig, build_config, check_options, parse_overrides, update_dataclass
 from icone.data import Dataset, load_dataset
+from icone.data.arrays import validation_split
 from icone.errors import UserError
 from icone.evaluate.few_label import check_budgets
 from icone.evaluate.plots import plot_confusion, plot_map
@@ -169,10 +170,12 @@ def _evaluation_config(
 
 def evaluate_run(
     path: str | Path, data: str | None = None, fractions: list[float] | None = None, shots: list[int] | None = None,
-    repeats: int | None = None, data_options: list[str] | None = None,
+    repeats: int | None = None, data_options: list[str] | None = None, split: str = "test",
 ) -> dict[str, Any]:  # fmt: skip
     """``icone evaluate``: a run folder or checkpoint, on its own data or on ``data`` (with its own
-    ``data.KEY=VALUE`` options); with few-label budgets if asked."""
+    ``data.KEY=VALUE`` options); with few-label budgets if asked. ``split="validation"``: scored on a
+    stratified fifth of the training split (the rest is the kNN memory and the probe's training set),
+    for choosing settings without looking at the test split."""
     checkpoint = load_checkpoint(path)
     if checkpoint.get("format") == EXPORT_FORMAT:
         raise UserError(f"'{path}' is a backbone export; evaluate its run folder or checkpoints/last.pt instead")
@@ -191,8 +194,14 @@ def evaluate_run(
         raise UserError(
             f"the data of '{path}' now has {len(dataset.train)} training samples, the run had {checkpoint['num_instances']}; pass --data"
         )
+    if split == "validation":
+        if not dataset.train.labelled:
+            raise UserError(f"a validation score needs labels, and '{config.data.source}' has none")
+        dataset = validation_split(dataset)
     checkpoint_path = Path(checkpoint["path"])
     run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" and data is None else None
+    if split != "test":
+        return {**evaluate_method(method, config, dataset, None, pick_device(config.train.device)), "split": split}
     return _evaluate_into(method, config, dataset, run_dir)
 
 

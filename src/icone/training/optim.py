@@ -91,6 +91,35 @@ class RowSparseAdamW(torch.optim.Optimizer):
                 state["row_decay_mark"][rows] = state["log_decay"]
 
 
+class RowSparseSGD(torch.optim.Optimizer):
+    """SGD with momentum applied lazily, row by row, to a table with row-sparse gradients.
+
+    ``buf[r] <- momentum buf[r] + g[r]; p[r] <- p[r] - lr buf[r]`` for the rows ``r`` a step touched
+    (plain SGD's update of those rows with no weight decay); rows not touched neither move nor decay
+    their momentum, unlike dense SGD, whose momentum keeps moving a row after its visit.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": 0.0})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            lr, momentum = float(group["lr"]), float(group["momentum"])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                rows, grad = sparse_rows(p.grad)
+                if rows.numel() == 0:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+                buf = state["momentum_buffer"][rows].mul_(momentum).add_(grad)
+                state["momentum_buffer"][rows] = buf
+                p[rows] = (p[rows].float() - lr * buf).to(p.dtype)
+
+
 def sparse_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row indices and row gradients of a gradient (sparse COO, summed over duplicates; or dense)."""
     if grad.is_sparse:
@@ -154,22 +183,51 @@ class OptimizerSet:
             optimizer.load_state_dict(item)
 
 
-def build_optimizer(method: torch.nn.Module, config: Any) -> torch.optim.Optimizer | OptimizerSet:
-    """AdamW (or SGD) over the method's dense groups; :class:`RowSparseAdamW` over its ``row_sparse`` groups.
+REFERENCE_BATCH = 64  # the batch size a method's default lr (and optim.base_lr, a group's reference_lr) is stated for
 
-    Every group gets ``lr_scale`` (its lr = scheduled lr x this) and ``base_weight_decay``.
+
+def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
+    """``lr`` (stated for :data:`REFERENCE_BATCH`) at ``batch_size``: ``sqrt`` (Adam-type), ``linear`` (SGD) or ``none``."""
+    if rule == "sqrt":
+        return lr * math.sqrt(batch_size / REFERENCE_BATCH)
+    if rule == "linear":
+        return lr * batch_size / REFERENCE_BATCH
+    return lr
+
+
+def build_optimizer(method: torch.nn.Module, config: Any) -> torch.optim.Optimizer | OptimizerSet:
+    """The optimizer (``optim.name``) over the method's dense groups; a group with ``optimizer: "sgd"``
+    gets SGD of its own (``momentum`` from the group); :class:`RowSparseAdamW` (or
+    :class:`RowSparseSGD`) over its ``row_sparse`` groups.
+
+    Every group gets ``lr_scale`` (its lr = scheduled lr x this) and ``base_weight_decay``. A group
+    with ``reference_lr`` (its own lr at :data:`REFERENCE_BATCH`) is scaled linearly to the whole
+    batch (``train.batch_size`` x processes), as SGD's lr is: its ``lr_scale`` is that lr over ``optim.lr``.
     """
-    groups = method.param_groups(float(config.optim.lr), float(config.optim.weight_decay))
+    lr = float(config.optim.lr)
+    groups = method.param_groups(lr, float(config.optim.weight_decay))
     for group in groups:
+        if "reference_lr" in group:
+            batch = config.train.batch_size * distributed.world_size()
+            group["lr_scale"] = scaled_lr(float(group.pop("reference_lr")), batch, "linear") / lr
+            group["lr"] = lr * group["lr_scale"]
         group.setdefault("lr_scale", 1.0)
         group["base_weight_decay"] = group["weight_decay"]
-    dense = [g for g in groups if not g.get("row_sparse")]
-    sparse = [g for g in groups if g.get("row_sparse")]
-    if config.optim.name == "sgd":
-        main: torch.optim.Optimizer = torch.optim.SGD(dense, lr=config.optim.lr, momentum=config.optim.momentum)
-    else:
-        main = adamw(dense, float(config.optim.lr), fused=config.optim.fused)
-    return OptimizerSet(main, RowSparseAdamW(sparse, lr=config.optim.lr)) if sparse else main
+    own_sgd = [g for g in groups if g.get("optimizer") == "sgd"]
+    dense = [g for g in groups if not g.get("row_sparse") and g.get("optimizer") != "sgd"]
+    optimizers: list[torch.optim.Optimizer] = []
+    if dense and config.optim.name == "sgd":
+        optimizers.append(torch.optim.SGD(dense, lr=lr, momentum=config.optim.momentum))
+    elif dense:
+        optimizers.append(adamw(dense, lr, fused=config.optim.fused))
+    if [g for g in own_sgd if not g.get("row_sparse")]:
+        optimizers.append(torch.optim.SGD([g for g in own_sgd if not g.get("row_sparse")], lr=lr))
+    if [g for g in own_sgd if g.get("row_sparse")]:
+        optimizers.append(RowSparseSGD([g for g in own_sgd if g.get("row_sparse")], lr=lr))
+    sparse_adamw = [g for g in groups if g.get("row_sparse") and g.get("optimizer") != "sgd"]
+    if sparse_adamw:
+        optimizers.append(RowSparseAdamW(sparse_adamw, lr=lr))
+    return optimizers[0] if len(optimizers) == 1 else OptimizerSet(*optimizers)
 
 
 def adamw(groups: list[dict[str, Any]], lr: float, fused: bool = True) -> torch.optim.Optimizer:

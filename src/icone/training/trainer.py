@@ -24,7 +24,7 @@ from icone.nets import set_activation_checkpointing
 from icone.runtime import memory_format, peak_memory, seed_everything
 from icone.stats import embedding_std, rankme
 from icone.training.checkpoint import atomic_save, restore_rng_state, rng_state
-from icone.training.loader import train_loader
+from icone.training.loader import Revisits, train_loader
 from icone.training.logs import MetricsLog
 from icone.training.optim import build_optimizer, row_sparse_parameter_names
 from icone.training.step import Schedule, TrainStep
@@ -227,6 +227,7 @@ class Trainer:
                 self.device,
                 start_batch=start,
                 num_samples=config.data.patches_per_epoch,
+                revisits=revisits(config.data),
             )
         )
         if self.resume_rng is not None:
@@ -294,6 +295,13 @@ class Trainer:
                 self.log.write({**record, **peak_memory(self.device), **self.monitor()})
                 self.save()
         return TrainResult(self.run_dir, self.method, self.epoch, self.step)
+
+
+def revisits(data: Any) -> Revisits | None:
+    """The sliding windows of ``data.order=window`` (resolved sizes), else ``None``."""
+    if data.order != "window":
+        return None
+    return Revisits(int(data.window_size), int(data.window_stride))
 
 
 def _progress(enabled: bool):

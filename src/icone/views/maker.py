@@ -130,16 +130,18 @@ class ViewMaker:
             x = x + torch.randn_like(x) * torch.rand(per_sample, device=x.device) * spec.noise_std
         return x
 
+    def _crops(self, x: torch.Tensor, count: int, shape: tuple[int, ...], scale: list[float]) -> list[torch.Tensor]:
+        """``count`` crops of every sample, made in one batched call (``count x B`` samples at once)."""
+        if count == 0:
+            return []
+        made = self._intensity(self._geometric(x.repeat(count, *([1] * (x.ndim - 1))), shape, scale))
+        return list(made.chunk(count))
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Views of a batch ``B x C x spatial``: global crops first, then local crops."""
         x = x.float()
-        views = [
-            self._intensity(self._geometric(x, self.global_shape, self.spec.global_scale))
-            for _ in range(self.spec.global_crops)
-        ]
-        views += [
-            self._intensity(self._geometric(x, self.local_shape, self.spec.local_scale))
-            for _ in range(int(self.spec.local_crops))
-        ]
-        return views
+        spec = self.spec
+        return self._crops(x, spec.global_crops, self.global_shape, spec.global_scale) + self._crops(
+            x, int(spec.local_crops), self.local_shape, spec.local_scale
+        )
