@@ -6,44 +6,20 @@ DICOM series are in :mod:`icone.data.dicom`.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from icone.data.axes import from_metadata
+from icone.data.opening import cannot_read, need, suffix
+from icone.data.tiff import TiffStored
 from icone.data.volumes import Stored
 from icone.errors import UserError
 
 log = logging.getLogger("icone")
-EXTRAS = {"zarr": "zarr", "h5py": "hdf5", "pydicom": "dicom"}
-WHOLE_READ_WARNING = 1 << 30  # a file that has to be read whole is worth a warning above this size
-
-
-def need(module: str, what: str) -> Any:
-    """Import an optional package, or one line naming the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(
-            f"reading {what} needs the {module} package; install it with: pip install 'icone[{EXTRAS.get(module, module)}]'"
-        ) from None
-
-
-def suffix(path: Path) -> str:
-    name = path.name.lower()
-    for long in (".nii.gz", ".ome.tif", ".ome.tiff", ".ome.zarr"):
-        if name.endswith(long):
-            return long.replace(".ome", "")
-    return path.suffix.lower()
-
-
-def _cannot_read(path: Path | str, err: Exception) -> UserError:
-    reason = str(err).splitlines()[0] if str(err) else "corrupt file"
-    return UserError(f"cannot read '{path}' ({type(err).__name__}: {reason}); remove or replace the file")
+__all__ = ["need", "open_stored", "split_fragment", "suffix"]
 
 
 class NpyStored(Stored):
@@ -56,80 +32,7 @@ class NpyStored(Stored):
         try:
             return np.load(self.path, mmap_mode="r", allow_pickle=False)
         except Exception as err:
-            raise _cannot_read(self.path, err) from None
-
-
-# ---- TIFF ----------------------------------------------------------------------------------------
-
-
-def _ome_spacing(xml: str, axes: str) -> tuple[tuple[float | None, ...], str]:
-    root = ElementTree.fromstring(xml)
-    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None:
-        return (None,) * len(axes), ""
-    values = {a: pixels.get(f"PhysicalSize{a}") for a in "XYZ"}
-    unit = pixels.get("PhysicalSizeXUnit", "µm")
-    return tuple(float(values[a]) if values.get(a) else None for a in axes), unit
-
-
-def _imagej_spacing(tif: Any, axes: str) -> tuple[tuple[float | None, ...], str]:
-    meta = tif.imagej_metadata or {}
-    page = tif.pages[0]
-    values: dict[str, float | None] = {"Z": meta.get("spacing")}
-    for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
-        resolution = page.tags.get(tag)
-        if resolution is not None:
-            num, den = resolution.value
-            values[axis] = den / num if num else None
-    return tuple(values.get(a) for a in axes), str(meta.get("unit", ""))
-
-
-class TiffStored(Stored):
-    """A TIFF's first series: memory-mapped when uncompressed, else through tifffile's Zarr interface
-    (needs zarr; without it the file is read whole, once per process)."""
-
-    def __init__(self, path: Path) -> None:
-        import tifffile
-
-        self.path, self.name = path, str(path)
-        try:
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                self.shape, self.dtype = tuple(series.shape), np.dtype(series.dtype)
-                self.axes = from_metadata(series.axes)
-                self.mappable = series.dataoffset is not None
-                self.metadata = "OME" if tif.is_ome else "ImageJ" if tif.is_imagej else ""
-                if self.axes is not None and tif.is_ome:
-                    self.spacing, self.unit = _ome_spacing(tif.ome_metadata, self.axes)
-                elif self.axes is not None and tif.is_imagej:
-                    self.spacing, self.unit = _imagej_spacing(tif, self.axes)
-        except UserError:
-            raise
-        except Exception as err:
-            raise _cannot_read(path, err) from None
-        if not self.mappable and importlib.util.find_spec("zarr") is None:
-            self.lazy = False
-            size = int(np.prod(self.shape)) * self.dtype.itemsize
-            if size > WHOLE_READ_WARNING:
-                log.warning(
-                    "'%s' is compressed and is read whole (%.1f GiB); pip install 'icone[zarr]' to read it patch by patch",
-                    path,
-                    size / 2**30,
-                )
-
-    def open(self) -> Any:
-        import tifffile
-
-        try:
-            if self.mappable:
-                return tifffile.memmap(self.path, series=0, mode="r")
-            if self.lazy:
-                import zarr
-
-                return zarr.open(tifffile.imread(self.path, aszarr=True, series=0), mode="r")
-            return tifffile.imread(self.path, series=0)
-        except Exception as err:
-            raise _cannot_read(self.path, err) from None
+            raise cannot_read(self.path, err) from None
 
 
 # ---- NIfTI ---------------------------------------------------------------------------------------
@@ -151,7 +54,7 @@ class NiftiStored(Stored):
             self.unit = image.header.get_xyzt_units()[0]
             self.unit = "" if self.unit == "unknown" else self.unit
         except Exception as err:
-            raise _cannot_read(path, err) from None
+            raise cannot_read(path, err) from None
         self.convention = {2: "YX", 3: "ZYX", 4: "ZYXC"}.get(len(self.shape), "")
         self.spacing = tuple(zooms[: min(3, len(self.shape))]) + (None,) * max(0, len(self.shape) - 3)
         if len(self.shape) == 2:
@@ -165,7 +68,7 @@ class NiftiStored(Stored):
             proxy = nibabel.load(str(self.path)).dataobj
             return proxy if self.lazy else np.asarray(proxy)
         except Exception as err:
-            raise _cannot_read(self.path, err) from None
+            raise cannot_read(self.path, err) from None
 
 
 # ---- Zarr / OME-Zarr -----------------------------------------------------------------------------
@@ -191,7 +94,7 @@ class ZarrStored(Stored):
         try:
             node = zarr.open(str(path), mode="r")
         except Exception as err:
-            raise _cannot_read(path, err) from None
+            raise cannot_read(path, err) from None
         if array:
             try:
                 node = node[array]
@@ -275,7 +178,7 @@ class H5Stored(Stored):
         try:
             handle = self._file()
         except Exception as err:
-            raise _cannot_read(path, err) from None
+            raise cannot_read(path, err) from None
         with handle:
             found = _h5_datasets(handle)
             if dataset is None:
@@ -354,7 +257,7 @@ class ImageStored(Stored):
                 self.alpha = image.mode in ("RGBA", "LA", "PA")
                 self.mode = image.mode
         except Exception as err:
-            raise _cannot_read(path, err) from None
+            raise cannot_read(path, err) from None
         channels = bands - 1 if self.alpha else bands
         if image.mode not in ("L", "I;16", "I;16B", "I", "F", "RGB", "RGBA", "LA"):
             channels = 3
@@ -374,7 +277,7 @@ class ImageStored(Stored):
                     image = image.convert("RGB")
                 array = np.asarray(image)
         except Exception as err:
-            raise _cannot_read(self.path, err) from None
+            raise cannot_read(self.path, err) from None
         if self.alpha:
             array = array[..., :-1]
             array = array[..., 0] if array.shape[-1] == 1 else array

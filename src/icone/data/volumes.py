@@ -32,8 +32,8 @@ class Stored:
     """An N-d array in a file, read by index (a tuple of slices and integers in stored order).
 
     Subclasses set ``name``, ``shape``, ``dtype``, and where metadata give them ``axes`` (stored
-    order), ``spacing`` (one value or ``None`` per stored axis), ``unit`` and ``chunks``; they
-    implement :meth:`open` (a handle indexable like an array).
+    order), ``spacing`` (one value or ``None`` per stored axis), ``unit``, ``channel_names`` and
+    ``chunks``; they implement :meth:`open` (a handle indexable like an array).
     """
 
     name: str = ""
@@ -43,6 +43,7 @@ class Stored:
     convention: str = ""  # the format's fixed axes where it has them (NIfTI: ZYX, ZYXC)
     spacing: tuple[float | None, ...] | None = None
     unit: str = ""
+    channel_names: list[str] | None = None  # from the metadata (OME channel names), one per stored channel
     chunks: tuple[int, ...] | None = None
     lazy: bool = True  # False: the format had to be read whole (e.g. a compressed TIFF without zarr)
 
