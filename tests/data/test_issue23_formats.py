@@ -2,6 +2,7 @@
 BigDataViewer HDF5, multi-frame and one-image DICOM, OME channel names, guessed axes stated."""
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -70,3 +71,68 @@ def test_a_rarer_codec_names_the_package(capsys, tmp_path):
         open_stored(path)
     code, _, err = run_cli(["data", path], capsys)
     assert code == 2 and "\n" not in err.strip() and "icone[tiff]" in err
+
+
+# ---- 2. ilastik and BigDataViewer HDF5 ---------------------------------------------------------
+
+
+def ilastik_axistags(axes: str, resolution: dict | None = None) -> str:
+    """The ``axistags`` JSON ilastik (vigra) writes on every exported dataset."""
+    flags = {"t": 8, "c": 1, "z": 2, "y": 2, "x": 2}
+    return json.dumps({
+        "axes": [{"key": a, "typeFlags": flags[a], "resolution": (resolution or {}).get(a, 0), "description": ""} for a in axes]
+    })  # fmt: skip
+
+
+def test_ilastik_axistags_give_the_axes_and_spacing(tmp_path):
+    import h5py
+
+    array = np.random.default_rng(0).random((1, 12, 40, 36, 2)).astype(np.float32)  # tzyxc, as ilastik exports
+    with h5py.File(tmp_path / "probabilities.h5", "w") as f:
+        f.create_dataset("exported_data", data=array, chunks=(1, 4, 16, 16, 2))
+        f["exported_data"].attrs["axistags"] = ilastik_axistags("tzyxc", {"z": 2.0, "y": 0.5, "x": 0.5})
+    volume = Volume(open_stored(tmp_path / "probabilities.h5"))
+    assert (volume.layout.axes, volume.layout.origin) == ("TZYXC", "metadata")
+    assert volume.num_channels == 2 and volume.spatial_shape == (12, 40, 36) and volume.spacing == (2.0, 0.5, 0.5)
+    assert np.array_equal(volume.read((1, 2, 3), (2, 8, 8)), np.moveaxis(array[0, 1:3, 2:10, 3:11], -1, 0))
+
+
+def write_bdv(tmp_path, shape=(16, 32, 40), setups=2, levels=2):
+    """A BigDataViewer HDF5 file (t00000/sNN/L/cells, ZYX) and its .xml (voxel size x y z)."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    arrays = {s: rng.integers(0, 1000, shape, dtype=np.uint16) for s in range(setups)}
+    with h5py.File(tmp_path / "dataset.h5", "w") as f:
+        for s, array in arrays.items():
+            f[f"s{s:02d}/resolutions"] = np.asarray([[2.0**k, 2.0**k, 1.0] for k in range(levels)])
+            for k in range(levels):
+                f[f"t00000/s{s:02d}/{k}/cells"] = array[:, :: 2**k, :: 2**k].astype(np.int16)
+    setups_xml = "".join(
+        f"<ViewSetup><id>{s}</id><name>{s}</name><size>{shape[2]} {shape[1]} {shape[0]}</size>"
+        "<voxelSize><unit>µm</unit><size>0.4 0.4 1.6</size></voxelSize></ViewSetup>"
+        for s in range(setups)
+    )
+    (tmp_path / "dataset.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><SpimData version="0.2"><BasePath type="relative">.</BasePath>'
+        '<SequenceDescription><ImageLoader format="bdv.hdf5"><hdf5 type="relative">dataset.h5</hdf5></ImageLoader>'
+        f"<ViewSetups>{setups_xml}</ViewSetups></SequenceDescription></SpimData>"
+    )
+    return arrays
+
+
+def test_bigdataviewer_datasets_are_named_clearly_and_take_the_xml_spacing(tmp_path):
+    arrays = write_bdv(tmp_path)
+    with pytest.raises(
+        UserError,
+        match=r"BigDataViewer file \(setups s00, s01; timepoints t00000; levels 0..1\); name one image, e\.g\. h5:.*dataset\.h5#t00000/s00/0/cells",
+    ):
+        open_stored(tmp_path / "dataset.h5")
+    volume = Volume(open_stored(tmp_path / "dataset.h5", "t00000/s01/1/cells"))
+    assert (volume.layout.axes, volume.stored.name.endswith("dataset.h5#t00000/s01/1/cells")) == ("ZYX", True)
+    assert volume.spacing == (1.6, 0.8, 0.8) and volume.stored.unit == "µm"  # level 1: y and x halved
+    assert np.array_equal(volume.read((0, 0, 0), (4, 8, 8))[0], arrays[1][:4, :16:2, :16:2])
+    data = load(f"{tmp_path / 'dataset.xml'}#1", patch=[8], normalize="none", sampler="grid")
+    assert (
+        data.info["file"].endswith("dataset.h5#t00000/s01/0/cells") and "z 1.6 y 0.4 x 0.4 µm" in data.info["spacing"]
+    )

@@ -1,7 +1,7 @@
 """Stored arrays of each format, opened lazily with their metadata (axes, spacing, chunks):
 ``.npy`` (memory-mapped), TIFF / OME-TIFF / ImageJ (memory-mapped, or through tifffile's Zarr
-interface), NIfTI (nibabel's array proxy), Zarr / OME-Zarr (a resolution level) and HDF5.
-DICOM series are in :mod:`icone.data.dicom`.
+interface; :mod:`icone.data.tiff`), NIfTI (nibabel's array proxy), Zarr / OME-Zarr (a resolution
+level) and HDF5 (ilastik, BigDataViewer; :mod:`icone.data.hdf5`). DICOM is in :mod:`icone.data.dicom`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from icone.data.axes import from_metadata
+from icone.data.hdf5 import H5Stored, bdv_xml_stored
 from icone.data.opening import cannot_read, need, suffix
 from icone.data.tiff import TiffStored
 from icone.data.volumes import Stored
@@ -157,75 +158,15 @@ class ZarrStored(Stored):
         return root[self.inner] if self.inner else root
 
 
-# ---- HDF5 ----------------------------------------------------------------------------------------
-
-
-def _h5_datasets(handle: Any) -> list[str]:
-    import h5py
-
-    found: list[str] = []
-    handle.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
-    return found
-
-
-class H5Stored(Stored):
-    """A dataset of an HDF5 file (``file.h5#path``); axes from an ``axes`` attribute, spacing from
-    ``element_size_um`` / ``resolution`` / ``spacing`` attributes where present."""
-
-    def __init__(self, path: Path, dataset: str | None) -> None:
-        need("h5py", "HDF5 files")
-        self.path = path
-        try:
-            handle = self._file()
-        except Exception as err:
-            raise cannot_read(path, err) from None
-        with handle:
-            found = _h5_datasets(handle)
-            if dataset is None:
-                if len(found) != 1:
-                    raise UserError(
-                        f"'{path}' holds {len(found)} datasets ({', '.join(found[:8]) or 'none'}); name one: h5:{path}#"
-                        f"{found[0] if found else 'NAME'}"
-                    )
-                dataset = found[0]
-            if dataset.strip("/") not in found:
-                raise UserError(
-                    f"'{path}' has no dataset '{dataset}' (datasets: {', '.join(found[:8]) or 'none'}); give one as h5:{path}#NAME"
-                )
-            target = handle[dataset]
-            self.shape, self.dtype = tuple(target.shape), np.dtype(target.dtype)
-            self.chunks = tuple(target.chunks) if target.chunks else None
-            attrs = dict(target.attrs)
-        self.dataset, self.name = dataset, f"{path}#{dataset.strip('/')}"
-        axes = attrs.get("axes")
-        self.axes = from_metadata(axes.decode() if isinstance(axes, bytes) else str(axes)) if axes is not None else None
-        for key, unit in (("element_size_um", "µm"), ("resolution", ""), ("spacing", "")):
-            if key in attrs:
-                values = np.atleast_1d(np.asarray(attrs[key], float)).tolist()
-                if self.axes and len(values) == len(self.axes.replace("C", "").replace("T", "")):
-                    it = iter(values)
-                    self.spacing = tuple(None if a in "CT" else next(it) for a in self.axes)
-                elif len(values) == len(self.shape):
-                    self.spacing = tuple(values)
-                self.unit = unit
-                break
-
-    def _file(self) -> Any:
-        import h5py
-
-        return h5py.File(self.path, "r", rdcc_nbytes=64 << 20)
-
-    def open(self) -> Any:
-        return self._file()[self.dataset]
-
-
 def open_stored(path: Path, fragment: str | None = None, level: int = 0) -> Stored:
     """The stored array of a file or store, by its suffix (a ``.zarr``/``.h5`` may name its array after ``#``)."""
     kind = suffix(path)
     if kind == ".zarr" or (path.is_dir() and is_zarr(path)):
         return ZarrStored(path, fragment, level)
     if kind in (".h5", ".hdf5", ".hdf"):
-        return H5Stored(path, fragment)
+        return H5Stored(path, fragment, level)
+    if kind == ".xml":
+        return bdv_xml_stored(path, fragment, level)
     if fragment:
         raise UserError(f"'{path}#{fragment}': only Zarr stores and HDF5 files hold named arrays; remove '#{fragment}'")
     if kind in (".tif", ".tiff"):

@@ -61,8 +61,8 @@ def _resolve(spec: str) -> tuple[str, Path | None, str | None]:
     ending = suffix(path)
     if ending == ".zarr" or (path.is_dir() and is_zarr(path)):
         return "zarr", path, fragment
-    if ending in (".h5", ".hdf5", ".hdf"):
-        return "h5", path, fragment
+    if ending in (".h5", ".hdf5", ".hdf") or (ending == ".xml" and path.is_file()):
+        return "h5", path, fragment  # a .xml: a BigDataViewer dataset
     if fragment:
         raise UserError(f"data source '{spec}': only Zarr stores and HDF5 files name an array after '#'")
     if path.is_file():
