@@ -9,9 +9,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from helpers import run_cli
+from helpers import run_cli, write_dicom_image, write_multiframe_dicom
 from icone.config import DataConfig
-from icone.data import load_dataset
+from icone.data import load_dataset, resolve
 from icone.data.formats import open_stored
 from icone.data.volumes import Volume
 from icone.errors import UserError
@@ -136,3 +136,41 @@ def test_bigdataviewer_datasets_are_named_clearly_and_take_the_xml_spacing(tmp_p
     assert (
         data.info["file"].endswith("dataset.h5#t00000/s01/0/cells") and "z 1.6 y 0.4 x 0.4 µm" in data.info["spacing"]
     )
+
+
+# ---- 3, 7. multi-frame DICOM, folders of one-image DICOM files ----------------------------------
+
+
+def test_a_multi_frame_dicom_is_a_volume_ordered_by_its_frame_positions(tmp_path):
+    import pydicom
+
+    volume = np.random.default_rng(0).integers(-500, 1500, (7, 24, 20)).astype(np.int16)
+    path = write_multiframe_dicom(tmp_path / "ct" / "enhanced.dcm", volume, spacing=(1.5, 0.8, 0.7), intercept=-1024)
+    assert int(pydicom.dcmread(path).NumberOfFrames) == 7
+    for source in (f"dicom:{tmp_path / 'ct'}", str(path)):
+        data = load(source, patch=[4, 8, 8], normalize="none", sampler="grid")
+        assert data.spatial_dims == 3 and data.spatial_shape == (4, 8, 8)
+        assert data.info["spatial shape"] == "7x24x20 (ZYX)" and data.info["spacing"] == "z 1.5 y 0.8 x 0.7 mm"
+        first = data.train.samples[0][0]  # the cell at z, y, x = 0: frames in position order, in HU
+        assert np.array_equal(first, volume[:4, :8, :8].astype(np.float32) - 1024)
+
+
+def test_a_folder_of_one_image_dicom_files_in_class_folders_is_an_image_set(tmp_path):
+    rng = np.random.default_rng(0)
+    for label in ("normal", "pneumonia"):
+        for i in range(3):
+            write_dicom_image(tmp_path / "xray" / label / f"{i}.dcm", rng.integers(0, 4000, (32, 28)))
+    write_dicom_image(tmp_path / "xray" / "normal" / "bare.dcm", rng.integers(0, 4000, (32, 28)), preamble=False)
+    (tmp_path / "xray" / "normal" / "notes.txt").write_text("not an image")
+    assert resolve(str(tmp_path / "xray"))[0] == "folder"
+    data = load(tmp_path / "xray", normalize="none")
+    assert data.spatial_dims == 2 and data.class_names == ["normal", "pneumonia"]
+    assert len(data.train) + len(data.test) == 7
+
+
+def test_a_damaged_dicom_file_is_named(capsys, tmp_path):
+    write_dicom_image(tmp_path / "xray" / "a" / "0.dcm", np.zeros((8, 8)))
+    write_dicom_image(tmp_path / "xray" / "b" / "0.dcm", np.zeros((8, 8)))
+    (tmp_path / "xray" / "b" / "1.dcm").write_bytes(b"this is no DICOM file")
+    code, _, err = run_cli(["data", tmp_path / "xray"], capsys)
+    assert code == 2 and "\n" not in err.strip() and "1.dcm' as DICOM" in err and "remove it from the folder" in err

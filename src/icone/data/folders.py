@@ -19,8 +19,8 @@ from icone.data.volumes import ReadError, Volume
 from icone.errors import UserError
 
 log = logging.getLogger("icone")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VOLUME_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
+VOLUME_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".dcm")
 LAZY_ABOVE = 2 << 30  # data.load=auto: a folder whose float32 stack is larger than this is read per sample
 KIND_OF_DIMS = {2: "folder", 3: "volumes"}
 WHAT = {"folder": "2D image", "volumes": "3D volume"}

@@ -175,6 +175,10 @@ def open_stored(path: Path, fragment: str | None = None, level: int = 0) -> Stor
         return NiftiStored(path)
     if kind == ".npy":
         return NpyStored(path)
+    if kind == ".dcm":
+        from icone.data.dicom_frames import DicomFileStored
+
+        return DicomFileStored(path)
     return ImageStored(path)
 
 

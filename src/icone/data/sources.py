@@ -12,7 +12,7 @@ from icone.config import DataConfig
 from icone.data.arrays import Dataset, Split
 from icone.data.axes import layout
 from icone.data.checks import check_finite_and_varied, check_labels
-from icone.data.dicom import dicom_files
+from icone.data.dicom import dicom_files, is_image_set
 from icone.data.folders import IMAGE_SUFFIXES, VOLUME_SUFFIXES, files_of, guess_folder_kind, load_folder, resize_sample
 from icone.data.formats import is_zarr, split_fragment, suffix
 from icone.data.imbalance import long_tail_rows
@@ -29,7 +29,7 @@ SOURCE_HELP = (
     "use digits, synthetic2d, synthetic3d, a .npz file (MedMNIST layout), a folder of images or volumes, a volume file, "
     "zarr:STORE[#array], h5:FILE#dataset or dicom:FOLDER"
 )
-VOLUME_FILES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".jpg", ".jpeg", ".bmp")
+VOLUME_FILES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".jpg", ".jpeg", ".bmp", ".dcm")
 
 
 def resolve(spec: str) -> tuple[str, Path | None]:
@@ -71,9 +71,10 @@ def _resolve(spec: str) -> tuple[str, Path | None, str | None]:
         if ending in VOLUME_FILES:
             return "volumes", path, None
         raise UserError(f"cannot tell what '{path}' holds; {SOURCE_HELP}")
-    if not files_of(path):
-        if dicom_files(path):
-            return "dicom", path, None
+    found, dicoms = files_of(path), dicom_files(path)
+    if dicoms and all(f in set(dicoms) for f in found):  # DICOM only: one series, or one image per file
+        return ("folder" if is_image_set(path) else "dicom"), path, None
+    if not found:
         raise UserError(
             f"folder '{path}' holds no images or volumes ({', '.join(dict.fromkeys(IMAGE_SUFFIXES + VOLUME_SUFFIXES))}) "
             "and no DICOM files; point to a folder with data"

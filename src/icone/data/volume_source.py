@@ -37,9 +37,9 @@ def _sizes(values: list[int] | None, dims: int, what: str, default: tuple[int, .
 
 def stored_of(kind: str, path: Path, fragment: str | None, config: DataConfig) -> Stored:
     if kind == "dicom":
-        from icone.data.dicom import DicomStored
+        from icone.data.dicom import open_dicom
 
-        return DicomStored(path, config.series)
+        return open_dicom(path, config.series)
     return open_stored(path, fragment, config.level)
 
 
