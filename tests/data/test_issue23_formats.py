@@ -174,3 +174,54 @@ def test_a_damaged_dicom_file_is_named(capsys, tmp_path):
     (tmp_path / "xray" / "b" / "1.dcm").write_bytes(b"this is no DICOM file")
     code, _, err = run_cli(["data", tmp_path / "xray"], capsys)
     assert code == 2 and "\n" not in err.strip() and "1.dcm' as DICOM" in err and "remove it from the folder" in err
+
+
+# ---- 5, 6. guessed axes stated; channel names ------------------------------------------------------
+
+
+def test_a_folder_of_5_channel_images_is_read_as_channels_and_the_guess_is_stated(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "cellpainting").mkdir()
+    for i in range(3):  # Cell Painting: 5 channels, CYX, no metadata
+        tifffile.imwrite(
+            tmp_path / "cellpainting" / f"{i}.tif", rng.integers(0, 4000, (5, 40, 36), dtype=np.uint16), metadata=None
+        )
+    code, out, err = run_cli(["data", tmp_path / "cellpainting"], capsys)
+    assert code == 0, err
+    assert "2D images" in out and "channels: 5 of 5" in out
+    assert (
+        err.count("warning:") == 1
+        and "read as CYX (guessed); if that is wrong, name the axes, e.g. data.axes=ZYX" in err
+    )
+    assert "(2 other file(s) alike)" in err
+    tifffile.imwrite(tmp_path / "stack.tif", rng.integers(0, 4000, (5, 40, 36), dtype=np.uint16), metadata=None)
+    code, out, err = run_cli(["data", tmp_path / "stack.tif"], capsys)  # one file: a 5-slice stack
+    assert code == 0 and "spatial shape: 5x40x36 (ZYX)" in out and "e.g. data.axes=CYX" in err
+    code, out, err = run_cli(["data", tmp_path / "stack.tif", "data.axes=CYX"], capsys)
+    assert code == 0 and "warning" not in err and "channels: 5 of 5" in out
+
+
+def test_ome_channel_names_are_shown_and_choose_channels(capsys, tmp_path):
+    array = np.random.default_rng(0).integers(0, 1000, (3, 40, 36), dtype=np.uint16)
+    path = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(path, array, ome=True, metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "GFP", "RFP"]}})
+    code, out, err = run_cli(["data", path], capsys)
+    assert code == 0 and "channels: 3 of 3 (0 DAPI, 1 GFP, 2 RFP;" in out, err
+    volume = Volume(open_stored(path), channels=["dapi", "RFP"])
+    assert volume.channels == [0, 2] and np.array_equal(volume.read((0, 0), (8, 8)), array[[0, 2], :8, :8])
+    code, out, err = run_cli(["data", path, "data.channels=DAPI,RFP"], capsys)
+    assert code == 0 and "channels: 2 of 3 (0 DAPI, 2 RFP;" in out
+    code, _, err = run_cli(["data", path, "data.channels=CY5"], capsys)
+    assert code == 2 and "has no channel 'CY5' (channels: DAPI, GFP, RFP)" in err
+
+
+def test_ome_zarr_channel_labels_are_names(tmp_path):
+    import zarr
+
+    from helpers import write_ome_zarr
+
+    store = write_ome_zarr(tmp_path / "img.ome.zarr", np.zeros((2, 8, 32, 32), np.uint16))
+    group = zarr.open_group(str(store), mode="r+")
+    group.attrs["omero"] = {"channels": [{"label": "nuclei"}, {"label": "membrane"}]}
+    volume = Volume(open_stored(store), channels=["membrane"])
+    assert volume.channels == [1] and volume.describe()["channels"].startswith("1 of 2 (1 membrane;")

@@ -106,7 +106,10 @@ class ZarrStored(Stored):
                 ) from None
         inner = array or ""
         if hasattr(node, "arrays"):  # a group: an OME-Zarr image, or a store holding one array
-            multiscales = _multiscales(node.attrs.asdict())
+            attrs = node.attrs.asdict()
+            multiscales = _multiscales(attrs)
+            omero = attrs.get("omero") or (attrs.get("ome") or {}).get("omero") or {}
+            self.channel_names = [str(c.get("label", "")) for c in omero.get("channels", []) if isinstance(c, dict)]
             if multiscales:
                 inner = self._level(node, multiscales[0], inner)
             else:

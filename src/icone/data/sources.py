@@ -113,6 +113,8 @@ def load_npz(
             return None
         images = _npz_images(archive[f"{prefix}_images"], axes, f"'{path}': {prefix}_images")
         if channels is not None:
+            if any(isinstance(c, str) for c in channels):
+                raise UserError(f"data.channels: '{path}' has no channel names; give channel numbers")
             if max(channels) >= images.shape[1]:
                 raise UserError(
                     f"data.channels={','.join(map(str, channels))} but '{path}': {prefix}_images has {images.shape[1]} "

@@ -14,7 +14,7 @@ from icone.data.folders import files_of, labels_from_folders
 from icone.data.formats import open_stored, split_fragment
 from icone.data.labels import check_label_volume, holdout, majority_labels
 from icone.data.patches import Grid, PatchSamples, foreground_cells, make_grid
-from icone.data.volumes import Stored, Volume
+from icone.data.volumes import Stored, Volume, warn_guessed
 from icone.errors import UserError
 
 DEFAULT_PATCH = {2: 64, 3: 32}
@@ -101,6 +101,7 @@ def _filtered(volume: Volume, grids: list[Grid], config: DataConfig, info: dict[
 def load_volume(kind: str, path: Path, fragment: str | None, config: DataConfig, seed: int) -> Dataset:
     """One volume as patches; with ``data.labels`` a labelled dataset whose test split is a held-out region."""
     volume = Volume(stored_of(kind, path, fragment, config), config.axes, config.channels, config.spacing)
+    warn_guessed([volume])
     patch, stride = _patch(config, [volume])
     shape = volume.spatial_shape
     jitter = config.sampler != "grid"
@@ -142,6 +143,7 @@ def load_volume_folder(root: Path, config: DataConfig, seed: int) -> Dataset:
     if not files:
         raise UserError(f"folder '{root}' holds no images or volumes; point to a folder with data")
     volumes = [Volume(open_stored(f), config.axes, config.channels, config.spacing) for f in files]
+    warn_guessed(volumes)
     patch, stride = _patch(config, volumes)
     grids = [make_grid(v.spatial_shape, patch, stride, v.name) for v in volumes]
     file_labels, names = labels_from_folders(root, files)
