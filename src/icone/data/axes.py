@@ -24,7 +24,7 @@ from icone.errors import UserError
 LETTERS = "TCZYX"
 MAX_GUESSED_CHANNELS = 4
 MAX_IMAGE_SET_CHANNELS = 8  # a folder of 2D images: a leading axis this short is channels
-AMBIGUOUS = 16  # an axis this short may be channels or slices: a guess then is stated
+AMBIGUOUS = MAX_IMAGE_SET_CHANNELS  # an axis this short may be channels or slices: a guess then is stated
 OTHER_READING = {"CYX": "ZYX", "ZYX": "CYX", "YXC": "ZYX", "CZYX": "ZCYX", "ZYXC": "CZYX", "TCZYX": "CZYXT"}
 
 
@@ -138,7 +138,7 @@ def layout(
 
 def guess_warning(plan: Layout, name: str) -> str | None:
     """One line stating a guess that could be wrong (an axis besides Y and X short enough to be channels or
-    slices, at most 16), with the ``data.axes`` of the other reading."""
+    slices, at most 8), with the ``data.axes`` of the other reading."""
     short = [n for a, n in zip(plan.axes, plan.shape) if a not in "YX" and n <= AMBIGUOUS]
     if plan.origin != "guessed" or not short:
         return None

@@ -108,6 +108,10 @@ def load_volume(kind: str, path: Path, fragment: str | None, config: DataConfig,
     noun = "DICOM series" if kind == "dicom" else "volume" if volume.spatial_dims == 3 else "image"
     what = f"one {volume.spatial_dims}D {noun}, read patch by patch"
     if config.labels is None:
+        if config.labels_ignore is not None:
+            raise UserError(
+                "data.labels_ignore leaves a class of a label volume out; give the volume with data.labels=..."
+            )
         grid = make_grid(shape, patch, stride, volume.name)
         info = _info(volume, patch, stride, config, [grid], what)
         (cells,) = _filtered(volume, [grid], config, info)
@@ -122,9 +126,12 @@ def load_volume(kind: str, path: Path, fragment: str | None, config: DataConfig,
     ]
     info = _info(volume, patch, stride, config, grids, what)
     kept = _filtered(volume, grids, config, info)
-    classes = [majority_labels(labels, g)[c] for g, c in zip(grids, kept)]
+    classes = [majority_labels(labels, g, config.labels_ignore)[c] for g, c in zip(grids, kept)]
+    if config.labels_ignore is not None:  # test cells of the ignored class only have no label: not evaluated
+        kept[1], classes[1] = kept[1][classes[1] >= 0], classes[1][classes[1] >= 0]
     letter = volume.layout.spatial[axis].lower()
-    info["labels"] = f"'{labels.name}': each patch's majority class"
+    ignored = "" if config.labels_ignore is None else f" among the voxels not of class {config.labels_ignore}"
+    info["labels"] = f"'{labels.name}': each patch's majority class{ignored}"
     info["instances"] = (
         f"{len(kept[0])} training patches ({letter} 0..{cut}), {len(kept[1])} test patches in the held-out region "
         f"{letter} {cut}..{shape[axis]} (the last {config.test_fraction:.0%}, at least a patch; no voxel in both)"
