@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,15 @@ def evaluate_features(features: Features, config: EvalConfig) -> dict[str, Any]:
     result["embedding_std"] = embedding_std(features.train)
     if not features.labelled:
         return result
+    with warnings.catch_warnings():  # scikit-learn's notes on a one-class test split: stated once by the caller
+        warnings.simplefilter("ignore", UserWarning)
+        result.update(_classification(features, config))
+    return result
+
+
+def _classification(features: Features, config: EvalConfig) -> dict[str, Any]:
+    """kNN and linear-probe scores, per-class recall, confusion matrix and few-label budgets."""
+    result: dict[str, Any] = {}
     known = features.train_labels >= 0
     train, train_labels, test = features.train[torch.from_numpy(known)], features.train_labels[known], features.test
     predicted = knn_predict(train, train_labels, test, k=config.knn_k)
