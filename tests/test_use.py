@@ -251,13 +251,13 @@ def test_parquet_and_anndata_carry_files_labels_and_splits(capsys, tmp_path):
     run = train(capsys, tmp_path, folder, "--batch-size", "4", *FAST, "eval.after_train=false")
     assert run_cli(["embed", run, "--data", folder, "--out", tmp_path / "e.parquet"], capsys)[0] == 0
     table = pq.read_table(tmp_path / "e.parquet").to_pydict()
-    assert list(table) == ["index", "source", "position", "split", "label", "embedding"]
+    assert list(table) == ["index", "source", "split", "label", "label_id", "position", "embedding"]
     assert len(table["source"]) == 16 and set(table["split"]) == {"train", "test"}
     for source, label, position, embedding in zip(
         table["source"], table["label"], table["position"], table["embedding"]
     ):
         assert source.startswith(str(folder)) and source.endswith(".png") and position == [] and len(embedding) == 64
-        assert label == ("/b/" in source)  # the class is the sub-folder
+        assert label == ("b" if "/b/" in source else "a")  # the class is the sub-folder, by name
     assert run_cli(["embed", run, "--data", folder, "--out", tmp_path / "e.h5ad"], capsys)[0] == 0
     adata = anndata.read_h5ad(tmp_path / "e.h5ad")
     assert adata.X.shape == (16, 64) and list(adata.obs["source"]) == table["source"]

@@ -135,6 +135,10 @@ class PatchSamples(Samples):
     def position(self, row: int) -> tuple[int, ...]:
         return self.origin(row)
 
+    def geometry(self, row: int) -> tuple[tuple[float, ...], tuple[float | None, ...], str]:
+        volume = self.volumes[self.locate(row)[0]]
+        return tuple(float(f) for f in volume.factor), volume.spacing, volume.stored.unit
+
     def where(self, row: int) -> str:
         """``'file' at z,y,x=...``: a row's patch, for messages."""
         k, _ = self.locate(row)
