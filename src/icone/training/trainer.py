@@ -111,7 +111,7 @@ class Trainer:
         self.saved_epoch: int | None = None  # the epoch of the last checkpoint written or restored
         self.saved_at = time.monotonic()
         self.resume_batch, self.resume_rng = 0, None  # where a mid-epoch checkpoint stopped
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", train.logger)
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", train.logger, config.to_dict())
         self.monitor_rows = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(0))[
             : train.monitor_samples
         ]
