@@ -22,6 +22,7 @@ from icone.errors import UserError
 from icone.evaluate.few_label import check_budgets
 from icone.evaluate.plots import plot_confusion, plot_map
 from icone.evaluate.report import Features, embed_dataset, evaluate_features, occupancy_on_train
+from icone.evaluate.verdict import collapse_verdict
 from icone.export import method_from_checkpoint
 from icone.files import atomic_write_text
 from icone.methods import Method
@@ -96,6 +97,8 @@ def evaluate_method(
     )
     result["baseline_weights"] = what
     result["method"], result["data"] = config.method, config.data.source
+    start = "model.init" if config.model.init else "the untrained encoder"
+    result["collapse"] = collapse_verdict(result, int(features.train.shape[1]), start)
     if features.one_class_test():
         result["test_warning"] = one_class_warning(int(features.test_labels[0]), config)
         log.warning(result["test_warning"])
