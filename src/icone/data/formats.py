@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from icone.data.axes import from_metadata
+from icone.data.chunk_cache import ChunkCache
 from icone.data.hdf5 import H5Stored, bdv_xml_stored
 from icone.data.opening import cannot_read, need, suffix
 from icone.data.tiff import TiffStored
 from icone.data.volumes import Stored
+from icone.data.zarr_chunks import direct_reader
 from icone.errors import UserError
 
 log = logging.getLogger("icone")
@@ -155,10 +157,13 @@ class ZarrStored(Stored):
         return f"{inner}/{path}" if inner else path
 
     def open(self) -> Any:
+        """The array, read through a per-process cache of decoded chunks (:mod:`icone.data.chunk_cache`)."""
         import zarr
 
         root = zarr.open(str(self.path), mode="r")
-        return root[self.inner] if self.inner else root
+        array = root[self.inner] if self.inner else root
+        folder = self.path / self.inner if self.inner else self.path
+        return ChunkCache(array, array.chunks, read_chunk=direct_reader(folder, tuple(array.shape)))
 
 
 def open_stored(path: Path, fragment: str | None = None, level: int = 0) -> Stored:

@@ -127,6 +127,11 @@ class PatchSamples(Samples):
         rows = np.asarray(rows, np.int64).reshape(-1)
         if not len(rows):
             return np.zeros((0, *self.sample_shape), np.float32)
+        if len(rows) > 1:
+            located = [self.locate(int(r))[0] for r in rows]
+            for k in set(located):
+                origins = [self.origin(int(r), epoch) for r, v in zip(rows, located) if v == k]
+                self.volumes[k].prefetch(origins, self.grids[k].patch)
         return np.stack([self.read_patch(int(r), epoch) for r in rows])
 
     def source(self, row: int) -> str:

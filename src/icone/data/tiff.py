@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from icone.data.axes import from_metadata
+from icone.data.chunk_cache import ChunkCache
 from icone.data.opening import WHOLE_READ_WARNING, cannot_read, has_module
 from icone.data.volumes import Stored
 from icone.errors import UserError
@@ -127,7 +128,8 @@ class TiffStored(Stored):
             if self.lazy:
                 import zarr
 
-                return zarr.open(tifffile.imread(self.path, aszarr=True, series=0), mode="r")
+                array = zarr.open(tifffile.imread(self.path, aszarr=True, series=0), mode="r")
+                return ChunkCache(array, array.chunks)  # each tile or strip decoded once per process
             return tifffile.imread(self.path, series=0)
         except Exception as err:
             raise cannot_read(self.path, err) from None

@@ -7,6 +7,7 @@ and is pickled without it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -75,6 +76,13 @@ class Stored:
 
     def get(self, index: tuple[Any, ...]) -> np.ndarray:
         return np.asarray(self.handle()[index])
+
+    def prefetch(self, indices: list[tuple[Any, ...]]) -> None:
+        """A hint: these indices are read next (a chunked reader decodes their chunks together)."""
+        handle = self.handle()
+        if hasattr(handle, "prefetch"):
+            with contextlib.suppress(Exception):  # the reads themselves report what is wrong, naming the region
+                handle.prefetch(indices)
 
     def close(self) -> None:
         """Drop the handle (a per-sample reader keeps nothing between reads)."""
@@ -212,8 +220,8 @@ class Volume:
 
     # ---- reading ---------------------------------------------------------------------------
 
-    def _read_stored(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-        """The stored region ``[lo, hi)`` (spatial, stored spacing) as ``C x spatial`` in the stored dtype."""
+    def _index(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[list[Any], list[str]]:
+        """The stored index of the spatial region ``[lo, hi)`` (every channel, time point 0), and the kept axes."""
         index, kept = [], []
         for axis in self.layout.axes:
             if axis == "T":
@@ -225,6 +233,17 @@ class Volume:
                 k = self.layout.spatial.index(axis)
                 index.append(slice(int(lo[k]), int(hi[k])))
                 kept.append(axis)
+        return index, kept
+
+    def prefetch(self, origins: Sequence[Sequence[int]], size: Sequence[int]) -> None:
+        """Let the stored array decode what the regions at ``origins`` will need, together (a batch's patches)."""
+        if not self.resampled:
+            regions = [self._index(o, [a + b for a, b in zip(o, size)])[0] for o in origins]
+            self.stored.prefetch([tuple(r) for r in regions])
+
+    def _read_stored(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        """The stored region ``[lo, hi)`` (spatial, stored spacing) as ``C x spatial`` in the stored dtype."""
+        index, kept = self._index(lo, hi)
         try:
             x = self.stored.get(tuple(index))
         except UserError:
