@@ -22,6 +22,12 @@ PREFETCH_THREADS = 4
 CACHE_BYTES = 128 << 20  # decoded chunks kept per process (h5py: 64 MiB, icone sets it)
 
 
+def _in_worker() -> bool:
+    from torch.utils.data import get_worker_info
+
+    return get_worker_info() is not None
+
+
 class ChunkCache:
     """Indexable like ``array`` (a tuple of slices and integers, one per axis), read through its ``chunks``."""
 
@@ -87,8 +93,8 @@ class ChunkCache:
             return
         missing = list(dict.fromkeys(k for i in indices for k in self._keys(self._spans(i)) if k not in self.cache))
         chunk_bytes = int(np.prod(self.chunks)) * self.dtype.itemsize
-        if len(missing) < 2 or len(missing) * chunk_bytes > self.budget:
-            return
+        if len(missing) < 2 or len(missing) * chunk_bytes > self.budget or _in_worker():
+            return  # in a DataLoader worker the processes are the parallelism: more threads would compete
         if self.pool is None or self.pool_pid != os.getpid():
             self.pool, self.pool_pid = ThreadPoolExecutor(PREFETCH_THREADS), os.getpid()
         for key, block in zip(missing, self.pool.map(self._decoded, missing)):
