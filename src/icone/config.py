@@ -52,8 +52,9 @@ class DataConfig:
     foreground_threshold: float | None = None  # sampler=foreground: intensity threshold; None: Otsu's
     foreground_fraction: float = option(0.1, above=0, high=1)  # share of a patch above the threshold to keep it
     labels: str | None = None  # a label volume of the volume's shape: a patch's label is its majority class
+    labels_ignore: int | None = None  # a class left out of the majority (e.g. 0: background); all-ignored: no label
     axes: str | None = None  # the stored axes, e.g. CZYX or YXC (default: metadata, else a guess)
-    channels: list[int] | None = option(None, low=0)  # channels to keep (default: all)
+    channels: list[int | str] | None = option(None, low=0)  # channels to keep: numbers or metadata names (default: all)
     level: int = option(0, low=0)  # OME-Zarr resolution level
     spacing: list[float] | None = option(None, above=0)  # resample patches to this voxel spacing (z,y,x)
     series: str | None = None  # DICOM: the SeriesInstanceUID (or its start) of a folder with several series

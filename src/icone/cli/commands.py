@@ -11,11 +11,36 @@ from rich.table import Table
 from icone.cli.app import app, console
 from icone.errors import UserError
 
+TRAIN_EXAMPLE = (
+    "icone train --data cells/ --method icone train.epochs=50 optim.lr=3e-4 data.channels=0,2 icone.diversity=frame"
+)
 
-@app.command(context_settings={"allow_extra_args": False})
+
+def train_help() -> str:
+    """``icone train --help``: the option groups (the fields of each config section) and an example."""
+    import dataclasses
+
+    from icone.config import Config
+
+    lines = ["Train an encoder; ends with kNN and RankMe of the untrained vs the trained encoder.", ""]
+    lines.append("Options are KEY=VALUE after the command (or a YAML file, --config), in groups:")
+    for section in ("data", "views", "model", "optim", "train", "eval"):
+        names = [f.name for f in dataclasses.fields(getattr(Config(), section))]
+        lines += ["", f"{section}.*: {', '.join(names)}"]
+    lines += [
+        "",
+        "METHOD.key: the chosen method's options, e.g. icone.diversity=frame (icone methods; docs/methods.md)",
+    ]
+    lines += ["", f"Example: {TRAIN_EXAMPLE}"]
+    return "\n".join(lines)
+
+
+@app.command(context_settings={"allow_extra_args": False}, help=train_help())
 def train(
     overrides: Optional[list[str]] = typer.Argument(
-        None, metavar="[KEY=VALUE]...", help="Config overrides, e.g. train.lr=1e-4 icone.diversity=frame"
+        None,
+        metavar="[KEY=VALUE]...",
+        help="Config overrides, e.g. optim.lr=1e-4 train.epochs=50 icone.diversity=frame",
     ),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (e.g. runs/X/config.yaml)."),
     data: Optional[str] = typer.Option(
@@ -33,7 +58,7 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train an encoder; ends with kNN and RankMe of the untrained vs the trained encoder."""
+    """Train an encoder (the help text is :func:`train_help`)."""
     from icone.config import build_config, load_yaml, merge, nest, parse_overrides
 
     if resume and overwrite:
@@ -64,11 +89,15 @@ def _print_eval(result: dict, title: str) -> None:
 
     table = Table(title=title)
     table.add_column("metric")
-    table.add_column("untrained", justify="right")
+    table.add_column(
+        "init" if str(result.get("baseline_weights", "")).startswith("model.init") else "untrained", justify="right"
+    )
     table.add_column("trained", justify="right")
     for row in format_table(result):
         table.add_row(*row)
     console.print(table)
+    if result.get("collapse"):
+        console.print(result["collapse"]["text"], markup=False, highlight=False, soft_wrap=True)
     if result.get("clusters"):
         console.print(
             "cluster occupancy (training set): " + ", ".join(f"{k} {v:.3f}" for k, v in result["clusters"].items())

@@ -31,8 +31,9 @@ def check_label_volume(labels: Volume, volume: Volume) -> None:
         raise UserError(f"the label volume '{labels.name}' holds {labels.stored.dtype} values; store integer classes")
 
 
-def majority_labels(labels: Volume, grid: Grid) -> np.ndarray:
-    """The majority class of every cell's patch (ties: the smallest class), read block by block."""
+def majority_labels(labels: Volume, grid: Grid, ignore: int | None = None) -> np.ndarray:
+    """The majority class of every cell's patch (ties: the smallest class), read block by block; with
+    ``ignore``, the majority among the other voxels (``-1`` for a patch holding only the ignored class)."""
     out = np.zeros(grid.size, np.int64)
     for cells, lo, hi in cell_blocks(grid, labels.spatial_chunks):
         region = labels.read(lo, hi - lo)
@@ -58,7 +59,10 @@ def majority_labels(labels: Volume, grid: Grid) -> np.ndarray:
         counts = np.bincount(
             (np.arange(len(cells))[:, None] * classes + flat).reshape(-1), minlength=len(cells) * classes
         )
-        out[cells] = counts.reshape(len(cells), classes).argmax(axis=1)
+        counts = counts.reshape(len(cells), classes)
+        if ignore is not None and 0 <= ignore < classes:
+            counts[:, ignore] = 0
+        out[cells] = np.where(counts.any(axis=1), counts.argmax(axis=1), -1)
     return out
 
 

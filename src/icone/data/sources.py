@@ -13,7 +13,7 @@ from icone.config import DataConfig
 from icone.data.arrays import Dataset, Split
 from icone.data.axes import layout
 from icone.data.checks import check_finite_and_varied, check_labels
-from icone.data.dicom import dicom_files
+from icone.data.dicom import dicom_files, is_image_set
 from icone.data.folders import IMAGE_SUFFIXES, VOLUME_SUFFIXES, files_of, guess_folder_kind, load_folder, resize_sample
 from icone.data.formats import is_zarr, split_fragment, suffix
 from icone.data.imbalance import long_tail_rows
@@ -30,7 +30,7 @@ SOURCE_HELP = (
     "use digits, synthetic2d, synthetic3d, a .npz file (MedMNIST layout), a folder of images or volumes, a volume file, "
     "zarr:STORE[#array], h5:FILE#dataset or dicom:FOLDER"
 )
-VOLUME_FILES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".jpg", ".jpeg", ".bmp")
+VOLUME_FILES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".jpg", ".jpeg", ".bmp", ".dcm")
 
 
 def resolve(spec: str) -> tuple[str, Path | None]:
@@ -62,8 +62,8 @@ def _resolve(spec: str) -> tuple[str, Path | None, str | None]:
     ending = suffix(path)
     if ending == ".zarr" or (path.is_dir() and is_zarr(path)):
         return "zarr", path, fragment
-    if ending in (".h5", ".hdf5", ".hdf"):
-        return "h5", path, fragment
+    if ending in (".h5", ".hdf5", ".hdf") or (ending == ".xml" and path.is_file()):
+        return "h5", path, fragment  # a .xml: a BigDataViewer dataset
     if fragment:
         raise UserError(f"data source '{spec}': only Zarr stores and HDF5 files name an array after '#'")
     if path.is_file():
@@ -72,9 +72,10 @@ def _resolve(spec: str) -> tuple[str, Path | None, str | None]:
         if ending in VOLUME_FILES:
             return "volumes", path, None
         raise UserError(f"cannot tell what '{path}' holds; {SOURCE_HELP}")
-    if not files_of(path):
-        if dicom_files(path):
-            return "dicom", path, None
+    found, dicoms = files_of(path), dicom_files(path)
+    if dicoms and all(f in set(dicoms) for f in found):  # DICOM only: one series, or one image per file
+        return ("folder" if is_image_set(path) else "dicom"), path, None
+    if not found:
         raise UserError(
             f"folder '{path}' holds no images or volumes ({', '.join(dict.fromkeys(IMAGE_SUFFIXES + VOLUME_SUFFIXES))}) "
             "and no DICOM files; point to a folder with data"
@@ -126,6 +127,8 @@ def load_npz(path: Path, config: DataConfig) -> Dataset:
         images = _npz_array(archive, f"{prefix}_images", path)
         images = _npz_images(images, config.axes, f"'{path}': {prefix}_images", config.timepoint)
         if channels is not None:
+            if any(isinstance(c, str) for c in channels):
+                raise UserError(f"data.channels: '{path}' has no channel names; give channel numbers")
             if max(channels) >= images.shape[1]:
                 raise UserError(
                     f"data.channels={','.join(map(str, channels))} but '{path}': {prefix}_images has {images.shape[1]} "

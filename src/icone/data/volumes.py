@@ -7,16 +7,31 @@ and is pickled without it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from icone.data.axes import Layout, layout
+from icone.data.axes import Layout, guess_warning, layout
 from icone.errors import UserError
 
 MAX_RESAMPLING = 1000  # data.spacing at most this many times finer or coarser than the stored spacing
+log = logging.getLogger("icone")
+
+
+def warn_guessed(volumes: Sequence[Volume]) -> None:
+    """One warning per distinct guess of axes among ``volumes`` (naming the first file and how many share it)."""
+    seen: dict[tuple, list[Volume]] = {}
+    for volume in volumes:
+        if volume.layout.origin == "guessed":
+            seen.setdefault((volume.layout.axes, volume.layout.shape), []).append(volume)
+    for same in seen.values():
+        line = guess_warning(same[0].layout, same[0].name)
+        if line is not None:
+            log.warning(line + (f" ({len(same) - 1} other file(s) alike)" if len(same) > 1 else ""))
 
 
 class ReadError(UserError):
@@ -34,8 +49,8 @@ class Stored:
     """An N-d array in a file, read by index (a tuple of slices and integers in stored order).
 
     Subclasses set ``name``, ``shape``, ``dtype``, and where metadata give them ``axes`` (stored
-    order), ``spacing`` (one value or ``None`` per stored axis), ``unit`` and ``chunks``; they
-    implement :meth:`open` (a handle indexable like an array).
+    order), ``spacing`` (one value or ``None`` per stored axis), ``unit``, ``channel_names`` and
+    ``chunks``; they implement :meth:`open` (a handle indexable like an array).
     """
 
     name: str = ""
@@ -45,6 +60,7 @@ class Stored:
     convention: str = ""  # the format's fixed axes where it has them (NIfTI: ZYX, ZYXC)
     spacing: tuple[float | None, ...] | None = None
     unit: str = ""
+    channel_names: list[str] | None = None  # from the metadata (OME channel names), one per stored channel
     chunks: tuple[int, ...] | None = None
     lazy: bool = True  # False: the format had to be read whole (e.g. a compressed TIFF without zarr)
 
@@ -65,6 +81,13 @@ class Stored:
     def get(self, index: tuple[Any, ...]) -> np.ndarray:
         return np.asarray(self.handle()[index])
 
+    def prefetch(self, indices: list[tuple[Any, ...]]) -> None:
+        """A hint: these indices are read next (a chunked reader decodes their chunks together)."""
+        handle = self.handle()
+        if hasattr(handle, "prefetch"):
+            with contextlib.suppress(Exception):  # the reads themselves report what is wrong, naming the region
+                handle.prefetch(indices)
+
     def close(self) -> None:
         """Drop the handle (a per-sample reader keeps nothing between reads)."""
         self._handle = None
@@ -77,8 +100,42 @@ class Stored:
         return state
 
 
-def _fmt(values: Sequence[int]) -> str:
-    return ",".join(str(int(v)) for v in values)
+def _fmt(values: Sequence[int | str]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def channel_names(stored: Stored, total: int) -> list[str] | None:
+    """The metadata's channel names, where there is one per channel and they tell the channels apart."""
+    names = stored.channel_names
+    return list(names) if names and len(names) == total and len(set(names)) == total and all(names) else None
+
+
+def choose_channels(channels: Sequence[int | str] | None, stored: Stored, total: int) -> list[int]:
+    """``data.channels`` (numbers, or names from the metadata) as channel numbers, checked."""
+    if channels is None:
+        return list(range(total))
+    names, chosen = channel_names(stored, total), []
+    for c in channels:
+        if isinstance(c, str) and names is None:
+            raise UserError(
+                f"data.channels={_fmt(channels)} names channels, but '{stored.name}' has no channel names in its "
+                f"metadata; give channel numbers 0..{total - 1}"
+            )
+        if isinstance(c, str):
+            lower = [n.lower() for n in names]
+            if c.lower() not in lower:
+                raise UserError(
+                    f"data.channels: '{stored.name}' has no channel '{c}' (channels: {', '.join(names)}); name one of "
+                    "them or give its number"
+                )
+            c = lower.index(c.lower())
+        chosen.append(int(c))
+    if any(c >= total for c in chosen):
+        raise UserError(
+            f"data.channels={_fmt(channels)} but '{stored.name}' has {total} channel(s) (0..{total - 1}); "
+            f"choose channels between 0 and {total - 1}"
+        )
+    return chosen
 
 
 class Volume:
@@ -92,22 +149,17 @@ class Volume:
         self,
         stored: Stored,
         axes: str | None = None,
-        channels: Sequence[int] | None = None,
+        channels: Sequence[int | str] | None = None,
         target_spacing: Sequence[float] | None = None,
         labels: bool = False,
         timepoint: int | None = None,
+        image_set: bool = False,
     ) -> None:
         self.stored, self.labels = stored, labels
-        self.layout: Layout = layout(stored.shape, stored.name, axes, stored.axes, stored.convention, timepoint)
-        total = self.layout.channels
-        if channels is not None:
-            bad = [c for c in channels if c >= total]
-            if bad:
-                raise UserError(
-                    f"data.channels={_fmt(channels)} but '{stored.name}' has {total} channel(s) (0..{total - 1}); "
-                    f"choose channels between 0 and {total - 1}"
-                )
-        self.channels = list(channels) if channels is not None else list(range(total))
+        self.layout: Layout = layout(
+            stored.shape, stored.name, axes, stored.axes, stored.convention, timepoint, image_set=image_set
+        )
+        self.channels = choose_channels(channels, stored, self.layout.channels)
         self.stored_spacing = self._spacing()
         self.factor = np.ones(len(self.layout.spatial))
         if target_spacing is not None:
@@ -197,8 +249,8 @@ class Volume:
 
     # ---- reading ---------------------------------------------------------------------------
 
-    def _read_stored(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-        """The stored region ``[lo, hi)`` (spatial, stored spacing) as ``C x spatial`` in the stored dtype."""
+    def _index(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[list[Any], list[str]]:
+        """The stored index of the spatial region ``[lo, hi)`` (every channel, time point 0), and the kept axes."""
         index, kept = [], []
         for axis in self.layout.axes:
             if axis == "T":
@@ -210,6 +262,17 @@ class Volume:
                 k = self.layout.spatial.index(axis)
                 index.append(slice(int(lo[k]), int(hi[k])))
                 kept.append(axis)
+        return index, kept
+
+    def prefetch(self, origins: Sequence[Sequence[int]], size: Sequence[int]) -> None:
+        """Let the stored array decode what the regions at ``origins`` will need, together (a batch's patches)."""
+        if not self.resampled:
+            regions = [self._index(o, [a + b for a, b in zip(o, size)])[0] for o in origins]
+            self.stored.prefetch([tuple(r) for r in regions])
+
+    def _read_stored(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        """The stored region ``[lo, hi)`` (spatial, stored spacing) as ``C x spatial`` in the stored dtype."""
+        index, kept = self._index(lo, hi)
         try:
             x = self.stored.get(tuple(index))
         except UserError:
@@ -258,6 +321,13 @@ class Volume:
             x = np.take(x, i0, axis=axis) * (1 - w) + np.take(x, i1, axis=axis) * w
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    def _channels_text(self) -> str:
+        names = channel_names(self.stored, self.layout.channels)
+        text = f"{self.num_channels} of {self.layout.channels}"
+        if names is not None:
+            return text + f" ({', '.join(f'{c} {names[c]}' for c in self.channels)}; data.channels=NAME,... chooses)"
+        return text + (f" ({_fmt(self.channels)})" if self.num_channels != self.layout.channels else "")
+
     def describe(self) -> dict[str, Any]:
         """What ``icone data`` shows of the volume."""
         return {
@@ -270,8 +340,7 @@ class Volume:
             ),
             "stored shape": "x".join(map(str, self.stored.shape)),
             "dtype": str(self.stored.dtype),
-            "channels": f"{self.num_channels} of {self.layout.channels}"
-            + (f" ({_fmt(self.channels)})" if self.num_channels != self.layout.channels else ""),
+            "channels": self._channels_text(),
             "spatial shape": "x".join(map(str, self.spatial_shape)) + f" ({self.layout.spatial})",
             "spacing": _spacing_text(self.layout.spatial, self.stored_spacing, self.stored.unit)
             + (f", resampled to {_spacing_text(self.layout.spatial, self.spacing, '')}" if self.resampled else ""),

@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 
 from icone.data.axes import from_metadata
-from icone.data.formats import cannot_read, need
+from icone.data.chunk_cache import ChunkCache
+from icone.data.opening import cannot_read, need
 from icone.data.volumes import Stored
+from icone.data.zarr_chunks import direct_reader
 from icone.errors import UserError
 
 log = logging.getLogger("icone")
@@ -64,7 +66,10 @@ class ZarrStored(Stored):
                 ) from None
         inner = array or ""
         if hasattr(node, "arrays"):  # a group: an OME-Zarr image, or a store holding one array
-            multiscales = _multiscales(node.attrs.asdict())
+            attrs = node.attrs.asdict()
+            multiscales = _multiscales(attrs)
+            omero = attrs.get("omero") or (attrs.get("ome") or {}).get("omero") or {}
+            self.channel_names = [str(c.get("label", "")) for c in omero.get("channels", []) if isinstance(c, dict)]
             if multiscales:
                 inner = self._level(node, multiscales[0], inner)
             else:
@@ -79,7 +84,7 @@ class ZarrStored(Stored):
             raise UserError(f"data.level={level} but '{path}' is not a multi-resolution OME-Zarr image; leave it out")
         self.inner = inner
         self.name = f"{path}#{inner}" if inner else str(path)
-        target = self.open()
+        target = self._array()
         self.shape, self.dtype, self.chunks = tuple(target.shape), np.dtype(target.dtype), tuple(target.chunks)
         self._target = target
         if self.spacing is not None and len(self.spacing) != len(self.shape):
@@ -116,8 +121,14 @@ class ZarrStored(Stored):
             say_missing_chunks(self._target, self.name)
         self._target = None
 
-    def open(self) -> Any:
+    def _array(self) -> Any:
         import zarr
 
         root = zarr.open(str(self.path), mode="r")
         return root[self.inner] if self.inner else root
+
+    def open(self) -> Any:
+        """The array, read through a per-process cache of decoded chunks (:mod:`icone.data.chunk_cache`)."""
+        array = self._array()
+        folder = self.path / self.inner if self.inner else self.path
+        return ChunkCache(array, array.chunks, read_chunk=direct_reader(folder, tuple(array.shape)))

@@ -71,7 +71,8 @@ def export_run(path: str | Path, out: str | Path, format: str = "icone", overwri
         raise UserError(f"--format {format!r} is not one of: {', '.join(FORMATS)}")
     out = Path(out)
     check_suffix(out, format)
-    targets = [out] + ([out.with_suffix(".json")] if format in ("safetensors", "monai") else [])
+    sidecar = format == "safetensors" or (format == "monai" and out.suffix)
+    targets = [out] + ([out.with_suffix(".json")] if sidecar else [])
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
         raise UserError(f"'{existing[0]}' already exists; choose another --out or pass --overwrite")

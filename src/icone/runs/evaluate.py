@@ -23,6 +23,7 @@ from icone.errors import UserError
 from icone.evaluate.few_label import check_budgets
 from icone.evaluate.plots import plot_confusion, plot_map
 from icone.evaluate.report import Features, embed_dataset, evaluate_features, occupancy_on_train
+from icone.evaluate.verdict import collapse_verdict
 from icone.export import method_from_checkpoint
 from icone.files import atomic_write_text, json_text
 from icone.methods import Method
@@ -111,6 +112,17 @@ def _map_colours(method: Method, dataset: Dataset, features: Features, device: t
     return KMeans(n_clusters=k, n_init=3, random_state=0).fit_predict(features.test.numpy()), "k-means cluster"
 
 
+def one_class_warning(label: int, config: Config) -> str:
+    """Why the accuracies of a test split of one class say nothing, and what to do."""
+    hint = (
+        "" if config.data.labels_ignore is not None else ", or leave the background class out with data.labels_ignore=0"
+    )
+    return (
+        f"the test split holds a single class ({label}): its kNN and linear-probe accuracies do not tell encoders "
+        f"apart; hold out a part with several classes (data.test_fraction, or another region){hint}"
+    )
+
+
 def evaluate_method(
     method: Method, config: Config, dataset: Dataset, run_dir: Path | None, device: torch.device
 ) -> dict[str, Any]:
@@ -130,6 +142,11 @@ def evaluate_method(
     )
     result["baseline_weights"] = what
     result["method"], result["data"] = config.method, config.data.source
+    start = "model.init" if config.model.init else "the untrained encoder"
+    result["collapse"] = collapse_verdict(result, int(features.train.shape[1]), start)
+    if features.one_class_test():
+        result["test_warning"] = one_class_warning(int(features.test_labels[0]), config)
+        log.warning(result["test_warning"])
     if run_dir is not None:
         atomic_write_text(run_dir / "eval.json", json_text(result))
         if features.test is not None and len(features.test):
