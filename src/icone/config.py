@@ -264,15 +264,19 @@ def parse_value(raw: str, tp: Any = Any) -> Any:
     """A ``KEY=VALUE`` value for a field of type ``tp``, the one rule of the CLI and the API: a string or path
     field takes it verbatim (``#`` included; ``null`` or nothing unsets an optional one); a typed field (number,
     flag, list, mapping) reads it as YAML, but a value with a ``#`` in it is kept whole, never cut as a comment."""
-    text = tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    kinds = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
     if raw == "" or (raw in YAML_NULLS and type(None) in typing.get_args(tp)):
         return None
-    if text or raw.lstrip().startswith("#") or " #" in raw:
+    if kinds == [str] or raw.lstrip().startswith("#") or " #" in raw:
         return raw
     try:
-        return yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw
+    if str in kinds and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return raw  # a number or a name (data.channels=0,DAPI): a number where it reads as one, else the text
+    return value
 
 
 def parse_overrides(items: list[str], method: str | None = None) -> dict[str, Any]:
