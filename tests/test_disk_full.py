@@ -64,19 +64,20 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "fmt,name", [("icone", "bb.pt"), ("torchscript", "bb.pt"), ("onnx", "bb.onnx"), ("safetensors", "bb.safetensors"),
-                 ("monai", "bb.pt")],
+    "fmt,name,written", [("icone", "bb.pt", "bb.pt"), ("torchscript", "bb.pt", "bb.pt"), ("onnx", "bb.onnx", "bb.onnx"),
+                         ("safetensors", "bb.safetensors", "bb.safetensors"),
+                         ("monai", "bb", "model.pt")],  # a MONAI bundle (a folder): this ResNet has group norms
 )  # fmt: skip
-def test_every_export_format_on_a_full_disk_is_one_line(capsys, tmp_path, monkeypatch, trained, fmt, name):
+def test_every_export_format_on_a_full_disk_is_one_line(capsys, tmp_path, monkeypatch, trained, fmt, name, written):
     run = trained[1] / ("resnet" if fmt == "monai" else "run")
-    fill_disk(monkeypatch, name, room=1000)
+    fill_disk(monkeypatch, written, room=1000)
     out = tmp_path / name
     expect_error(
         capsys,
         ["export", run, "--out", out, "--format", fmt],
-        rf"^error: the disk is full while writing '.*{name}'; free some space or choose another --out$",
+        rf"^error: the disk is full while writing '.*{written}'; free some space or choose another --out$",
     )
-    assert not out.exists() and leftovers(tmp_path) == []
+    assert not out.exists() and leftovers(tmp_path) == [] and list(tmp_path.iterdir()) == []  # no half bundle
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])

@@ -28,7 +28,10 @@ def test_the_h5ad_places_patches_as_napari_points(embryo, tmp_path, capsys):
     import anndata
 
     store, run = embryo
-    code, _, err = run_cli(["embed", run, "--data", store, "--out", tmp_path / "e.h5ad", "--plot"], capsys)
+    labels = f"data.labels={store}#labels/cells"  # another source's labels are its own options, as the patches are
+    code, _, err = run_cli(
+        ["embed", run, "--data", store, labels, "data.patch=8,16,16", "--out", tmp_path / "e.h5ad", "--plot"], capsys
+    )
     assert code == 0, err
     adata = anndata.read_h5ad(tmp_path / "e.h5ad")
     obs, meta = adata.obs, adata.uns["icone"]
@@ -48,7 +51,8 @@ def test_the_parquet_carries_the_same_columns_and_metadata(embryo, tmp_path, cap
     import pyarrow.parquet as pq
 
     store, run = embryo
-    assert run_cli(["embed", run, "--data", store, "--out", tmp_path / "e.parquet"], capsys)[0] == 0
+    options = [f"data.labels={store}#labels/cells", "data.patch=8,16,16"]
+    assert run_cli(["embed", run, "--data", store, *options, "--out", tmp_path / "e.parquet"], capsys)[0] == 0
     table = pq.read_table(tmp_path / "e.parquet")
     meta = json.loads(table.schema.metadata[b"icone"])
     assert meta["patch"] == [8, 16, 16] and meta["stride"] == [8, 16, 16] and meta["spacing"] == [2.0, 0.5, 0.5]

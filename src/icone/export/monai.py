@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -111,22 +113,29 @@ def _metadata(config: Config, backbone: nn.Module) -> dict[str, Any]:
 
 
 def export_bundle(backbone: nn.Module, config: Config, out: Path, kwargs: dict[str, Any]) -> Path:
-    """A MONAI bundle folder whose ``network_def`` loads ``models/model.pt`` with ``strict=True``."""
+    """A MONAI bundle folder whose ``network_def`` loads ``models/model.pt`` with ``strict=True``; written
+    into a hidden folder beside ``out`` and renamed into place, so a failure leaves no half bundle."""
     if out.exists() and any(out.iterdir()):
         raise UserError(f"'{out}' is a folder with files in it; choose a new folder for the bundle")
     target = "monai.networks.nets.ResNet" if kwargs["norm"] == "batch" else "scripts.networks.ResNet"
     inference = {"network_def": {"_target_": target, **kwargs}, "network": "@network_def"}
-    for name, text in (
+    files = [
         ("configs/inference.json", json.dumps(inference, indent=2)),
         ("configs/metadata.json", json.dumps(_metadata(config, backbone), indent=2)),
-    ) + (
-        (("scripts/__init__.py", ""), ("scripts/networks.py", BLOCK_NORM_RESNET))
-        if target.startswith("scripts")
-        else ()
-    ):
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / name, text)
-    (out / "models").mkdir(exist_ok=True)
-    state = monai_state(backbone)
-    atomic_write(out / "models" / "model.pt", lambda handle: torch.save(state, handle))
+    ]
+    if target.startswith("scripts"):
+        files += [("scripts/__init__.py", ""), ("scripts/networks.py", BLOCK_NORM_RESNET)]
+    building = out.parent / f".{out.name}.bundle-{os.getpid()}"
+    try:
+        for name, text in files:
+            (building / name).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(building / name, text)
+        (building / "models").mkdir(parents=True, exist_ok=True)
+        state = monai_state(backbone)
+        atomic_write(building / "models" / "model.pt", lambda handle: torch.save(state, handle))
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        building.rename(out)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     return out
