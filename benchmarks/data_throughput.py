@@ -46,11 +46,10 @@ def write_files(folder: Path) -> dict[str, str]:
 
 
 def read_rate(source: str, workers: int, batches: int) -> float:
-    from icone.config import DataConfig
-    from icone.data import IndexedDataset, load_dataset
+    from icone.data import IndexedDataset, ReadOptions, load_dataset
     from icone.training.loader import train_loader
 
-    data = load_dataset(DataConfig(source=source, patch=[32], sampler="random"))
+    data = load_dataset(ReadOptions(source=source, patch=[32], sampler="random"))
     train = IndexedDataset(data.train)
     train.set_epoch(1)
     loader = train_loader(train, BATCH, seed=0, epoch=1, num_workers=workers)
@@ -68,22 +67,15 @@ def read_rate(source: str, workers: int, batches: int) -> float:
 
 
 def step_rate(steps: int = 10) -> float:
-    from icone.build import build_method, resolve_config, view_maker
+    from icone.build import setup
     from icone.config import build_config
     from icone.data.arrays import Dataset, Split
-    from icone.training.optim import build_optimizer
-    from icone.training.step import Schedule, TrainStep
 
     samples = np.random.default_rng(0).normal(size=(64, 1, 32, 32, 32)).astype(np.float32)
     dataset = Dataset("patches", Split(samples, np.full(64, -1)), None)
-    config = build_config(None, ["model.backbone=smallcnn", f"train.batch_size={BATCH}", "icone.table_init=normal"])
-    config = resolve_config(config, dataset)
-    method = build_method(config, num_instances=64)
-    device = torch.device("cpu")
-    step = TrainStep(
-        method, build_optimizer(method, config), Schedule(1000), float(config.optim.lr), device, spatial_dims=3
-    )
-    views = view_maker(config, method, 0)
+    items = ["model.backbone=smallcnn", f"train.batch_size={BATCH}", "icone.table_init=normal", "train.device=cpu"]
+    built = setup(build_config(None, items), dataset, steps=1000)
+    step, views = built.train_step, built.views[0]
     x, index = torch.from_numpy(samples[:BATCH]), torch.arange(BATCH)
     step(x, index, views)
     started = time.perf_counter()

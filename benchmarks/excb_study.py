@@ -28,9 +28,8 @@ from typing import Any
 
 import torch
 
-from icone.build import build_method
+from icone.build import build_method, eval_options, load_data
 from icone.config import build_config
-from icone.data import load_dataset
 from icone.evaluate.report import evaluate_backbone, occupancy_on_train
 from icone.export import method_from_checkpoint
 from icone.methods.base import HEALTH_PREFIX
@@ -98,12 +97,12 @@ def run_one(
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         method = method_from_checkpoint(checkpoint)
         resolved = build_config(checkpoint["config"])
-        dataset = load_dataset(resolved.data, seed=resolved.train.seed)
+        dataset, options = load_data(resolved), eval_options(resolved)
         device = torch.device("cpu")
-        student = evaluate_backbone(method.backbone, dataset, resolved.eval, device)
-        teacher = evaluate_backbone(method.teacher["backbone"], dataset, resolved.eval, device)
+        student = evaluate_backbone(method.backbone, dataset, options, device)
+        teacher = evaluate_backbone(method.teacher["backbone"], dataset, options, device)
         untrained = evaluate_backbone(
-            build_method(resolved, num_instances=len(dataset.train)).backbone, dataset, resolved.eval, device
+            build_method(resolved, num_instances=len(dataset.train)).backbone, dataset, options, device
         )
         occupancy = occupancy_on_train(method, dataset, device)
         health = _last_epoch_health(run_dir)

@@ -1,6 +1,6 @@
 """GPU checks: training images/s and peak memory of a ResNet-18 under each precision, with and without
 activation checkpointing, in 2D (224^2) and 3D (64^3). One IConE training step (two views, the
-table, AdamW) through icone's own TrainStep, median of timed steps after warm-up, CUDA-synchronised.
+table, AdamW) through icone's own train step (``setup.train_step``), median of timed steps after warm-up, CUDA-synchronised.
 
     python benchmarks/gpu_checks.py --out OUT [--smoke]
 
@@ -16,12 +16,14 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-import icone
+from icone import build
 from icone.bench.measure import describe_device, environment_of
+from icone.config import build_config
+from icone.data import Dataset, Split
 from icone.runtime import native_bf16
-from icone.training.step import Schedule, TrainStep
 
 CASES = [  # (spatial dims, side, batch)
     (2, 224, 64),
@@ -41,25 +43,16 @@ def time_case(
     warmup: int,
     width: int,
 ) -> dict:
-    from icone.nets import set_activation_checkpointing
-
     torch.manual_seed(0)
-    method = icone.build_method("icone", num_instances=4 * batch, sample_shape=(1, *(side,) * dims), backbone="resnet18",
-                                options={"model.width": width, "icone.table_path": "dense"})  # fmt: skip
-    method = method.to(device).train()
-    set_activation_checkpointing(method, checkpointing)
-    optimizer = icone.build_optimizer(method)
-    views = icone.build_views(method)
-    step = TrainStep(
-        method,
-        optimizer,
-        Schedule(warmup + repeats),
-        1e-4,
-        device,
-        grad_clip=3.0,
-        precision=precision,
-        spatial_dims=dims,
-    )
+    samples = np.random.default_rng(0).standard_normal((4 * batch, 1, *(side,) * dims), dtype=np.float32)
+    dataset = Dataset("random", Split(samples, np.full(len(samples), -1)), None)
+    config = build_config(None, [
+        "method=icone", "model.backbone=resnet18", f"model.width={width}", "icone.table_path=dense",
+        f"train.batch_size={batch}", f"train.precision={precision}", f"train.activation_checkpointing={checkpointing}",
+        f"train.device={device}", "optim.lr=1e-4", "optim.grad_clip=3.0",
+    ])  # fmt: skip
+    setup = build.setup(config, dataset, steps=warmup + repeats)
+    step, views = setup.train_step, setup.views[0]
     x = torch.randn(batch, 1, *(side,) * dims, device=device)
     index = torch.arange(batch, device=device)
     if device.type == "cuda":

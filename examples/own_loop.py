@@ -1,5 +1,6 @@
-"""IConE in a training loop of your own: the method, its optimizer (with the instance table) and the views
-from icone, everything else yours. Run: python examples/own_loop.py [STEPS]"""
+"""IConE in a training loop of your own: icone sets it up (the method, its optimizer with the instance table,
+the train step with its schedules, precision and sparse-aware clipping, the views, the loader), the loop is
+yours. Run: python examples/own_loop.py [STEPS]"""
 
 import sys
 
@@ -9,33 +10,27 @@ import icone
 
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 data = icone.load_data("digits")  # or icone.load_data("path/to/images"), any source `icone train --data` reads
-train = data.train
-method = icone.build_method(
+setup = icone.setup(
+    data,  # one table row per training sample
     "icone",
-    num_instances=len(train),  # one table row per training sample
-    sample_shape=(data.in_channels, *data.spatial_shape),
+    batch_size=8,
     backbone="smallcnn",
-    options={"model.width": 16, "icone.diversity": "hinge"},
+    options={"model.width": 16, "icone.diversity": "hinge", "optim.lr": 1e-3, "optim.warmup_epochs": 0},
 )
-optimizer = icone.build_optimizer(method, lr=1e-3)  # AdamW; the table has its own group (and lr scale)
-views = icone.build_views(method)  # two augmented views per sample, made on the batch's device
-rows = torch.arange(len(train))  # IConE starts each table row at its sample's untrained embedding
-method.initialize((torch.from_numpy(train.samples[chunk.numpy()]), chunk) for chunk in rows.split(256))
+method, views = setup.method, setup.views[0]  # two augmented views per sample, made on the batch's device
+method.initialize(setup.loaders.plain())  # IConE starts each table row at its sample's untrained embedding
 
-generator = torch.Generator().manual_seed(0)
 method.train()
-for step in range(1, steps + 1):
-    index = torch.randint(0, len(train), (8,), generator=generator)  # a batch of 8 instances
-    x = torch.from_numpy(train.samples[index.numpy()])
-    loss, metrics = method(views(x), index)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    method.after_optimizer_step(step, steps)
+for step, (x, index, _) in enumerate(setup.loaders.epoch(0), 1):  # a shuffled epoch, batches of 8 instances
+    # the lr of the step, the views, the forward, backward, clipping (the table's sparse rows included), the optimizer
+    loss, metrics = setup.train_step(x, index, views)
     if step % 10 == 0 or step == 1:
         parts = ", ".join(f"{k} {float(v):.4f}" for k, v in metrics.items())
         print(f"step {step}: loss {loss.item():.4f} ({parts})")
+    if step == steps:
+        break
 
 backbone = method.backbone.eval()  # the encoder: pooled features of B x C x H x W
 with torch.no_grad():
-    print("features:", tuple(backbone(torch.from_numpy(data.test.samples[:4])).shape))
+    x = torch.from_numpy(data.test.samples[:4]).to(setup.runtime.device)
+    print("features:", tuple(backbone(x).shape))

@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from icone.build import build_method, resolve_config, view_maker
-from icone.config import Config, ModelConfig, build_config
+from icone import build
+from icone.build import resolve_config
+from icone.config import Config, build_config
 from icone.data.arrays import Dataset, Split
-from icone.nets import build_backbone
-from icone.runtime import pick_device
+from icone.nets import BackboneSpec, build_backbone
+from icone.training.logs import MetricsLog
 from icone.training.trainer import Trainer
 
 
@@ -44,21 +45,15 @@ def small_backbone(
     name: str = "smallcnn", dims: int = 2, norm: str = "group", width: int = 8, channels: int = 1
 ) -> torch.nn.Module:
     """A backbone as ``model.*`` describes it, for tests that need one without a method."""
-    return build_backbone(ModelConfig(backbone=name, spatial_dims=dims, in_channels=channels, norm=norm, width=width))
+    return build_backbone(BackboneSpec(name, spatial_dims=dims, in_channels=channels, norm=norm, width=width))
 
 
 def make_trainer(config: Config, dataset: Dataset, run_dir: Path) -> Trainer:
-    """A trainer for a resolved config, its method built as ``icone train`` builds it."""
-    method = build_method(config, num_instances=len(dataset.train))
-    return Trainer(
-        config,
-        dataset,
-        run_dir,
-        method,
-        lambda epoch: view_maker(config, method, epoch),
-        pick_device(config.train.device),
-        progress=False,
-    )
+    """A trainer for a config, set up as ``icone train`` sets it up."""
+    setup = build.setup(config, dataset)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(Path(run_dir) / "metrics.jsonl", setup.config.train.logger, setup.config.to_dict())
+    return Trainer(setup, run_dir, log, progress=False)
 
 
 def train_steps(

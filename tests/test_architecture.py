@@ -2,6 +2,7 @@
 
 A module may import modules of lower layers, and modules of its own package; a module of a layer
 imports nothing above it. Losses are pure functions: they import nothing of icone but ``errors``.
+Nothing below ``icone.build`` (the composition root) reads the run config. Modules and functions stay short.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = {
-    "icone.errors": 0,
-    "icone.files": 1, "icone.options": 1, "icone.distributed": 1, "icone.runtime": 1, "icone.stats": 1,
+    "icone.errors": 0, "icone.distributed": 0,
+    "icone.files": 1, "icone.options": 1, "icone.runtime": 1, "icone.stats": 1,
     "icone.config": 2, "icone.run_folder": 2,
     "icone.data": 3, "icone.nets": 3, "icone.views": 3, "icone.weights": 3,
     "icone.losses": 4,
@@ -26,10 +27,12 @@ LAYERS = {
     "icone.runs": 10,
     "icone.bench": 11,
     "icone.cli": 12,
-    "icone": 13,  # the package itself: the public Python API
+    "icone": 13,  # the package itself (its __init__: the public Python API), not its modules
     "icone.__main__": 14,
 }  # fmt: skip
-MAX_LINES = 450
+PACKAGE = "icone"
+MAX_LINES = 400
+MAX_FUNCTION_LINES = 60
 
 
 def modules() -> dict[str, Path]:
@@ -42,10 +45,18 @@ def modules() -> dict[str, Path]:
     return found
 
 
+def owner(module: str, layers: dict[str, int] = LAYERS) -> str | None:
+    """The entry of ``layers`` a module belongs to (its package, or itself; the package ``icone`` owns only
+    its ``__init__``); ``None`` for a module no entry lists."""
+    candidates = [name for name in layers if module == name or (name != PACKAGE and module.startswith(name + "."))]
+    return max(candidates, key=len) if candidates else None
+
+
 def unit(module: str) -> str:
-    """The entry of :data:`LAYERS` a module belongs to (its package, or itself)."""
-    candidates = [name for name in LAYERS if module == name or module.startswith(name + ".")]
-    return max(candidates, key=len)
+    """The entry of :data:`LAYERS` a module belongs to."""
+    found = owner(module)
+    assert found is not None, f"{module} has no layer: add it (or its package) to LAYERS"
+    return found
 
 
 def icone_imports(path: Path, module: str) -> set[str]:
@@ -68,8 +79,20 @@ def icone_imports(path: Path, module: str) -> set[str]:
     return {name for name in found if name == "icone" or name.startswith("icone.")}
 
 
+def unlisted(names: list[str], layers: dict[str, int] = LAYERS) -> list[str]:
+    return [m for m in names if owner(m, layers) is None]
+
+
 def test_every_module_has_a_layer():
-    assert [m for m in modules() if not any(m == n or m.startswith(n + ".") for n in LAYERS)] == []
+    assert unlisted(list(modules())) == []
+
+
+def test_the_layer_check_catches_an_unlisted_module():
+    """The rule itself: a module outside every listed package is reported, ``icone`` listing only the package."""
+    assert unlisted(["icone.newthing", "icone.data.readers", "icone"]) == ["icone.newthing"]
+    assert unlisted(["icone.data.readers"], {k: v for k, v in LAYERS.items() if k != "icone.data"}) == [
+        "icone.data.readers"
+    ]
 
 
 @pytest.mark.parametrize("module", list(modules()))
@@ -99,9 +122,39 @@ def test_nothing_imports_the_command_line():
     assert importers == []
 
 
-def test_no_module_is_longer_than_450_lines():
+BELOW_BUILD = [m for m in modules() if LAYERS[unit(m)] < LAYERS["icone.build"] and unit(m) != "icone.config"]
+
+
+def reads_the_config(path: Path, module: str) -> bool:
+    return any(unit(name) == "icone.config" for name in icone_imports(path, module))
+
+
+@pytest.mark.parametrize("module", BELOW_BUILD)
+def test_nothing_below_build_imports_the_config(module):
+    """Readers get ReadOptions, the view maker a ViewSpec, backbones a BackboneSpec, methods their own options."""
+    assert not reads_the_config(modules()[module], module)
+
+
+def test_the_config_check_catches_an_import(tmp_path):
+    fake = tmp_path / "fake.py"
+    fake.write_text("def read(options):\n    from icone.config import DataConfig\n    return DataConfig\n")
+    assert reads_the_config(fake, "icone.data.fake") and LAYERS[unit("icone.data.fake")] < LAYERS["icone.build"]
+
+
+def test_no_module_is_longer_than_400_lines():
     long = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert long == []
 
 
 def test_the_checker_catches_an_upward_import(tmp_path):

@@ -67,10 +67,10 @@ def test_train_help_lists_the_option_groups_and_a_valid_example(capsys):
 
 def test_train_step_takes_a_device_name():
     from helpers import train_steps
-    from icone.training.step import Schedule, TrainStep
+    from icone.training.step import Schedule, Schedules, TrainStep
 
     trainer, _ = train_steps("simclr", batch_size=4)
-    step = TrainStep(trainer.method, trainer.optimizer, Schedule(10), 1e-3, "cpu")
+    step = TrainStep(trainer.method, trainer.optimizer, Schedules.make(Schedule(10), 1e-3), "cpu")
     assert step.device == torch.device("cpu")
     x = tiny_dataset(2, n=4).train.samples.array
     loss, _ = step(torch.from_numpy(x), torch.arange(4), trainer.views(0))

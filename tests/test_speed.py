@@ -1,4 +1,4 @@
-"""``icone bench --speed``: a tiny timing run end to end (records, table), IConE at two N, refusals, the CLI, bad input.
+"""``icone speed``: a tiny timing run end to end (records, table), IConE at two N, refusals, the CLI, bad input.
 
 Never asserts on wall time: the machine is shared; only that times are positive and consistent.
 """
@@ -29,7 +29,7 @@ REQUIRED = [
     "views",
     "input_shape",
 ]
-SPEED_FAST = ["--speed", "--input-size", "8", "--repeats", "1", "--warmup", "0", "model.width=8"]
+SPEED_FAST = ["--input-size", "8", "--repeats", "1", "--warmup", "0", "model.width=8"]
 
 
 def tiny_spec(out, **kwargs):
@@ -42,7 +42,7 @@ def tiny_spec(out, **kwargs):
         warmup=1,
         out=out,
         overrides=TINY,
-        command="icone bench --speed (test)",
+        command="icone speed (test)",
     )
     return speed_spec.build_speed_spec(**{**values, **kwargs})
 
@@ -109,8 +109,8 @@ def test_markdown_table(timed):
     out, _, _ = timed
     table = (out / "speed.md").read_text()
     for text in (
-        "# icone bench --speed",
-        "icone bench --speed (test)",
+        "# icone speed",
+        "icone speed (test)",
         "torch",
         "CPUs",
         "Date:",
@@ -172,8 +172,7 @@ def test_cli_writes_speed_json_and_table_from_a_source(tmp_path, capsys):
     npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
     code, out, err = run_cli(
         [
-            "bench",
-            "--speed",
+            "speed",
             "--data",
             npz,
             "--methods",
@@ -198,7 +197,7 @@ def test_cli_writes_speed_json_and_table_from_a_source(tmp_path, capsys):
     assert "[1/1] simclr b=2: " in out and "speed folder:" in out
     (record,) = json.loads((tmp_path / "speed" / "speed.json").read_text())
     assert record["status"] == "ok" and record["input_shape"] == [1, 16, 16]
-    assert "icone bench --speed --data" in (tmp_path / "speed" / "speed.md").read_text()
+    assert "icone speed --data" in (tmp_path / "speed" / "speed.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -208,22 +207,24 @@ def test_cli_writes_speed_json_and_table_from_a_source(tmp_path, capsys):
         (["--batch-sizes", "1,x"], "--batch-sizes takes a comma-separated list"),
         (["--instances", "0"], "--instances must be at least 1"),
         (["--methods", "simclr", "--batch-sizes", "1"], "nothing to time"),
-        (["--seeds", "2"], "--seeds belongs to the accuracy grid"),
-        (["method=icone"], "method is set by --speed; use --methods"),
+        (["--seeds", "2"], "No such option: --seeds"),
+        (["method=icone"], "method is set by icone speed; use --methods"),
         (["icone.nope=1"], "unknown option 'icone.nope'"),
         (["--data", "digits"], "--data gives the input shape"),
         (["--spatial-dims", "3", "--backbone", "smallcnn-2d"], "is 2D but --spatial-dims is 3"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
-    code, _, err = run_cli(["bench", *SPEED_FAST, "--out", tmp_path / "s", *args], capsys)
+    code, _, err = run_cli(["speed", *SPEED_FAST, "--out", tmp_path / "s", *args], capsys)
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
 
 
-def test_speed_flags_need_speed(tmp_path, capsys):
-    code, _, err = run_cli(["bench", "--instances", "10", "--out", tmp_path / "s"], capsys)
-    assert code == 2 and "--instances only goes with --speed" in err
+@pytest.mark.parametrize("flag", [["--speed"], ["--instances", "10"]])
+def test_bench_times_nothing(tmp_path, capsys, flag):
+    """Timings are `icone speed`'s: `icone bench` takes neither --speed nor its options."""
+    code, _, err = run_cli(["bench", *flag, "--out", tmp_path / "s"], capsys)
+    assert code == 2 and f"No such option: {flag[0]}" in err and not (tmp_path / "s").exists()
 
 
 def test_spec_defaults():

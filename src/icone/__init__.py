@@ -3,15 +3,19 @@
 The Python API (docs/api.md); everything is imported when first used, so ``import icone`` is quick:
 
 - :func:`train`: a run as ``icone train`` makes it, with the same options; returns its folder and evaluation;
-- :func:`build_method`, :func:`build_optimizer`, :func:`build_views`: a method (an ``nn.Module``:
-  ``loss, metrics = method(views, index)``), its optimizer (the row-sparse table included) and a view
-  maker, for a training loop of your own;
+- :func:`setup`: what ``icone train`` builds (a :class:`~icone.training.setup.Setup`: the method, its
+  optimizer, the train step, schedules, view makers, loaders), for a training loop of your own;
 - :func:`load_data`: a data source as ``icone train --data`` reads it;
 - :func:`load_backbone`: a trained backbone from a run folder, checkpoint or ``backbone.pt``.
+
+:func:`build_method`, :func:`build_optimizer` and :func:`build_views` are deprecated: :func:`setup` gives all three.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +34,12 @@ class Run:
     steps: int
 
 
-def _flags(method: str, options: dict[str, Any] | None) -> dict[str, Any]:
-    """Dotted options as typed config flags; ``METHOD.key`` is the method's own option."""
-    flags = {}
-    for key, value in (options or {}).items():
-        head, _, rest = key.partition(".")
-        flags[f"method_options.{rest}" if head == method and rest else key] = value
-    return flags
+def _flags(method: str, options: dict[str, Any] | None, **given: Any) -> dict[str, Any]:
+    """The arguments given (``None``: not given) and ``options`` as typed config flags (``METHOD.key``: the method's own)."""
+    from icone.config.overrides import method_flags
+
+    flags = {"method": method, **given, **method_flags(method, options)}
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def train(
@@ -46,15 +49,14 @@ def train(
 ) -> Run:  # fmt: skip
     """Train as ``icone train`` does; ``options`` are its ``KEY=VALUE`` options as a dict (``{"icone.diversity": "frame"}``),
     ``config`` a YAML file or a nested dict. Errors are :class:`icone.errors.UserError` with the CLI's one line."""
-    from icone.config import build_config, load_yaml, merge, nest
+    from icone.config import build_config, given, load_yaml
     from icone.runs import train_run
 
     values = load_yaml(config) if isinstance(config, (str, Path)) else config
-    flags = {"data.source": data, "method": method, "train.batch_size": batch_size, "train.epochs": epochs,
-             "model.backbone": backbone, "train.seed": seed, **_flags(method, options)}  # fmt: skip
-    flags = {k: v for k, v in flags.items() if v is not None}
+    flags = _flags(method, options, **{"data.source": data, "train.batch_size": batch_size, "train.epochs": epochs,
+                                       "model.backbone": backbone, "train.seed": seed})  # fmt: skip
     resolved = build_config(values, None, flags)
-    explicit = merge(values or {}, nest(flags))  # what the caller gave, checked against a resumed run's own
+    explicit = given(values, flags)  # what the caller gave, checked against a resumed run's own
     summary = train_run(resolved, out=out, resume=resume, overwrite=overwrite, progress=progress, explicit=explicit)
     folder = Path(summary["run_dir"])
     return Run(
@@ -68,61 +70,83 @@ def train(
 
 def load_data(source: str = "digits", seed: int = 0, **data_options: Any):
     """A data source as ``icone train --data SOURCE data.KEY=VALUE`` reads it: a :class:`icone.data.Dataset`."""
-    from icone.config import DataConfig, update_dataclass
-    from icone.data import load_dataset
+    from icone.build import load_data
+    from icone.config import build_config
 
-    config = DataConfig(source=source)
-    update_dataclass(config, data_options, prefix="data.")
-    return load_dataset(config, seed=seed)
+    flags = {"data.source": source, "train.seed": seed, **{f"data.{k}": v for k, v in data_options.items()}}
+    return load_data(build_config(None, None, flags))
+
+
+def setup(
+    data: Any = "digits", method: str = "icone", *, batch_size: int | None = None, epochs: int | None = None,
+    backbone: str | None = None, seed: int | None = None, options: dict[str, Any] | None = None,
+    config: str | Path | dict[str, Any] | None = None,
+):  # fmt: skip
+    """What ``icone train`` builds for ``data`` (a source, or a :class:`icone.data.Dataset` from
+    :func:`load_data`), with the same options: a :class:`~icone.training.setup.Setup` with the method (on
+    ``train.device``), its optimizer, ``train_step`` (``loss, metrics = setup.train_step(x, index, views)``:
+    schedules, precision, clipping, the optimizer, the after-step hook), the schedules, ``views[epoch]`` and
+    the ``loaders``. Errors are :class:`icone.errors.UserError` with the CLI's one line."""
+    from icone import build
+    from icone.config import build_config, load_yaml
+
+    values = load_yaml(config) if isinstance(config, (str, Path)) else config
+    source = data if isinstance(data, str) else data.name
+    flags = _flags(method, options, **{"data.source": source, "train.batch_size": batch_size, "train.epochs": epochs,
+                                       "model.backbone": backbone, "train.seed": seed})  # fmt: skip
+    built = build_config(values, None, flags)
+    return build.setup(built, build.load_data(built) if isinstance(data, str) else data)
+
+
+_BUILT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # the deprecated build_method's resolved configs
+
+
+def _deprecated(name: str) -> None:
+    warnings.warn(
+        f"icone.{name} is deprecated; use icone.setup(...), which gives the method, its optimizer, the train "
+        "step and the views together (docs/api.md)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def build_method(
     method: str = "icone", *, num_instances: int, sample_shape: tuple[int, ...], backbone: str = "resnet18",
     options: dict[str, Any] | None = None, seed: int = 0,
 ):  # fmt: skip
-    """A method as ``icone train`` builds it for ``num_instances`` samples of ``sample_shape`` (``C x spatial``),
-    e.g. IConE with its instance table: ``loss, metrics = method(views, index)`` (``index``: the samples'
-    rows in ``[0, num_instances)``). ``options``: ``KEY=VALUE`` options as a dict (``model.width``, ``icone.diversity``...)."""
+    """Deprecated (:func:`setup`): a method as ``icone train`` builds it for ``num_instances`` samples of
+    ``sample_shape`` (``C x spatial``)."""
     from icone.build import build_method as build
     from icone.build import resolve_for_samples
     from icone.config import build_config
 
-    flags = {
-        "method": method,
-        "model.backbone": backbone,
-        "train.seed": seed,
-        "train.batch_size": 1,
-        **_flags(method, options),
-    }
+    _deprecated("build_method")
+    flags = _flags(method, options, **{"model.backbone": backbone, "train.seed": seed, "train.batch_size": 1})
     config = resolve_for_samples(build_config(None, None, flags), tuple(sample_shape), num_instances)
     built = build(config, num_instances)
-    built.config = config  # the resolved options, for build_optimizer and build_views
+    _BUILT[built] = config
     return built
 
 
 def build_optimizer(method, lr: float | None = None, weight_decay: float | None = None, name: str = "adamw"):
-    """The optimizer ``icone train`` uses for ``method`` (from :func:`build_method`): AdamW or SGD over its
-    dense groups, a row-sparse AdamW over an instance table on the sparse path. ``lr`` defaults to the
-    method's at batch 64; every group's lr is ``lr x group["lr_scale"]`` (a learning-rate schedule of yours
-    multiplies both)."""
+    """Deprecated (:func:`setup`): the optimizer ``icone train`` uses for ``method`` at ``lr`` (default the
+    method's at batch 64) and ``weight_decay`` (default the method's)."""
+    from icone.training.optim import OptimizerSpec
     from icone.training.optim import build_optimizer as build
 
-    config = method.config
-    config.optim.name = name
-    config.optim.lr = lr if lr is not None else type(method).default_lr
-    config.optim.weight_decay = weight_decay if weight_decay is not None else config.optim.weight_decay
-    optimizer = build(method, config)
-    for group in optimizer.param_groups:
-        group["lr"] = config.optim.lr * group["lr_scale"]
-    return optimizer
+    _deprecated("build_optimizer")
+    cls = type(method)
+    lr = cls.default_lr if lr is None else lr
+    wd = cls.default_weight_decay if weight_decay is None else weight_decay
+    return build(method, OptimizerSpec(lr, wd, name, batch_size=1))
 
 
 def build_views(method, epoch: int = 0, epochs: int = 1):
-    """The view maker for ``method`` (from :func:`build_method`): ``views = maker(x)`` for a batch
-    ``B x C x spatial`` on any device; the method's view checks and schedules applied for ``epoch``."""
+    """Deprecated (:func:`setup`): the view maker of ``epoch`` for ``method`` (from :func:`build_method`)."""
     from icone.build import view_maker
 
-    config = method.config
+    _deprecated("build_views")
+    config = copy.deepcopy(_BUILT[method])
     config.train.epochs = epochs
     return view_maker(config, method, epoch)
 
@@ -142,5 +166,6 @@ __all__ = [
     "build_views",
     "load_backbone",
     "load_data",
+    "setup",
     "train",
 ]

@@ -131,6 +131,13 @@ def sync_batch_norm(module: ModuleT, device: torch.device) -> ModuleT:
     return module
 
 
+def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """``tensor`` as process ``src`` holds it, in place on every process (no-op in one process)."""
+    if is_distributed():
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean over processes (returns a new tensor; the input is untouched)."""
     if not is_distributed():

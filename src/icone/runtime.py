@@ -1,8 +1,10 @@
-"""Where and how computation runs: the device, bf16 autocast, the memory format, the seeds."""
+"""Where and how computation runs: the device, bf16 autocast, the memory format, the seeds; resolved once
+into a :class:`Runtime` (by :func:`icone.build.resolve`)."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,7 +30,6 @@ def pick_device(name: str) -> torch.device:
         raise UserError(f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -51,6 +52,28 @@ def memory_format(channels_last: bool, spatial_dims: int) -> torch.memory_format
     if not channels_last:
         return torch.contiguous_format
     return torch.channels_last_3d if int(spatial_dims) == 3 else torch.channels_last
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes, resolved: the device (this process's under ``torchrun``), the precision
+    (``fp32``, ``bf16`` or ``fp16``), the memory format of the backbone and views, and the seed."""
+
+    device: torch.device
+    precision: str = "fp32"
+    memory_format: torch.memory_format = torch.contiguous_format
+    seed: int = 0
+
+    @classmethod
+    def resolve(
+        cls, device: str = "auto", precision: str = "auto", channels_last: bool = False, spatial_dims: int = 2,
+        seed: int = 0,
+    ) -> Runtime:  # fmt: skip
+        """The one place where ``train.device``, ``train.precision`` and ``train.channels_last`` are resolved."""
+        from icone.distributed import process_device
+
+        picked = process_device(pick_device(device))
+        return cls(picked, resolve_precision(precision, picked), memory_format(channels_last, spatial_dims), seed)
 
 
 def peak_memory(device: torch.device, reset: bool = True) -> dict[str, float]:

@@ -8,7 +8,6 @@ line naming the first of them.
 
 from __future__ import annotations
 
-import json
 import pickle
 import warnings
 from pathlib import Path
@@ -137,8 +136,3 @@ def load_initial_weights(backbone: nn.Module, path: str | Path) -> str:
     backbone.load_state_dict(state, strict=True)
     return kind
 
-
-def read_sidecar(path: Path) -> dict[str, Any] | None:
-    """The JSON that names a safetensors export's architecture (``NAME.json`` beside ``NAME.safetensors``)."""
-    sidecar = path.with_suffix(".json")
-    return json.loads(sidecar.read_text()) if sidecar.is_file() else None

@@ -1,6 +1,5 @@
 """ExCB: sizes, pairing, k-means init, monitoring, end-to-end runs and the all-reduce of sizes."""
 
-import dataclasses
 import json
 import math
 
@@ -10,7 +9,8 @@ import torch
 
 from helpers import run_on_processes, small_backbone, tiny_dataset, train_steps
 from icone import losses
-from icone.config import ViewConfig
+from icone.build import resolve_config
+from icone.config import build_config
 from icone.errors import UserError
 from icone.evaluate.metrics import cluster_occupancy
 from icone.evaluate.report import occupancy_on_train
@@ -25,6 +25,7 @@ from icone.methods.excb_rules import (
 )
 from icone.methods.kmeans import spherical_kmeans
 from icone.nets import RunningNorm
+from icone.views import ViewSpec
 
 
 @pytest.fixture(autouse=True)
@@ -252,22 +253,29 @@ def test_param_groups_centroid_weight_decay_schedule():
 
 
 def test_crop_scale_schedule():
-    spec = ViewConfig(global_size=16, local_size=8, local_crops=2, flip=True, rotate90=True)
-    assert make_method().adjust_views(spec, 0, 10) == spec  # off by default: views.* scales as every method
+    spec = ViewSpec(global_size=16, local_size=8, local_crops=2)
+    assert (
+        ExCB.view_requirements(make_method().options).schedule is None
+    )  # off by default: views.* scales as every method
     # on: relative to views.global_scale, start = its minimum, end = start x 0.14 / 0.26
-    method = make_method(crop_schedule=True)
-    first = method.adjust_views(spec, 0, 10)
+    schedule = ExCB.view_requirements(make_method(crop_schedule=True).options).schedule
+    first = schedule(spec, 0, 10)
     assert first.global_scale == (pytest.approx(0.4), 1.0) and first.local_scale == (0.05, pytest.approx(0.4))
-    scales = [method.adjust_views(spec, e, 10).global_scale[0] for e in range(10)]
+    scales = [schedule(spec, e, 10).global_scale[0] for e in range(10)]
     assert all(a > b for a, b in zip(scales, scales[1:])) and scales[-1] > 0.4 * 0.14 / 0.26
     # the paper's schedule, given explicitly
-    paper = make_method(crop_schedule=True, crop_scale_start=0.26, crop_scale_end=0.14)
-    first = paper.adjust_views(spec, 0, 10)
+    paper = ExCB.view_requirements(make_method(crop_schedule=True, crop_scale_start=0.26, crop_scale_end=0.14).options)
+    first = paper.schedule(spec, 0, 10)
     assert first.global_scale == (pytest.approx(0.26), 1.0) and first.local_scale[1] == pytest.approx(0.26)
     assert crop_min_scale(10, 10) == pytest.approx(0.14)
-    assert spec.global_scale == [0.4, 1.0]  # the input spec is not modified
-    with pytest.raises(UserError, match="global crops"):
-        method.adjust_views(dataclasses.replace(spec, global_crops=1), 0, 10)
+    assert spec.global_scale == (0.4, 1.0)  # the input spec is not modified
+
+
+def test_one_global_crop_is_refused_before_training():
+    """ExCB's teacher needs two global crops: the method says so in its own words, the build adds the option."""
+    assert "global crops" in ExCB.view_requirements(make_method().options).problem("excb", 1, 2)
+    with pytest.raises(UserError, match="excb needs at least 2 global crops.*views.global_crops=2"):
+        resolve_config(build_config(None, ["method=excb", "views.global_crops=1"]), tiny_dataset(2, n=32))
 
 
 # ---- k-means initialisation --------------------------------------------------------------------------

@@ -9,23 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from helpers import small_backbone
-from icone.config import Config, OptimConfig, TrainConfig
 from icone.methods import get_method
-from icone.training.optim import RowSparseSGD, build_optimizer
+from icone.training.optim import OptimizerSpec, RowSparseSGD, build_optimizer
 
 
-def make(n=10, dims=2, **options):
+def make(n=10, dims=2, global_crops=2, **options):
     cls = get_method("icone")
-    return cls(small_backbone("smallcnn", dims, "group"), cls.make_options(options), num_instances=n)
+    backbone = small_backbone("smallcnn", dims, "group")
+    return cls(backbone, cls.make_options(options), num_instances=n, global_crops=global_crops)
 
 
 def crops(count: int, b: int = 2, size: int = 12) -> list[torch.Tensor]:
     return [torch.randn(b, 1, size, size) for _ in range(count)]
-
-
-class Spec:
-    def __init__(self, global_crops: int) -> None:
-        self.global_crops = global_crops
 
 
 def table_gradient(method, views, index) -> torch.Tensor:
@@ -39,7 +34,6 @@ def table_gradient(method, views, index) -> torch.Tensor:
 def test_local_crops_follow_their_row_and_never_move_it(alignment):
     torch.manual_seed(0)
     method = make(alignment=alignment, w_div=0.0)
-    method.adjust_views(Spec(2), 0, 1)
     index, globals_ = torch.tensor([1, 4]), crops(2)
     with_locals = table_gradient(method, globals_ + crops(3, size=6), index)
     other_locals = table_gradient(method, globals_ + crops(3, size=6), index)
@@ -53,7 +47,6 @@ def test_local_crops_follow_their_row_and_never_move_it(alignment):
 def test_local_alignment_none_leaves_local_crops_out():
     torch.manual_seed(0)
     method = make(local_alignment="none")
-    method.adjust_views(Spec(2), 0, 1)
     globals_, index = crops(2), torch.tensor([0, 3])
     torch.manual_seed(1)
     alone, _ = method.training_step(globals_, index)
@@ -65,8 +58,7 @@ def test_local_alignment_none_leaves_local_crops_out():
 def test_every_global_view_is_pulled_to_the_row_and_to_each_other():
     """Four global views: L_vi over 4 views and L_vv over their 6 pairs, as the formulas say."""
     torch.manual_seed(0)
-    method = make(w_div=0.0)
-    method.adjust_views(Spec(4), 0, 1)
+    method = make(w_div=0.0, global_crops=4)
     views, index = crops(4), torch.tensor([2, 5])
     _, metrics = method.training_step(views, index)
     with torch.no_grad():
@@ -82,9 +74,8 @@ def test_pic_is_a_softmax_of_each_view_against_every_row():
     """PIC's loss (Cao et al. 2020, eq. 1): -log exp(<z, e_i>/0.2) / sum_j exp(<z, e_j>/0.2) over all N rows,
     on normalised vectors, averaged over the views; the large crops' rows get gradients, the small crops' do not."""
     torch.manual_seed(0)
-    method = make(n=7, preset="pic")
+    method = make(n=7, preset="pic", global_crops=1)
     assert (method.options.alignment, method.options.w_div, method.options.w_vv) == ("infonce", 0.0, 0.0)
-    method.adjust_views(Spec(1), 0, 1)
     views, index = crops(1) + crops(3, size=6), torch.tensor([1, 6])
     loss, _ = method.training_step(views, index)
     with torch.no_grad():
@@ -101,8 +92,7 @@ def test_pic_is_a_softmax_of_each_view_against_every_row():
 
 
 def _optimizer(method, batch_size: int = 8, lr: float = 1e-3):
-    config = Config(optim=OptimConfig(lr=lr, weight_decay=0.05), train=TrainConfig(batch_size=batch_size))
-    return build_optimizer(method, config)
+    return build_optimizer(method, OptimizerSpec(lr=lr, weight_decay=0.05, batch_size=batch_size))
 
 
 def test_the_table_gets_sgd_at_its_own_lr_scaled_linearly_with_the_batch():

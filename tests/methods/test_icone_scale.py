@@ -1,7 +1,5 @@
 """IConE at scale: N-independent diversity estimates, the maintained frame matrix, row-sparse table updates."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +8,13 @@ from helpers import make_trainer, run_on_processes, small_backbone, tiny_dataset
 from icone import distributed, losses
 from icone.methods.icone import IConE, IConEOptions
 from icone.training.checkpoint import load_checkpoint
-from icone.training.optim import OptimizerSet, all_reduce_row_gradients, build_optimizer, clip_grad_norm
+from icone.training.optim import (
+    OptimizerSet,
+    OptimizerSpec,
+    all_reduce_row_gradients,
+    build_optimizer,
+    clip_grad_norm,
+)
 
 N, D = 12, 5
 
@@ -76,10 +80,7 @@ def _views(batch: int, seed: int = 0) -> list[torch.Tensor]:
 
 
 def _optimizer(method: IConE):
-    return build_optimizer(
-        method,
-        SimpleNamespace(optim=SimpleNamespace(lr=1e-2, weight_decay=0.05, name="adamw", momentum=0.9, fused=True)),
-    )
+    return build_optimizer(method, OptimizerSpec(lr=1e-2, weight_decay=0.05))
 
 
 def _step(

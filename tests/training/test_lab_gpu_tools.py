@@ -17,11 +17,8 @@ import torch
 
 import icone
 from helpers import FAST, make_trainer, run_cli, small_backbone, tiny_dataset, train_steps, write_tiny_npz
-from icone.build import build_method, resolve_config
+from icone.build import resolve_config, setup
 from icone.config import build_config
-from icone.training.optim import build_optimizer
-from icone.training.step import Schedule, TrainStep
-from icone.views import ViewMaker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,15 +32,8 @@ def test_fp16_skips_an_overflowing_step_and_carries_on():
         build_config(None, ["model.backbone=smallcnn", "model.width=8", "train.batch_size=4", "train.precision=fp16"]),
         data,
     )
-    method = build_method(config, num_instances=16)
-    step = TrainStep(
-        method,
-        build_optimizer(method, config),
-        Schedule(10),
-        float(config.optim.lr),
-        torch.device("cpu"),
-        precision="fp16",
-    )
+    built = setup(config, data)
+    method, step, maker = built.method, built.train_step, built.views[0]
     assert step.scaler is not None and config.train.precision == "fp16"
     real, calls = method.training_step, []
 
@@ -53,7 +43,6 @@ def test_fp16_skips_an_overflowing_step_and_carries_on():
         return (loss * float("inf") if len(calls) == 2 else loss), metrics
 
     method.training_step = overflow_on_the_second_call
-    maker = ViewMaker(config.views, 2)
     x, index = torch.from_numpy(np.asarray(data.train.samples)[:4]), torch.arange(4)
     skipped_before = None
     for i in range(4):

@@ -26,7 +26,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    trainer, _ = train_steps("icone", batch_size=4, epochs=1, run_dir=tmp_path)
+    full, _ = train_steps("icone", batch_size=4, epochs=2, run_dir=tmp_path / "full")
+    trainer = make_trainer(full.config, tiny_dataset(2), tmp_path)  # the setup is built once: 2 epochs
+    trainer.fit(until_epoch=1)
     good = load_checkpoint(tmp_path)
     original = trainer.method.training_step
 
@@ -35,7 +37,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         return loss * float("nan"), metrics
 
     trainer.method.training_step = poisoned
-    trainer.config.train.epochs = 2
     with pytest.raises(TrainingDiverged, match="nan.*checkpoint of epoch 1 is kept"):
         trainer.fit()
     kept = load_checkpoint(tmp_path)

@@ -3,15 +3,14 @@
 import pytest
 import torch
 
-from icone.config import ViewConfig
-from icone.views import ViewMaker, gaussian_blur, random_affine
+from icone.views import ViewMaker, ViewSpec, gaussian_blur, random_affine
 
 
 def spec(dims, **kw):
     """Resolved view options and the view maker's dimensionality: ``ViewMaker(*spec(dims))``."""
     base = dict(global_size=12, local_size=6, local_crops=0, flip=True, rotate90=True)
     base.update(kw)
-    return ViewConfig(**base), dims
+    return ViewSpec(**base), dims
 
 
 PLAIN = dict(

@@ -10,12 +10,12 @@ from typing import Any
 from icone.bench.grid import BenchSpec, Cell, cell_config, cell_lr, choose_lr_factors, grid_cells, sweep_cells
 from icone.bench.measure import PeakMemory, environment_of, forward_passes, training_log
 from icone.bench.plots import plot_results
-from icone.bench.report import BASELINE, COLUMNS, METRICS, summary_markdown, write_results
+from icone.bench.report import BASELINE, COLUMNS, METRICS, progress_head, summary_markdown, write_results
+from icone.build import device
 from icone.errors import Interrupted, TrainingDiverged, UserError
 from icone.files import atomic_write_text
 from icone.methods import get_method
 from icone.run_folder import LOCK, RunLock, record_written
-from icone.runtime import pick_device
 
 
 def _grid_record(path: Path) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
     else:
         resume = (run_dir / "checkpoints" / "last.pt").is_file()
         how = "resumed" if resume else "trained"
-        meter = PeakMemory(pick_device(config.train.device))
+        meter = PeakMemory(device(config))
         try:
             with meter:
                 train_run(config, out=run_dir, resume=resume, overwrite=not resume and run_dir.exists(), progress=False)
@@ -142,9 +142,9 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
 def progress_line(position: int, total: int, row: dict[str, Any], how: str) -> str:
     knn = "-" if row["knn_accuracy"] is None else f"{row['knn_accuracy']:.3f}"
     seconds = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f} s"
-    return (
-        f"[{position}/{total}] {row['method']} b={row['batch_size']} r={row['imbalance']:g} s={row['seed']}"
-        f"{'' if row.get('lr_factor', 1.0) == 1.0 else ' lr x' + format(row['lr_factor'], 'g')}: "
+    factor = "" if row.get("lr_factor", 1.0) == 1.0 else " lr x" + format(row["lr_factor"], "g")
+    more = f" r={row['imbalance']:g} s={row['seed']}{factor}"
+    return progress_head(position, total, row["method"], row["batch_size"], more) + (
         f"{row['status']}  kNN {knn}  train {seconds}  ({how})"
     )
 
@@ -203,8 +203,6 @@ def _run_sweep(
 
 def _run_grid(spec: BenchSpec, log: Callable[[str], None], debug: bool) -> dict[str, Any]:
     out = _prepare_out(spec)
-    for note in spec.notes:
-        log(f"note: {note}")
     environment = machine_info(spec)
     sweep, chosen = _run_sweep(spec, log, debug, environment)
     cells = grid_cells(spec, chosen)
@@ -228,6 +226,4 @@ def _run_grid(spec: BenchSpec, log: Callable[[str], None], debug: bool) -> dict[
 
 
 def machine_info(spec: BenchSpec) -> dict[str, Any]:
-    return environment_of(
-        pick_device(cell_config(spec, Cell(spec.methods[0], spec.batch_sizes[0], 0, spec.imbalance[0])).train.device)
-    )
+    return environment_of(device(cell_config(spec, Cell(spec.methods[0], spec.batch_sizes[0], 0, spec.imbalance[0]))))

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from icone.build import learning_rate
-from icone.config import Config, build_config, parse_overrides
+from icone.config import Config, build_config
+from icone.config.overrides import for_method, refuse_owned
 from icone.errors import UserError
 from icone.methods import get_method, registry
 from icone.run_folder import is_inside
@@ -31,9 +32,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"data": "digits", "methods": PAPER_METHODS, "batch_sizes": [1, 2, 4, 8, 16, 32, 64],
               "seeds": 3, "epochs": 20, "imbalance": [1.0], "backbone": "resnet18", "overrides": ["model.width=64"]},
 }  # fmt: skip
-# options the grid owns: give them as flags, not as KEY=VALUE
-OWNED = {"method": "--methods", "data.source": "--data", "data.imbalance_ratio": "--imbalance", "model.backbone": "--backbone",
-         "train.batch_size": "--batch-sizes", "train.seed": "--seeds", "train.epochs": "--epochs"}  # fmt: skip
+# options a flag sets, in the grid and in `icone speed`: give them as flags, not as KEY=VALUE
+OWNED = {
+    "method": "--methods",
+    "data.source": "--data",
+    "model.backbone": "--backbone",
+    "train.batch_size": "--batch-sizes",
+}
+GRID_OWNED = {**OWNED, "data.imbalance_ratio": "--imbalance", "train.seed": "--seeds", "train.epochs": "--epochs"}
 
 
 @dataclass
@@ -51,7 +57,6 @@ class BenchSpec:
     overrides: list[str] = field(default_factory=list)  # the preset's, then the user's KEY=VALUE
     preset: str = "quick"
     command: str = ""
-    notes: list[str] = field(default_factory=list)
     lr_sweep: list[float] = field(default_factory=lambda: [1.0])  # factors on each method's lr; one: no sweep
     sweep_batch: int = 8  # the batch size the sweep runs at
 
@@ -105,23 +110,6 @@ def parse_methods(text: str | list | None) -> list[str] | None:
     return asked
 
 
-def refuse_owned(overrides: list[str], owned: dict[str, str], who: str) -> None:
-    """Refuse ``KEY=VALUE`` for the options a flag sets (``owned``: key -> flag)."""
-    given = parse_overrides(overrides)
-    for key, flag in owned.items():
-        node: Any = given
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            raise UserError(f"{key} is set by {who}; use {flag} instead of {key}=...")
-
-
-def overrides_for(overrides: list[str], method: str) -> list[str]:
-    """The overrides that apply to ``method``: all but other methods' ``METHOD.option=value``."""
-    others = set(registry()) - {method}  # "simclr.temperature=..." belongs to simclr only
-    return [o for o in overrides if o.split("=", 1)[0].strip().lstrip("-").split(".")[0] not in others]
-
-
 def build_spec(
     preset: str | None = None, data: str | None = None, methods: str | list | None = None, batch_sizes: str | list | None = None,
     seeds: int | None = None, epochs: int | None = None, imbalance: str | list | None = None, backbone: str | None = None,
@@ -135,7 +123,6 @@ def build_spec(
     if name not in PRESETS:
         raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
     base = PRESETS[name]
-    notes: list[str] = []
     asked = parse_methods(methods if methods is not None else list(base["methods"]))
     spec = BenchSpec(
         data=data or base["data"],
@@ -151,7 +138,6 @@ def build_spec(
         ),  # a preset's override given again is kept once
         preset=name,
         command=command,
-        notes=notes,
         lr_sweep=parse_list(lr_sweep, float, "--lr-sweep") or [1.0],
         sweep_batch=8 if sweep_batch is None else sweep_batch,
     )
@@ -167,7 +153,7 @@ def build_spec(
             raise UserError(f"{flag} must be at least 1, got {min(values)}")
     if min(spec.imbalance) < 1:
         raise UserError(f"--imbalance ratios are largest/smallest class sizes, at least 1; got {min(spec.imbalance):g}")
-    refuse_owned(list(overrides or []), OWNED, "the grid")
+    refuse_owned(list(overrides or []), GRID_OWNED, "the grid")
     _, data_path = resolve(spec.data)
     if data_path is not None and data_path.is_dir() and is_inside(spec.out, data_path):
         raise UserError(f"--out '{spec.out}' is inside the data folder '{data_path}'; choose an --out outside it")
@@ -218,7 +204,7 @@ def cell_config(spec: BenchSpec, cell: Cell) -> Config:
         "model": {"backbone": spec.backbone, "norm": DEFAULT_NORM},
         "train": {"batch_size": cell.batch_size, "epochs": spec.epochs, "seed": cell.seed},
     }
-    config = build_config(values, overrides_for(spec.overrides, cell.method))
+    config = build_config(values, for_method(spec.overrides, cell.method, list(registry())))
     config.eval.after_train = False  # the grid evaluates after measuring the training alone
     if cell.lr_factor != 1.0:
         if config.optim.lr is not None:

@@ -54,82 +54,73 @@ def _save(fig: Any, axes: Any, path: Path) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
+BATCH_FIGURES = {
+    "accuracy_vs_batch_size.png": [("knn_accuracy", "kNN accuracy"), ("linear_accuracy", "linear probe accuracy")],
+    "collapse_vs_batch_size.png": [("rankme", "RankMe"), ("intrinsic_dimension", "intrinsic dimension (TwoNN)")],
+}
+IMBALANCE_METRICS = [
+    ("knn_accuracy", "kNN accuracy"),
+    ("linear_accuracy", "linear accuracy"),
+    ("linear_balanced_accuracy", "linear balanced accuracy"),
+]
+
+
+def _panel(ax: Any, rows: list[dict[str, Any]], key: str, title: str, fixed: float, across: str) -> None:
+    """One metric against the batch size at a ``fixed`` imbalance ratio (``across="batch"``), or against the
+    imbalance ratio at a ``fixed`` batch size; a line per method and the untrained encoder's."""
+    stats, methods = aggregate(rows, key), list(dict.fromkeys(r["method"] for r in rows))
+    ratios, batches = sorted({r["imbalance"] for r in rows}), sorted({r["batch_size"] for r in rows})
+    by_batch = across == "batch"
+    xs = batches if by_batch else ratios
+    for method in methods:
+        cells = [(x, (method, fixed, x) if by_batch else (method, x, fixed)) for x in xs]
+        _line(ax, [(x, stats[cell]) for x, cell in cells if cell in stats], method)
+    if by_batch:
+        base = baseline_stats(rows, key, fixed)
+        if base:
+            ax.axhline(base[0], color="gray", linestyle="--", label="untrained encoder")
+        name = title + (f" (imbalance {fixed:g})" if len(ratios) > 1 else "")
+        _axes_style(ax, xs, [str(b) for b in xs], 2, "batch size", title, name)
+        return
+    _line(
+        ax,
+        [(r, b) for r in ratios if (b := baseline_stats(rows, key, r))],
+        "untrained encoder",
+        color="gray",
+        linestyle="--",
+    )
+    xlabel = "imbalance ratio (largest / smallest class)"
+    _axes_style(ax, xs, [f"{r:g}" for r in xs], 10, xlabel, title, f"{title}, batch size {fixed}")
+
+
+def _figure(
+    rows: list[dict[str, Any]], panels: list[list[tuple[str, str, float]]], across: str, size: tuple, path: Path
+) -> Path:
+    """A figure of ``panels`` (rows of ``(metric, title, fixed value)``, each :func:`_panel`), ``size`` inches per panel."""
+    import matplotlib.pyplot as plt
+
+    shape = (len(panels), len(panels[0]))
+    figsize = (size[0] * shape[1], size[1] * shape[0] + 0.6)
+    fig, axes = plt.subplots(*shape, figsize=figsize, squeeze=False, layout="constrained")
+    for i, line in enumerate(panels):
+        for j, (key, title, fixed) in enumerate(line):
+            _panel(axes[i][j], rows, key, title, fixed, across)
+    return _save(fig, axes, path)
+
+
 def plot_results(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     """accuracy_vs_batch_size.png, collapse_vs_batch_size.png and (several ratios) accuracy_vs_imbalance.png."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     folder.mkdir(parents=True, exist_ok=True)
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    ratios = sorted({r["imbalance"] for r in rows})
-    batches = sorted({r["batch_size"] for r in rows})
-    written = []
-    figures = [
-        (
-            "accuracy_vs_batch_size.png",
-            [("knn_accuracy", "kNN accuracy"), ("linear_accuracy", "linear probe accuracy")],
-        ),
-        ("collapse_vs_batch_size.png", [("rankme", "RankMe"), ("intrinsic_dimension", "intrinsic dimension (TwoNN)")]),
+    ratios, batches = sorted({r["imbalance"] for r in rows}), sorted({r["batch_size"] for r in rows})
+    written = [
+        _figure(rows, [[(key, title, r) for r in ratios] for key, title in metrics], "batch", (5.5, 3.8), folder / name)
+        for name, metrics in BATCH_FIGURES.items()
     ]
-    for filename, metrics in figures:
-        fig, axes = plt.subplots(
-            len(metrics),
-            len(ratios),
-            figsize=(5.5 * len(ratios), 3.8 * len(metrics) + 0.6),
-            squeeze=False,
-            layout="constrained",
-        )
-        for i, (key, title) in enumerate(metrics):
-            stats = aggregate(rows, key)
-            for j, ratio in enumerate(ratios):
-                ax = axes[i][j]
-                for method in methods:
-                    _line(ax, [(b, stats[(method, ratio, b)]) for b in batches if (method, ratio, b) in stats], method)
-                base = baseline_stats(rows, key, ratio)
-                if base:
-                    ax.axhline(base[0], color="gray", linestyle="--", label="untrained encoder")
-                _axes_style(
-                    ax,
-                    batches,
-                    [str(b) for b in batches],
-                    2,
-                    "batch size",
-                    title,
-                    title + (f" (imbalance {ratio:g})" if len(ratios) > 1 else ""),
-                )
-        written.append(_save(fig, axes, folder / filename))
     if len(ratios) > 1:
-        metrics = [
-            ("knn_accuracy", "kNN accuracy"),
-            ("linear_accuracy", "linear accuracy"),
-            ("linear_balanced_accuracy", "linear balanced accuracy"),
-        ]
         shown = [b for b in batches if any(r["batch_size"] == b and r["status"] == "ok" for r in rows)] or batches[:1]
-        fig, axes = plt.subplots(
-            len(shown),
-            len(metrics),
-            figsize=(5 * len(metrics), 3.5 * len(shown) + 0.6),
-            squeeze=False,
-            layout="constrained",
-        )
-        for j, (key, title) in enumerate(metrics):
-            stats = aggregate(rows, key)
-            for i, batch in enumerate(shown):
-                ax = axes[i][j]
-                for method in methods:
-                    _line(ax, [(r, stats[(method, r, batch)]) for r in ratios if (method, r, batch) in stats], method)
-                base = [(r, b) for r in ratios if (b := baseline_stats(rows, key, r))]
-                _line(ax, base, "untrained encoder", color="gray", linestyle="--")
-                _axes_style(
-                    ax,
-                    ratios,
-                    [f"{r:g}" for r in ratios],
-                    10,
-                    "imbalance ratio (largest / smallest class)",
-                    title,
-                    f"{title}, batch size {batch}",
-                )
-        written.append(_save(fig, axes, folder / "accuracy_vs_imbalance.png"))
+        panels = [[(key, title, b) for key, title in IMBALANCE_METRICS] for b in shown]
+        written.append(_figure(rows, panels, "imbalance", (5, 3.5), folder / "accuracy_vs_imbalance.png"))
     return written

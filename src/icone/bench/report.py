@@ -55,15 +55,27 @@ def write_results(
         "imbalance": spec.imbalance,
         "preset": spec.preset,
     }
-    document = {
-        "command": spec.command,
-        **environment,
-        "settings": settings,
-        "notes": spec.notes,
-        "columns": COLUMNS,
-        "rows": rows,
-    }
+    document = {"command": spec.command, **environment, "settings": settings, "columns": COLUMNS, "rows": rows}
     atomic_write_text(out / f"{name}.json", json.dumps(document, indent=2))
+
+
+def report_header(title: str, command: str, environment: dict[str, Any], extra: str = "") -> list[str]:
+    """The top of a report (``summary.md``, ``speed.md``): the title, the command, the date, the machine."""
+    env = environment
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{command or '(Python API)'}`",
+        "",
+        f"Date: {env['date']}; machine: {env['platform']}, {env['cpu']}, {env['cpu_count']} CPUs, torch {env['torch']} "
+        f"({env['torch_threads']} threads), device {env['device']}{extra}",
+        "",
+    ]
+
+
+def progress_head(position: int, total: int, method: str, batch: int, more: str = "") -> str:
+    """The start of a progress line of a grid or a speed run: ``[3/8] icone b=4 ...: ``."""
+    return f"[{position}/{total}] {method} b={batch}{more}: "
 
 
 def mean_std(values: list[float]) -> tuple[float, float] | None:
@@ -122,6 +134,20 @@ def sweep_markdown(spec: BenchSpec, sweep: list[dict[str, Any]], chosen: dict[st
     return lines + [""]
 
 
+COLUMNS_SHOWN = [
+    ("kNN", "knn_accuracy", 3, 1.0),
+    ("linear", "linear_accuracy", 3, 1.0),
+    ("balanced", "linear_balanced_accuracy", 3, 1.0),
+    ("RankMe", "rankme", 1, 1.0),
+    ("ID", "intrinsic_dimension", 1, 1.0),
+]
+COSTS_SHOWN = [
+    ("passes (M)", "forward_passes", 2, 1e6),  # backbone forward passes: views x samples seen
+    ("train s", "train_seconds", 1, 1.0),
+    ("peak MiB", "peak_memory_bytes", 0, 2**20),
+]
+
+
 def summary_markdown(
     spec: BenchSpec,
     rows: list[dict[str, Any]],
@@ -129,41 +155,34 @@ def summary_markdown(
     sweep: list[dict[str, Any]] | None = None,
     chosen: dict[str, float] | None = None,
 ) -> str:
-    many = len(spec.imbalance) > 1
-    columns = [
-        ("kNN", "knn_accuracy", 3, 1.0),
-        ("linear", "linear_accuracy", 3, 1.0),
-        ("balanced", "linear_balanced_accuracy", 3, 1.0),
-        ("RankMe", "rankme", 1, 1.0),
-        ("ID", "intrinsic_dimension", 1, 1.0),
-    ]
-    if any(r.get("empty_cluster_fraction") is not None for r in rows):
-        columns.append(("empty clusters", "empty_cluster_fraction", 3, 1.0))
-    columns += [
-        ("passes (M)", "forward_passes", 2, 1e6),  # backbone forward passes: views x samples seen
-        ("train s", "train_seconds", 1, 1.0),
-        ("peak MiB", "peak_memory_bytes", 0, 2**20),
-    ]
+    clusters = any(r.get("empty_cluster_fraction") is not None for r in rows)
+    columns = COLUMNS_SHOWN + ([("empty clusters", "empty_cluster_fraction", 3, 1.0)] if clusters else []) + COSTS_SHOWN
     stats = {key: aggregate(rows, key) for _, key, _, _ in columns}
     memory = next((r["memory_kind"] for r in rows if r.get("memory_kind")), "cuda_max_allocated or cpu_rss_growth")
-    lines = [
-        "# icone bench",
-        "",
-        f"Command: `{spec.command or '(Python API)'}`",
-        "",
-        f"Date: {environment['date']}; machine: {environment['platform']}, {environment['cpu']}, {environment['cpu_count']} CPUs, "
-        f"torch {environment['torch']} ({environment['torch_threads']} threads), device {environment['device']}",
-        "",
+    lines = report_header("icone bench", spec.command, environment) + [
         f"Grid: data `{spec.data}`, backbone `{spec.backbone}`, {spec.epochs} epoch(s), norm `{DEFAULT_NORM}` unless overridden, "
         f"overrides `{' '.join(spec.overrides) or 'none'}`; lr per cell: the `lr` column (what `icone train` resolves: a method's "
         f"default or `optim.base_lr`, stated for batch {REFERENCE_BATCH}, scaled by the `lr_scaling` column).",
         "",
     ]
-    lines += [f"Note: {note}" for note in spec.notes] + ([""] if spec.notes else [])
     lines += sweep_markdown(spec, sweep or [], chosen or {})
     lines += [f"Mean ± sample std over the seeds that finished (n = runs ok / cells); peak memory is {memory}.", ""]
+    lines += _cell_table(spec, rows, columns, stats) + _knn_table(spec, rows, stats["knn_accuracy"])
+    failed = [
+        r
+        for r in rows
+        if r["status"].startswith(("diverged", "failed", "refused: ")) and "min batch" not in r["status"]
+    ]
+    if failed:
+        lines += ["", "## Cells that did not finish", ""] + [f"- {r['cell']}: {r['status']}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def _cell_table(spec: BenchSpec, rows: list[dict[str, Any]], columns: list, stats: dict[str, dict]) -> list[str]:
+    """One line per method, imbalance ratio and batch size: runs ok, then mean ± std of each column."""
+    many = len(spec.imbalance) > 1
     head = ["method", "batch"] + (["imbalance"] if many else []) + ["runs"] + [c[0] for c in columns]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in spec.methods:
         for ratio in spec.imbalance:
             for batch in spec.batch_sizes:
@@ -176,7 +195,13 @@ def summary_markdown(
                 lines.append(
                     "| " + " | ".join([method, str(batch)] + ([f"{ratio:g}"] if many else []) + [runs] + cells) + " |"
                 )
-    lines += [
+    return lines
+
+
+def _knn_table(spec: BenchSpec, rows: list[dict[str, Any]], knn: dict) -> list[str]:
+    """kNN accuracy by batch size (one line per method and ratio), and the untrained encoder's."""
+    many = len(spec.imbalance) > 1
+    lines = [
         "",
         "## kNN accuracy by batch size",
         "",
@@ -186,24 +211,14 @@ def summary_markdown(
     for method in spec.methods:
         for ratio in spec.imbalance:
             label = method + (f" (r={ratio:g})" if many else "")
-            lines.append(
-                f"| {label} | "
-                + " | ".join(format_stats(stats["knn_accuracy"].get((method, ratio, b)), 3) for b in spec.batch_sizes)
-                + " |"
-            )
+            cells = [format_stats(knn.get((method, ratio, b)), 3) for b in spec.batch_sizes]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for ratio in spec.imbalance:
         base = baseline_stats(rows, "knn_accuracy", ratio)
         if base:
             where = f" at imbalance {ratio:g}" if many else ""
             lines += ["", f"Untrained encoder (same backbone and seeds){where}: kNN {format_stats(base, 3)}."]
-    failed = [
-        r
-        for r in rows
-        if r["status"].startswith(("diverged", "failed", "refused: ")) and "min batch" not in r["status"]
-    ]
-    if failed:
-        lines += ["", "## Cells that did not finish", ""] + [f"- {r['cell']}: {r['status']}" for r in failed]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def baseline_stats(rows: list[dict[str, Any]], key: str, ratio: float) -> tuple[float, float, int] | None:

@@ -1,7 +1,7 @@
-"""``icone speed`` (also ``icone bench --speed``): a training step of each method against the backbone alone.
+"""``icone speed``: a training step of each method against the backbone alone.
 
 For one backbone and input shape, at every batch size of a list, each method's real training step
-is timed (:class:`icone.training.step.TrainStep`: views made on the device, autocast bf16 on CUDA,
+is timed (``setup.train_step`` of :func:`icone.build.setup`: views made on the device, autocast bf16 on CUDA,
 backward, gradient clipping, optimizer step, ``after_optimizer_step``), and so is the floor no
 method can beat: the backbone alone, forward + backward of the same views (same number and size,
 view making included) plus its optimizer step. ``overhead_ratio = step_seconds /
@@ -22,21 +22,20 @@ from typing import Any
 
 import torch
 
+from icone import build
 from icone.bench.measure import PeakMemory, describe_device, environment_of, release_memory, time_calls
+from icone.bench.report import progress_head
 from icone.bench.speed_report import mib, write_speed
 from icone.bench.speed_spec import SpeedSpec, input_dataset, method_config
-from icone.build import build_method, resolve_config, view_maker
-from icone.config import Config
+from icone.build import Resolved
 from icone.data import Dataset, IndexedDataset
 from icone.errors import UserError
 from icone.methods import Method, get_method
 from icone.methods.base import NoOptions
 from icone.methods.parts import forward_by_shape
 from icone.nets import build_backbone
-from icone.runtime import memory_format, pick_device, seed_everything
-from icone.training.loader import train_loader
-from icone.training.optim import build_optimizer
-from icone.training.step import Schedule, TrainStep
+from icone.runtime import seed_everything
+from icone.training.loader import Loaders
 from icone.views import ViewMaker
 
 # ---- timing -----------------------------------------------------------------------------------
@@ -69,71 +68,54 @@ def _batches(
 
 
 def time_training(
-    spec: SpeedSpec,
-    config: Config,
-    build: Callable[[], Method],
-    train_set: IndexedDataset,
-    instances: int,
+    spec: SpeedSpec, resolved: Resolved, dataset: Dataset, instances: int, floor: bool = False,
     maker: ViewMaker | None = None,
-    pipeline: bool = False,
-) -> tuple[dict[str, Any], ViewMaker]:
-    """Step seconds of the method ``build`` makes, at ``config``'s batch size, with its peak memory
-    (building included: IConE's table counts) and parameters; with ``pipeline`` also the view
-    maker's and the DataLoader + view maker's seconds per batch. Views: ``maker``, or the method's."""
-    device = pick_device(config.train.device)
+) -> tuple[dict[str, Any], ViewMaker]:  # fmt: skip
+    """Step seconds of the method of ``resolved`` built for ``instances`` (``floor``: of the backbone alone,
+    with the pipeline's seconds per batch: the view maker's, the DataLoader + view maker's), with its peak
+    memory (building included: IConE's table counts) and parameters. Views: ``maker``, or the method's."""
+    config, device = resolved.config, resolved.runtime.device
+    train_set = IndexedDataset(dataset.train)
     batches = iter(_batches(train_set, config.train.batch_size, instances, spec.warmup + spec.repeats, device))
     meter = PeakMemory(device)
     with meter:
-        method = (
-            build()
-            .to(device, memory_format=memory_format(config.train.channels_last, int(config.model.spatial_dims)))
-            .train()
-        )
-        maker = maker or view_maker(config, method)
-        step = TrainStep(
-            method,
-            build_optimizer(method, config),
-            Schedule(spec.warmup + spec.repeats),
-            float(config.optim.lr),
-            device,
-            grad_clip=config.optim.grad_clip,
-            precision=config.train.precision,
-            channels_last=config.train.channels_last,
-            spatial_dims=int(config.model.spatial_dims),
-        )
+        method = build_floor(config, instances) if floor else None
+        setup = build.setup(resolved, dataset, num_instances=instances, method=method, steps=spec.warmup + spec.repeats)
+        maker, step = maker or setup.views[0], setup.train_step
         seconds = time_calls(device, lambda: step(*next(batches), maker), spec.warmup, spec.repeats)
     result: dict[str, Any] = {"seconds": seconds, "peak_memory_bytes": meter.peak_bytes, "memory_kind": meter.kind,
                               "precision": step.precision,
-                              "parameters": sum(p.numel() for p in method.parameters() if p.requires_grad),
-                              "chose": method.describe()}  # fmt: skip
-    if pipeline:
-        x = _batches(train_set, config.train.batch_size, len(train_set), 1, device)[0][0].to(device)
-        result["views_seconds"] = time_calls(device, lambda: maker(x), spec.warmup, spec.repeats)
-        loader = _loader_batches(train_set, config, device)
-        result["loader_seconds"] = time_calls(
-            device, lambda: maker(next(loader).to(device, non_blocking=True)), spec.warmup, spec.repeats
-        )
-        del loader, x
-    step = method = batches = None  # freed before the next record is measured
+                              "parameters": sum(p.numel() for p in setup.method.parameters() if p.requires_grad),
+                              "chose": setup.method.describe()}  # fmt: skip
+    if floor:
+        result.update(_pipeline(spec, setup.loaders, maker, device))
+    step = setup = batches = None  # freed before the next record is measured
     release_memory(device)
     return result, maker
 
 
-def _loader_batches(train_set: IndexedDataset, config: Config, device: torch.device) -> Iterator[torch.Tensor]:
+def _pipeline(spec: SpeedSpec, loaders: Loaders, maker: ViewMaker, device: torch.device) -> dict[str, list[float]]:
+    """Seconds per batch of the view maker alone, and of the training loader + transfer + view maker."""
+    x = _batches(loaders.train_set, loaders.batch_size, len(loaders.train_set), 1, device)[0][0].to(device)
+    views = time_calls(device, lambda: maker(x), spec.warmup, spec.repeats)
+    batches = _loader_batches(loaders)
+    fetched = time_calls(device, lambda: maker(next(batches).to(device, non_blocking=True)), spec.warmup, spec.repeats)
+    return {"views_seconds": views, "loader_seconds": fetched}
+
+
+def _loader_batches(loaders: Loaders) -> Iterator[torch.Tensor]:
     """The training loader, epoch after epoch."""
     epoch = 0
     while True:
-        for x, _, _ in train_loader(
-            train_set, config.train.batch_size, config.train.seed, epoch, config.data.num_workers, device
-        ):
+        for x, _, _ in loaders.epoch(epoch):
             yield x
         epoch += 1
 
 
-def build_floor(config: Config, num_instances: int) -> Method:
-    """The backbone alone, initialised as ``build_method`` initialises the method's."""
+def build_floor(config: Any, num_instances: int) -> Method:
+    """The backbone alone, initialised as :func:`icone.build.setup` initialises the method's."""
     seed_everything(config.train.seed)
-    return BackboneFloor(build_backbone(config.model), NoOptions(), num_instances)
+    return BackboneFloor(build_backbone(build.backbone_spec(config.model)), NoOptions(), num_instances)
 
 
 def view_layout(maker: ViewMaker) -> str:
@@ -192,49 +174,54 @@ def _median(seconds: list[float]) -> float:
     return float(statistics.median(seconds))
 
 
+def _timings(
+    spec: SpeedSpec, resolved: Resolved, dataset: Dataset, instances: int, floors: dict[tuple[str, int], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any], ViewMaker]:
+    """The method's timings, the floor's (measured once per view layout and batch size), the method's views."""
+    result, maker = time_training(spec, resolved, dataset, instances)
+    key = (view_layout(maker), resolved.config.train.batch_size)
+    if key not in floors:
+        floors[key] = time_training(spec, resolved, dataset, len(dataset.train), floor=True, maker=maker)[0]
+    return result, floors[key], maker
+
+
+def _ok(record: dict[str, Any], result: dict[str, Any], floor: dict[str, Any], maker: ViewMaker) -> dict[str, Any]:
+    """A timed record: medians, rates, memory, and what the method's options chose."""
+    batch = record["batch_size"]
+    step, base, views, fetched = (
+        _median(s) for s in (result["seconds"], floor["seconds"], floor["views_seconds"], floor["loader_seconds"])
+    )
+    record.update(
+        status="ok", step_seconds=step, step_seconds_min=min(result["seconds"]),
+        step_seconds_max=max(result["seconds"]), backbone_step_seconds=base, overhead_ratio=step / base,
+        views_seconds=views, train_samples_per_second=batch / step, views_samples_per_second=batch / views,
+        loader_samples_per_second=batch / fetched, peak_memory_bytes=result["peak_memory_bytes"],
+        backbone_peak_memory_bytes=floor["peak_memory_bytes"], memory_kind=result["memory_kind"],
+        parameters=result["parameters"], views=view_layout(maker), precision=result["precision"],
+    )  # fmt: skip
+    record["chose"] = ", ".join(f"{k}={v}" for k, v in result["chose"].items()) or None  # e.g. IConE's table path
+    return record
+
+
 def measure(
-    spec: SpeedSpec,
-    method: str,
-    batch: int,
-    instances: int,
-    dataset: Dataset,
-    train_set: IndexedDataset,
-    floors: dict[tuple[str, int], dict[str, Any]],
-    debug: bool = False,
-) -> dict[str, Any]:
+    spec: SpeedSpec, method: str, batch: int, instances: int, dataset: Dataset,
+    floors: dict[tuple[str, int], dict[str, Any]], debug: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """One record: the method's step against the backbone's (measured once per view layout and batch size)."""
     record: dict[str, Any] = {k: None for k in RECORD_KEYS}
     config = method_config(spec, method, batch)
+    device = build.device(config)
     record.update(
-        method=method,
-        batch_size=batch,
-        instances=instances,
-        backbone=spec.backbone,
-        repeats=spec.repeats,
-        warmup=spec.warmup,
-        input_shape=[dataset.in_channels, *dataset.spatial_shape],
-        device=describe_device(pick_device(config.train.device)),
-    )
+        method=method, batch_size=batch, instances=instances, backbone=spec.backbone, repeats=spec.repeats,
+        warmup=spec.warmup, input_shape=[dataset.in_channels, *dataset.spatial_shape], device=describe_device(device),
+    )  # fmt: skip
     minimum = get_method(method).min_batch_size
     if batch < minimum:
         record["status"] = f"refused: below min batch ({minimum})"
         return record
     failed = None
     try:
-        config = resolve_config(config, dataset)
-        result, maker = time_training(spec, config, lambda: build_method(config, instances), train_set, instances)
-        key = (view_layout(maker), batch)
-        if key not in floors:
-            floors[key] = time_training(
-                spec,
-                config,
-                lambda: build_floor(config, len(train_set)),
-                train_set,
-                len(train_set),
-                maker,
-                pipeline=True,
-            )[0]
-        floor = floors[key]
+        result, floor, maker = _timings(spec, build.resolve(config, dataset), dataset, instances, floors)
     except UserError as err:
         failed = f"refused: {err}"
     except (torch.cuda.OutOfMemoryError, MemoryError) as err:
@@ -244,37 +231,15 @@ def measure(
             raise
         failed = f"failed: {type(err).__name__}: {_first_line(err)}"
     if failed is not None:  # outside the except clause, so the traceback no longer holds the method's tensors
-        release_memory(pick_device(config.train.device))
+        release_memory(device)
         record["status"] = failed
         return record
-    step, base, views, fetched = (
-        _median(s) for s in (result["seconds"], floor["seconds"], floor["views_seconds"], floor["loader_seconds"])
-    )
-    record.update(
-        status="ok",
-        step_seconds=step,
-        step_seconds_min=min(result["seconds"]),
-        step_seconds_max=max(result["seconds"]),
-        backbone_step_seconds=base,
-        overhead_ratio=step / base,
-        views_seconds=views,
-        train_samples_per_second=batch / step,
-        views_samples_per_second=batch / views,
-        loader_samples_per_second=batch / fetched,
-        peak_memory_bytes=result["peak_memory_bytes"],
-        backbone_peak_memory_bytes=floor["peak_memory_bytes"],
-        memory_kind=result["memory_kind"],
-        parameters=result["parameters"],
-        views=view_layout(maker),
-        precision=result["precision"],
-    )
-    record["chose"] = ", ".join(f"{k}={v}" for k, v in result["chose"].items()) or None  # e.g. IConE's table path
-    return record
+    return _ok(record, result, floor, maker)
 
 
 def progress_line(position: int, total: int, record: dict[str, Any]) -> str:
     n = f" N={record['instances']:,}" if get_method(record["method"]).cost_grows_with_instances else ""
-    head = f"[{position}/{total}] {record['method']} b={record['batch_size']}{n}: "
+    head = progress_head(position, total, record["method"], record["batch_size"], n)
     if record["status"] != "ok":
         return head + record["status"]
     return (
@@ -284,26 +249,17 @@ def progress_line(position: int, total: int, record: dict[str, Any]) -> str:
     )
 
 
-def warm_up(spec: SpeedSpec, config: Config, dataset: Dataset, train_set: IndexedDataset) -> None:
+def warm_up(spec: SpeedSpec, resolved: Resolved, dataset: Dataset) -> None:
     """Two untimed backbone steps, so that one-time costs (kernel selection, allocator arenas, lazy
     initialisation) land in no record's time or peak memory."""
-    config = resolve_config(config, dataset)
-    time_training(
-        dataclasses.replace(spec, warmup=1, repeats=1),
-        config,
-        lambda: build_floor(config, len(train_set)),
-        train_set,
-        len(train_set),
-        pipeline=True,
-    )
+    time_training(dataclasses.replace(spec, warmup=1, repeats=1), resolved, dataset, len(dataset.train), floor=True)
 
 
 def run_speed(spec: SpeedSpec, log: Callable[[str], None] = print, debug: bool = False) -> dict[str, Any]:
     """Time every planned record; write ``speed.json`` and ``speed.md`` into ``spec.out`` after each."""
     first = method_config(spec, spec.methods[0], spec.batch_sizes[0])
-    device = pick_device(first.train.device)
+    device = build.device(first)
     dataset = input_dataset(spec, first)
-    train_set = IndexedDataset(dataset.train)
     info = {**environment_of(device), "device": describe_device(device)}
     spec.out.mkdir(parents=True, exist_ok=True)
     plan = planned(spec)
@@ -313,11 +269,11 @@ def run_speed(spec: SpeedSpec, log: Callable[[str], None] = print, debug: bool =
         f"input {'x'.join(map(str, [dataset.in_channels, *dataset.spatial_shape]))} ({source}), {info['device']}; "
         f"median of {spec.repeats} steps after {spec.warmup} warm-up; into {spec.out}"
     )
-    warm_up(spec, first, dataset, train_set)
+    warm_up(spec, build.resolve(first, dataset), dataset)
     floors: dict[tuple[str, int], dict[str, Any]] = {}
     records: list[dict[str, Any]] = []
     for position, (method, batch, instances) in enumerate(plan, 1):
-        records.append(measure(spec, method, batch, instances, dataset, train_set, floors, debug))
+        records.append(measure(spec, method, batch, instances, dataset, floors, debug))
         log(progress_line(position, len(plan), records[-1]))
         write_speed(spec, records, info)
     return {"out": str(spec.out), "records": records, "files": ["speed.json", "speed.md"]}

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from icone.bench.grid import DEFAULT_NORM
+from icone.bench.report import report_header
 from icone.bench.speed_spec import SpeedSpec
 from icone.files import atomic_write_text
 
@@ -33,14 +34,7 @@ def speed_markdown(spec: SpeedSpec, records: list[dict[str, Any]], info: dict[st
     precision = next((r["precision"] for r in records if r.get("precision")), "fp32 on CPU; bf16 or fp16 on CUDA")
     memory = next((r["memory_kind"] for r in records if r.get("memory_kind")), "cuda_max_allocated or cpu_rss_growth")
     paths = any(r.get("chose") for r in records)
-    lines = [
-        "# icone bench --speed",
-        "",
-        f"Command: `{spec.command or '(Python API)'}`",
-        "",
-        f"Date: {info['date']}; machine: {info['platform']}, {info['cpu']}, {info['cpu_count']} CPUs; torch {info['torch']} "
-        f"({info['torch_threads']} threads); device {info['device']}; precision {precision}.",
-        "",
+    lines = report_header("icone speed", spec.command, info, f"; precision {precision}.") + [
         f"Backbone `{spec.backbone}` (norm `{DEFAULT_NORM}` unless overridden), input {'x'.join(map(str, shape or []))} "
         f"({'source `' + spec.data + '`' if spec.data else 'random samples'}), overrides `{' '.join(spec.overrides) or 'none'}`. "
         f"Median of {spec.repeats} timed steps after {spec.warmup} warm-up steps; peak memory is {memory}.",

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from icone.bench.grid import DEFAULT_NORM, PAPER_METHODS, overrides_for, parse_list, parse_methods, refuse_owned
+from icone.bench.grid import DEFAULT_NORM, OWNED, PAPER_METHODS, parse_list, parse_methods
 from icone.config import Config, build_config
+from icone.config.overrides import for_method, refuse_owned
 from icone.data import Dataset, Split
 from icone.errors import UserError
-from icone.methods import get_method
+from icone.methods import get_method, registry
 
 DEFAULT_METHODS = PAPER_METHODS
 DEFAULT_BATCH_SIZES = [1, 4, 16]
@@ -21,14 +22,7 @@ DEFAULT_INPUT_SIZE = 28
 DEFAULT_REPEATS = 10
 DEFAULT_WARMUP = 3
 DEFAULT_OUT = Path("bench") / "speed"
-# options the flags set: give them as flags, not as KEY=VALUE
-OWNED = {
-    "method": "--methods",
-    "data.source": "--data",
-    "model.backbone": "--backbone",
-    "train.batch_size": "--batch-sizes",
-    "model.spatial_dims": "--spatial-dims",
-}
+SPEED_OWNED = {**OWNED, "model.spatial_dims": "--spatial-dims"}
 
 
 @dataclass
@@ -103,7 +97,7 @@ def build_speed_spec(
         raise UserError(f"--warmup must be 0 or more, got {spec.warmup}")
     if spec.out.exists() and not spec.out.is_dir():
         raise UserError(f"--out '{spec.out}' is a file; give a folder")
-    refuse_owned(spec.overrides, OWNED, "--speed")
+    refuse_owned(spec.overrides, SPEED_OWNED, "icone speed")
     if data is not None:
         resolve(data)
     for method in spec.methods:  # bad KEY=VALUE and method options fail here
@@ -125,15 +119,15 @@ def method_config(spec: SpeedSpec, method: str, batch_size: int) -> Config:
         "train": {"batch_size": batch_size},
         "model": {"backbone": spec.backbone, "norm": DEFAULT_NORM},
     }
-    return build_config(values, overrides_for(spec.overrides, method))
+    return build_config(values, for_method(spec.overrides, method, list(registry())))
 
 
 def input_dataset(spec: SpeedSpec, config: Config) -> Dataset:
     """The source (``--data``) or random samples, enough for a few batches of the largest size."""
     if spec.data is not None:
-        from icone.data import load_dataset
+        from icone.build import load_data
 
-        return load_dataset(config.data, seed=config.train.seed)
+        return load_data(config)
     n = 4 * max(spec.batch_sizes)
     shape = (n, config.model.in_channels or 1) + (spec.input_size,) * spec.spatial_dims
     samples = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)

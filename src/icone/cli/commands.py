@@ -59,7 +59,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train an encoder (the help text is :func:`train_help`)."""
-    from icone.config import build_config, load_yaml, merge, nest, parse_overrides
+    from icone.config import build_config, given, load_yaml
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one")
@@ -74,7 +74,7 @@ def train(
     items = list(overrides or [])
     values = load_yaml(config) if config is not None else None
     cfg = build_config(values, items, flags)  # a bad option fails here, before torch is imported
-    explicit = merge(merge(values or {}, nest(flags)), parse_overrides(items, cfg.method))  # what the user gave
+    explicit = given(values, flags, items, cfg.method)  # what the user gave
     from icone.runs import train_run
 
     summary = train_run(cfg, out=out, resume=resume, overwrite=overwrite, progress=progress, explicit=explicit)
@@ -226,12 +226,13 @@ def data_command(
     ),
 ) -> None:
     """Inspect a data source: kind, axes, shape, channels, dtype, spacing, patches, sampler, memory, splits."""
+    from icone.build import load_data
     from icone.config import build_config
-    from icone.data import load_dataset, resolve
+    from icone.data import resolve
 
     config = build_config(None, list(overrides or []), flags={"data.source": source})
     kind, _ = resolve(source)
-    dataset = load_dataset(config.data, seed=config.train.seed)
+    dataset = load_data(config)
     console.print(
         f"source: {source} ({kind}), {dataset.spatial_dims}D, {dataset.in_channels} channel(s), sample shape {dataset.spatial_shape}"
     )

@@ -11,25 +11,33 @@ import typer
 from icone.cli.app import ARGV, DEBUG, app, console
 from icone.errors import UserError
 
+# the options both commands take
+OVERRIDES = typer.Argument(
+    None, metavar="[KEY=VALUE]...", help="Config overrides for every cell or record, e.g. model.norm=batch"
+)
+METHODS = typer.Option(
+    None,
+    "--methods",
+    help="Comma-separated method names, e.g. icone,excb,simclr (default: the preset's; speed: the papers').",
+)
+BATCH_SIZES = typer.Option(None, "--batch-sizes", help="Comma-separated, e.g. 1,4,16.")
+BACKBONE = typer.Option(
+    None, "--backbone", help="One backbone for every method (default: the preset's; speed: smallcnn)."
+)
+
 
 @app.command()
 def bench(
-    overrides: Optional[list[str]] = typer.Argument(
-        None,
-        metavar="[KEY=VALUE]...",
-        help="Config overrides for every cell, e.g. model.norm=batch optim.lr_scaling=linear",
-    ),
+    overrides: Optional[list[str]] = OVERRIDES,
     data: Optional[str] = typer.Option(None, "--data", help="One source for the whole grid (default: digits)."),
-    methods: Optional[str] = typer.Option(
-        None, "--methods", help="Comma-separated method names, e.g. icone,excb,simclr."
-    ),
-    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated, e.g. 1,2,4,8."),
+    methods: Optional[str] = METHODS,
+    batch_sizes: Optional[str] = BATCH_SIZES,
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per cell (0..N-1)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget, the same for every method."),
     imbalance: Optional[str] = typer.Option(
         None, "--imbalance", help="Comma-separated largest/smallest class ratios, e.g. 1,10,50."
     ),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="One backbone for every method."),
+    backbone: Optional[str] = BACKBONE,
     out: Optional[Path] = typer.Option(
         None, "--out", help="Grid folder (default: bench/quick or bench/paper); run again to continue a grid."
     ),
@@ -41,84 +49,31 @@ def bench(
     paper: bool = typer.Option(
         False, "--paper", help="Preset: the papers' methods at batch sizes 1-64, 3 seeds (for a GPU)."
     ),
-    speed: bool = typer.Option(
-        False, "--speed", help="Time training steps instead: the same as 'icone speed' (its options go after --speed)."
-    ),
-    instances: Optional[str] = typer.Option(None, "--instances", help="With --speed: see 'icone speed --help'."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="With --speed."),
-    spatial_dims: Optional[int] = typer.Option(None, "--spatial-dims", help="With --speed."),
-    repeats: Optional[int] = typer.Option(None, "--repeats", help="With --speed."),
-    warmup: Optional[int] = typer.Option(None, "--warmup", help="With --speed."),
 ) -> None:
-    """Grid of methods x batch sizes x seeds (x imbalance ratios): results.csv/json, summary.md, plots."""
-    grid_only = {
-        "--seeds": seeds,
-        "--epochs": epochs,
-        "--imbalance": imbalance,
-        "--quick": quick or None,
-        "--paper": paper or None,
-        "--lr-sweep": lr_sweep,
-        "--sweep-batch": sweep_batch,
-    }
-    speed_only = {
-        "--instances": instances,
-        "--input-size": input_size,
-        "--spatial-dims": spatial_dims,
-        "--repeats": repeats,
-        "--warmup": warmup,
-    }
-    if speed:
-        given = [flag for flag, value in grid_only.items() if value is not None]
-        if given:
-            raise UserError(
-                f"{', '.join(given)} belong{'s' if len(given) == 1 else ''} to the accuracy grid, not to --speed; drop {'it' if len(given) == 1 else 'them'}"
-            )
-        return speed_command(
-            overrides, methods, batch_sizes, instances, backbone, data, input_size, spatial_dims, repeats, warmup, out
-        )
-    given = [flag for flag, value in speed_only.items() if value is not None]
-    if given:
-        raise UserError(
-            f"{', '.join(given)} only go{'es' if len(given) == 1 else ''} with --speed; add --speed or drop {'it' if len(given) == 1 else 'them'}"
-        )
+    """Grid of methods x batch sizes x seeds (x imbalance ratios): results.csv/json, summary.md, plots.
+    Step timings: 'icone speed'."""
     if quick and paper:
         raise UserError("--quick and --paper are two presets; pass one")
     from icone.bench import build_spec, run_bench
 
     spec = build_spec(
-        preset="paper" if paper else "quick",
-        data=data,
-        methods=methods,
-        batch_sizes=batch_sizes,
-        seeds=seeds,
-        epochs=epochs,
-        imbalance=imbalance,
-        backbone=backbone,
-        out=out,
-        overrides=list(overrides or []),
-        command=_command_line(),
-        lr_sweep=lr_sweep,
-        sweep_batch=sweep_batch,
-    )
+        preset="paper" if paper else "quick", data=data, methods=methods, batch_sizes=batch_sizes, seeds=seeds,
+        epochs=epochs, imbalance=imbalance, backbone=backbone, out=out, overrides=list(overrides or []),
+        command=_command_line(), lr_sweep=lr_sweep, sweep_batch=sweep_batch,
+    )  # fmt: skip
     result = run_bench(spec, log=_log, debug=DEBUG["on"])
     _log(f"bench folder: {result['out']} ({', '.join(result['files'])})")
 
 
 @app.command("speed")
 def speed_command(
-    overrides: Optional[list[str]] = typer.Argument(
-        None, metavar="[KEY=VALUE]...", help="Config overrides for every record."
-    ),
-    methods: Optional[str] = typer.Option(
-        None, "--methods", help="Comma-separated method names (default: the papers' methods)."
-    ),
-    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated, e.g. 1,4,16."),
+    overrides: Optional[list[str]] = OVERRIDES,
+    methods: Optional[str] = METHODS,
+    batch_sizes: Optional[str] = BATCH_SIZES,
     instances: Optional[str] = typer.Option(
         None, "--instances", help="Table sizes for methods whose cost grows with N, e.g. 1000,1000000."
     ),
-    backbone: Optional[str] = typer.Option(
-        None, "--backbone", help="One backbone for every method (default smallcnn)."
-    ),
+    backbone: Optional[str] = BACKBONE,
     data: Optional[str] = typer.Option(
         None, "--data", help="A source for the input shape and the loader (default: random samples)."
     ),
@@ -134,19 +89,10 @@ def speed_command(
     from icone.bench import build_speed_spec, run_speed
 
     spec = build_speed_spec(
-        methods=methods,
-        batch_sizes=batch_sizes,
-        instances=instances,
-        backbone=backbone,
-        data=data,
-        input_size=input_size,
-        spatial_dims=spatial_dims,
-        repeats=repeats,
-        warmup=warmup,
-        out=out,
-        overrides=list(overrides or []),
-        command=_command_line(),
-    )
+        methods=methods, batch_sizes=batch_sizes, instances=instances, backbone=backbone, data=data,
+        input_size=input_size, spatial_dims=spatial_dims, repeats=repeats, warmup=warmup, out=out,
+        overrides=list(overrides or []), command=_command_line(),
+    )  # fmt: skip
     result = run_speed(spec, log=_log, debug=DEBUG["on"])
     _log(f"speed folder: {result['out']} ({', '.join(result['files'])})")
 

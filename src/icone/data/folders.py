@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icone.config import DataConfig
+from icone.data.read_options import ReadOptions
 from icone.data import checks
 from icone.data.arrays import Dataset, Split, stratified_split
 from icone.data.formats import open_stored, suffix
@@ -30,12 +30,12 @@ def files_of(root: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES + VOLUME_SUF
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and suffix(p) in suffixes)
 
 
-def open_files(files: list[Path], config: DataConfig | None = None) -> list[Volume]:
+def open_files(files: list[Path], options: ReadOptions | None = None) -> list[Volume]:
     """Every file's header as a :class:`Volume` (axes and channels applied; no pixels read)."""
-    if config is None:
+    if options is None:
         return [Volume(open_stored(f), image_set=True) for f in files]
     return [
-        Volume(open_stored(f), config.axes, config.channels, config.spacing, timepoint=config.timepoint, image_set=True)
+        Volume(open_stored(f), options.axes, options.channels, options.spacing, timepoint=options.timepoint, image_set=True)
         for f in files
     ]
 
@@ -171,11 +171,11 @@ class FileSamples(Samples):
         return subset
 
 
-def _in_memory(config: DataConfig, count: int, shape: tuple[int, ...], root: Path) -> bool:
-    if config.load == "memory":
+def _in_memory(options: ReadOptions, count: int, shape: tuple[int, ...], root: Path) -> bool:
+    if options.load == "memory":
         checks.check_fits_in_memory(count, shape, f"folder '{root}'", lazy_hint=True)
         return True
-    if config.load == "lazy":
+    if options.load == "lazy":
         return False
     needed = count * int(np.prod(shape)) * 4
     available = checks.available_memory_bytes()
@@ -186,30 +186,30 @@ def _in_memory(config: DataConfig, count: int, shape: tuple[int, ...], root: Pat
     return False
 
 
-def load_folder(root: Path, forced: str | None, config: DataConfig) -> Dataset:
+def load_folder(root: Path, forced: str | None, options: ReadOptions) -> Dataset:
     """A folder of images or volumes (one sample per file); class = sub-folder name."""
     files = files_of(root)
     if not files:
         raise UserError(f"folder '{root}' holds no images or volumes; point to a folder with data")
-    volumes = open_files(files, config)
+    volumes = open_files(files, options)
     warn_guessed(volumes)
     kind = folder_kind(root, volumes, forced)
-    shape = check_sizes(volumes, config.resize)
+    shape = check_sizes(volumes, options.resize)
     labels, names = labels_from_folders(root, files)
-    samples: Samples = FileSamples(volumes, shape, config.resize)
-    memory = _in_memory(config, len(files), shape, root)
+    samples: Samples = FileSamples(volumes, shape, options.resize)
+    memory = _in_memory(options, len(files), shape, root)
     if memory:
         stack = np.empty((len(files), *shape), np.float32)
         for start in range(0, len(files), 256):
             stack[start : start + 256] = samples.read_raw(np.arange(start, min(start + 256, len(files))))
         samples = ArraySamples(stack, [str(f) for f in files])
-    train, test = stratified_split(labels, config.test_fraction, seed=0)
+    train, test = stratified_split(labels, options.test_fraction, seed=0)
     first = volumes[0]
     info = {
         "kind": f"{WHAT[kind]}s, one per file ({'stacked in memory' if memory else 'read per sample'})",
         "files": f"{len(files)} in '{root}'",
         **{k: v for k, v in first.describe().items() if k != "file"},
-        "sample shape": "x".join(map(str, shape)) + (" (resized)" if config.resize else ""),
+        "sample shape": "x".join(map(str, shape)) + (" (resized)" if options.resize else ""),
     }
     return Dataset(
         name=root.name,

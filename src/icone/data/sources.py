@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from icone.config import DataConfig
+from icone.data.read_options import ReadOptions
 from icone.data.arrays import Dataset, Split
 from icone.data.axes import layout
 from icone.data.checks import check_finite_and_varied, check_labels
@@ -108,9 +108,9 @@ def _npz_images(images: np.ndarray, axes: str | None, what: str, timepoint: int 
     return images if "C" in kept else images[:, None]
 
 
-def load_npz(path: Path, config: DataConfig) -> Dataset:
+def load_npz(path: Path, options: ReadOptions) -> Dataset:
     """A MedMNIST-layout ``.npz``: ``train_images``, ``train_labels``, ``test_*`` (``val_*`` unused)."""
-    resize, channels = config.resize, config.channels
+    resize, channels = options.resize, options.channels
     try:
         archive = np.load(path, allow_pickle=False)
         keys = set(archive.files)
@@ -125,7 +125,7 @@ def load_npz(path: Path, config: DataConfig) -> Dataset:
         if f"{prefix}_images" not in keys:
             return None
         images = _npz_array(archive, f"{prefix}_images", path)
-        images = _npz_images(images, config.axes, f"'{path}': {prefix}_images", config.timepoint)
+        images = _npz_images(images, options.axes, f"'{path}': {prefix}_images", options.timepoint)
         if channels is not None:
             if any(isinstance(c, str) for c in channels):
                 raise UserError(f"data.channels: '{path}' has no channel names; give channel numbers")
@@ -156,34 +156,37 @@ def load_npz(path: Path, config: DataConfig) -> Dataset:
     return Dataset(name=path.stem, train=train, test=test)
 
 
-def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
-    """Load, check, normalise and (if asked) long-tail subsample a source; the test split stays whole."""
-    kind, path, fragment = _resolve(config.source)
+def load_dataset(options: ReadOptions | Any, seed: int = 0) -> Dataset:
+    """Load, check, normalise and (if asked) long-tail subsample a source; the test split stays whole.
+
+    ``options``: :class:`ReadOptions`, or the run's ``data.*`` section (made into read options here, once)."""
+    options = ReadOptions.of(options)
+    kind, path, fragment = _resolve(options.source)
     if kind == "digits":
-        dataset = digits(config.test_fraction)
+        dataset = digits(options.test_fraction)
     elif kind == "synthetic2d":
         dataset = synthetic2d()
     elif kind == "synthetic3d":
         dataset = synthetic3d()
     elif kind == "npz":
-        dataset = load_npz(path, config)
+        dataset = load_npz(path, options)
     elif kind in ("zarr", "h5", "dicom") or path.is_file():
-        dataset = load_volume(kind, path, fragment, config, seed)
-    elif config.patch is not None:
-        dataset = load_volume_folder(path, config, seed)
+        dataset = load_volume(kind, path, fragment, options, seed)
+    elif options.patch is not None:
+        dataset = load_volume_folder(path, options, seed)
     else:
-        dataset = load_folder(path, kind if config.source.startswith(f"{kind}:") else None, config)
-    if kind in BUILTIN and config.resize is not None:
+        dataset = load_folder(path, kind if options.source.startswith(f"{kind}:") else None, options)
+    if kind in BUILTIN and options.resize is not None:
         for split in (dataset.train, dataset.test):
-            resized = np.stack([resize_sample(x, config.resize) for x in split.samples.array])
+            resized = np.stack([resize_sample(x, options.resize) for x in split.samples.array])
             split.samples = ArraySamples(resized, split.samples.sources, split.samples.name)
     if len(dataset.train) == 0:
-        raise UserError(f"data source '{config.source}' has no training samples")
+        raise UserError(f"data source '{options.source}' has no training samples")
     statistics = None if dataset.train.samples.in_memory else dataset.train.samples.statistics_sample()
     for name, split in (("training", dataset.train), ("test", dataset.test)):
         if split is not None:
             check_finite_and_varied(split.samples, name, statistics if name == "training" else None)
-    dataset = normalize_dataset(dataset, config.normalize, statistics)
-    if config.imbalance_ratio != 1:
-        dataset.train = dataset.train.subset(long_tail_rows(dataset.train.labels, config.imbalance_ratio, seed))
+    dataset = normalize_dataset(dataset, options.normalize, statistics)
+    if options.imbalance_ratio != 1:
+        dataset.train = dataset.train.subset(long_tail_rows(dataset.train.labels, options.imbalance_ratio, seed))
     return dataset

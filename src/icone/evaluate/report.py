@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from icone.config import EvalConfig
 from icone.data import Dataset
 from icone.evaluate.embeddings import embed_samples
 from icone.evaluate.few_label import few_label_metrics, per_class_recall
@@ -34,6 +34,25 @@ KEYS = (
     "intrinsic_dimension",
     "embedding_std",
 )
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What the evaluation is told: kNN's k, how many training embeddings it keeps, the few-label budgets."""
+
+    knn_k: int = 20
+    max_train_samples: int = 50000  # embeddings used as kNN memory / probe training set
+    label_fractions: list[float] = dataclasses.field(default_factory=list)  # few-label probes: shares of the labels
+    shots: list[int] = dataclasses.field(default_factory=list)  # few-label probes: labelled samples per class
+    repeats: int = 5  # draws per few-label budget
+
+    @classmethod
+    def of(cls, options: Any) -> EvalOptions:
+        """``options`` as evaluation options: an :class:`EvalOptions` as it is, else its fields of these names
+        (e.g. the run's ``eval.*`` section)."""
+        if isinstance(options, cls):
+            return options
+        return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass
@@ -60,17 +79,18 @@ class Features:
         return self.labelled and len(np.unique(self.test_labels)) == 1
 
 
-def embed_dataset(backbone: nn.Module, dataset: Dataset, config: EvalConfig, device: torch.device) -> Features:
-    train_split = dataset.train
-    if len(train_split) > config.max_train_samples:
-        rows = np.random.default_rng(0).choice(len(train_split), config.max_train_samples, replace=False)
+def embed_dataset(backbone: nn.Module, dataset: Dataset, options: EvalOptions | Any, device: torch.device) -> Features:
+    """Embeddings of the test split and of (up to ``max_train_samples`` of) the training split."""
+    train_split, keep = dataset.train, EvalOptions.of(options).max_train_samples
+    if len(train_split) > keep:
+        rows = np.random.default_rng(0).choice(len(train_split), keep, replace=False)
         train_split = train_split.subset(np.sort(rows))
     train = embed_samples(backbone, train_split.samples, device)
     test = embed_samples(backbone, dataset.test.samples, device) if dataset.test is not None else None
     return Features(train, train_split.labels, test, dataset.test.labels if dataset.test is not None else None)
 
 
-def evaluate_features(features: Features, config: EvalConfig) -> dict[str, Any]:
+def evaluate_features(features: Features, options: EvalOptions | Any) -> dict[str, Any]:
     """All metrics of frozen features; classification metrics (and ``per_class_recall`` of the
     full-label probe, few-label budgets when ``eval.label_fractions`` / ``eval.shots`` ask) only where labels exist."""
     result: dict[str, Any] = {k: None for k in KEYS}
@@ -81,34 +101,34 @@ def evaluate_features(features: Features, config: EvalConfig) -> dict[str, Any]:
         return result
     with warnings.catch_warnings():  # scikit-learn's notes on a one-class test split: stated once by the caller
         warnings.simplefilter("ignore", UserWarning)
-        result.update(_classification(features, config))
+        result.update(_classification(features, EvalOptions.of(options)))
     return result
 
 
-def _classification(features: Features, config: EvalConfig) -> dict[str, Any]:
+def _classification(features: Features, options: EvalOptions) -> dict[str, Any]:
     """kNN and linear-probe scores, per-class recall, confusion matrix and few-label budgets."""
     result: dict[str, Any] = {}
     known = features.train_labels >= 0
     train, train_labels, test = features.train[torch.from_numpy(known)], features.train_labels[known], features.test
-    predicted = knn_predict(train, train_labels, test, k=config.knn_k)
+    predicted = knn_predict(train, train_labels, test, k=options.knn_k)
     result["knn_accuracy"] = float(np.mean(np.asarray(predicted) == features.test_labels))  # no sklearn import to train
     probed = linear_probe_predictions(train.numpy(), train_labels, test.numpy())
     result.update(probe_scores(features.test_labels, probed))
     classes = int(max(train_labels.max(), features.test_labels.max())) + 1
     result["per_class_recall"], result["confusion_matrix"] = per_class_recall(features.test_labels, probed, classes)
     result["confusion_matrix"] = result["confusion_matrix"].tolist()
-    if config.label_fractions or config.shots:
+    if options.label_fractions or options.shots:
         result["few_label"] = few_label_metrics(
-            train, train_labels, test, features.test_labels, config.label_fractions, config.shots,
-            config.repeats, knn_k=config.knn_k,
+            train, train_labels, test, features.test_labels, options.label_fractions, options.shots,
+            options.repeats, knn_k=options.knn_k,
         )  # fmt: skip
     return result
 
 
 def evaluate_backbone(
-    backbone: nn.Module, dataset: Dataset, config: EvalConfig, device: torch.device
+    backbone: nn.Module, dataset: Dataset, options: EvalOptions | Any, device: torch.device
 ) -> dict[str, Any]:
-    return evaluate_features(embed_dataset(backbone, dataset, config, device), config)
+    return evaluate_features(embed_dataset(backbone, dataset, options, device), options)
 
 
 @torch.no_grad()

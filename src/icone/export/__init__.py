@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from icone.build import build_method
+from icone.build import backbone_spec, build_method
 from icone.config import Config, ModelConfig, build_config
 from icone.errors import UserError
 from icone.methods import Method
@@ -39,7 +39,7 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> nn.Mo
     """A ready backbone (eval mode) from an export, a checkpoint or a run folder."""
     item = load_checkpoint(path)
     if item.get("format") == EXPORT_FORMAT:
-        backbone = build_backbone(ModelConfig(**item["backbone"]))
+        backbone = build_backbone(backbone_spec(ModelConfig(**item["backbone"])))
         backbone.load_state_dict(item["state_dict"])
     else:
         backbone = method_from_checkpoint(item).evaluation_backbone()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from icone.errors import UserError
 from icone.methods.barlow_twins import BarlowTwins
-from icone.methods.base import HEALTH_PREFIX, Method
+from icone.methods.base import HEALTH_PREFIX, Method, ViewRequirements
 from icone.methods.byol import BYOL
 from icone.methods.dino import DINO
 from icone.methods.excb import ExCB
@@ -36,4 +36,12 @@ def batch_free_methods(batch_size: int) -> list[str]:
     return [n for n, m in METHODS.items() if m.min_batch_size <= batch_size]
 
 
-__all__ = ["HEALTH_PREFIX", "METHODS", "Method", "batch_free_methods", "get_method", "registry"]
+__all__ = [
+    "HEALTH_PREFIX",
+    "METHODS",
+    "Method",
+    "ViewRequirements",
+    "batch_free_methods",
+    "get_method",
+    "registry",
+]

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from icone import distributed, losses
-from icone.config import option
 from icone.methods.parts import TwoViewMethod, full_batch_gradient
 from icone.nets import HEAD_NORMS, MLP
+from icone.options import option
 
 
 @dataclass
@@ -42,8 +42,10 @@ class BarlowTwins(TwoViewMethod):
     default_norm = "batch"
     Options = BarlowTwinsOptions
 
-    def __init__(self, backbone: nn.Module, options: BarlowTwinsOptions, num_instances: int) -> None:
-        super().__init__(backbone, options, num_instances)
+    def __init__(
+        self, backbone: nn.Module, options: BarlowTwinsOptions, num_instances: int, global_crops: int = 2
+    ) -> None:
+        super().__init__(backbone, options, num_instances, global_crops)
         dim = options.projector_dim
         self.projector = MLP(self.feature_dim, dim, dim, layers=options.projector_layers, norm=options.norm)
 

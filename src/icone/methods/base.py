@@ -13,7 +13,11 @@ is what is evaluated and exported) plus its heads and loss state. Generic code c
   lr is the scheduled lr times this), ``weight_decay_start_scale`` (its weight decay falls from
   this multiple to 1x by a cosine over training) and ``row_sparse`` (a table whose gradient is a
   sparse tensor of the rows a step used; updated by a row-sparse optimizer);
-- ``adjust_views(spec, epoch, epochs)`` for view checks and schedules;
+- ``view_requirements(options)`` (a class method): the views it needs, checked once before training,
+  and a schedule of them over the epochs (:class:`ViewRequirements`); the method is built for
+  ``global_crops`` global crops per sample (its constructor's argument), local crops following them;
+- ``teacher_momentum(step, total_steps, batch_size)``: the EMA momentum of a teacher after each step
+  (``None``: no teacher), from which the per-step schedule is precomputed;
 - ``epoch_metrics()``: health of the method's own state, logged per epoch as ``health/<key>``;
 - ``evaluation_backbone()``: the network its paper evaluates (DINO's and ExCB's teacher);
 - ``cluster_assignments(x)`` / ``num_clusters`` for methods that cluster (``None`` otherwise);
@@ -26,15 +30,46 @@ Methods know nothing about files, loops, devices or the command line.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from icone.config import ViewConfig, check_options, update_dataclass
+from icone.options import check_options, update_dataclass
+from icone.views import ViewSpec
 
 HEALTH_PREFIX = "health/"  # a method's epoch_metrics() in metrics.jsonl and its plots
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewRequirements:
+    """The views a method needs per sample: global crops in ``[low, high]``, local crops in ``[low, high]``
+    (``None``: no upper bound), at least ``min_views`` in all; ``needs`` says why, in the method's words.
+    ``schedule(spec, epoch, epochs)``: the views of an epoch (``None``: the same views every epoch)."""
+
+    global_crops: tuple[int, int | None] = (1, None)
+    local_crops: tuple[int, int | None] = (0, None)
+    min_views: int = 1
+    needs: str = ""
+    schedule: Callable[[ViewSpec, int, int], ViewSpec] | None = None
+
+    def problem(self, name: str, global_crops: int, local_crops: int) -> str | None:
+        """What is wrong with ``global_crops`` and ``local_crops`` for the method ``name`` (``None``: nothing)."""
+        inside = all(
+            low <= count and (high is None or count <= high)
+            for count, (low, high) in ((global_crops, self.global_crops), (local_crops, self.local_crops))
+        )
+        if inside and global_crops + local_crops >= self.min_views:
+            return None
+        return f"{name} {self.needs}; got global_crops={global_crops} and local_crops={local_crops}"
+
+    def nearest(self, global_crops: int, local_crops: int) -> tuple[int, int]:
+        """The allowed ``(global_crops, local_crops)`` nearest to the given ones."""
+        (g_low, g_high), (l_low, l_high) = self.global_crops, self.local_crops
+        local = max(l_low, local_crops if l_high is None else min(local_crops, l_high))
+        glob = max(g_low, global_crops if g_high is None else min(global_crops, g_high))
+        return max(glob, self.min_views - local), local
 
 
 @dataclasses.dataclass
@@ -58,12 +93,18 @@ class Method(nn.Module):
     cost_grows_with_instances: ClassVar[bool] = False  # per-instance state (IConE's table): time it at several N
     Options: ClassVar[type] = NoOptions
 
-    def __init__(self, backbone: nn.Module, options: Any, num_instances: int) -> None:
+    def __init__(self, backbone: nn.Module, options: Any, num_instances: int, global_crops: int = 2) -> None:
         super().__init__()
         self.backbone = backbone
         self.options = options
         self.num_instances = num_instances
+        self.global_crops = global_crops  # the first views of a step; local crops follow them
         self.feature_dim: int = backbone.feature_dim
+
+    @classmethod
+    def view_requirements(cls, options: Any) -> ViewRequirements:
+        """The views the method needs with ``options`` (default: any number of crops, the same every epoch)."""
+        return ViewRequirements()
 
     @classmethod
     def make_options(cls, values: dict[str, Any]) -> Any:
@@ -90,8 +131,9 @@ class Method(nn.Module):
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Updates outside the gradient (default: none)."""
 
-    def adjust_views(self, spec: ViewConfig, epoch: int, epochs: int) -> ViewConfig:
-        return spec
+    def teacher_momentum(self, step: int, total_steps: int, batch_size: int) -> float | None:
+        """The EMA momentum of the teacher after step ``step`` of ``total_steps`` (default: no teacher)."""
+        return None
 
     @torch.no_grad()
     def epoch_metrics(self) -> dict[str, float]:

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from icone import losses
-from icone.config import option
 from icone.methods.parts import TwoViewMethod, cosine_momentum, ema_update, frozen_copy
 from icone.nets import HEAD_NORMS, MLP
+from icone.options import option
 
 
 @dataclass
@@ -44,8 +44,8 @@ class BYOL(TwoViewMethod):
     default_norm = "group"
     Options = BYOLOptions
 
-    def __init__(self, backbone: nn.Module, options: BYOLOptions, num_instances: int) -> None:
-        super().__init__(backbone, options, num_instances)
+    def __init__(self, backbone: nn.Module, options: BYOLOptions, num_instances: int, global_crops: int = 2) -> None:
+        super().__init__(backbone, options, num_instances, global_crops)
         self.projector = MLP(self.feature_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
         self.predictor = MLP(options.out_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
         self.target_backbone = frozen_copy(self.backbone)
@@ -62,8 +62,12 @@ class BYOL(TwoViewMethod):
         loss = losses.byol_loss(p[:b], z[b:]) + losses.byol_loss(p[b:], z[:b])
         return loss, {}
 
+    def teacher_momentum(self, step: int, total_steps: int, batch_size: int) -> float:
+        """``momentum`` rising to ``final_momentum`` by a cosine over training (§3.2)."""
+        return cosine_momentum(self.options.momentum, step, total_steps, self.options.final_momentum)
+
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        momentum = cosine_momentum(self.options.momentum, step, total_steps, self.options.final_momentum)
+        momentum = self.teacher_momentum(step, total_steps, 0)
         ema_update(self.target_backbone, self.backbone, momentum)
         ema_update(self.target_projector, self.projector, momentum)

@@ -13,17 +13,17 @@ import torch
 from torch import nn
 
 from icone import distributed, losses
-from icone.config import ViewConfig, option
-from icone.methods.base import Method
+from icone.methods.base import Method, ViewRequirements
 from icone.methods.parts import (
+    TWO_OR_MORE_VIEWS,
     cosine_momentum,
     ema_update,
     forward_by_shape,
     frozen_copy,
-    require_two_or_more_views,
     scaled_to_data,
 )
 from icone.nets import HEAD_NORMS, MLP, CentroidLayer
+from icone.options import option
 
 MAX_PROTOTYPES = 65536  # the paper's K (ImageNet)
 
@@ -89,15 +89,14 @@ class DINO(Method):
     default_local_crops = 2
     Options = DINOOptions
 
-    def __init__(self, backbone: nn.Module, options: DINOOptions, num_instances: int) -> None:
-        super().__init__(backbone, options, num_instances)
+    def __init__(self, backbone: nn.Module, options: DINOOptions, num_instances: int, global_crops: int = 2) -> None:
+        super().__init__(backbone, options, num_instances, global_crops)
         self.num_prototypes = options.num_prototypes or default_num_prototypes(num_instances)
         self.head = DINOHead(self.feature_dim, options, self.num_prototypes)
         self.teacher_backbone = frozen_copy(self.backbone)
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(self.num_prototypes))
         self.register_buffer("progress", torch.zeros(()))  # step / total_steps, for the temperature warm-up
-        self.global_crops = 2
         self._progress: float | None = None  # host copy of ``progress`` (no device sync in the step)
         self._batch_center: torch.Tensor | None = None
 
@@ -105,10 +104,9 @@ class DINO(Method):
         """The teacher's backbone: DINO's paper evaluates the teacher network (better than the student during training)."""
         return self.teacher_backbone
 
-    def adjust_views(self, spec: ViewConfig, epoch: int, epochs: int) -> ViewConfig:
-        require_two_or_more_views(self.name, spec)
-        self.global_crops = spec.global_crops
-        return spec
+    @classmethod
+    def view_requirements(cls, options: DINOOptions) -> ViewRequirements:
+        return TWO_OR_MORE_VIEWS
 
     def teacher_temp(self) -> float:
         """Linear warm-up from ``warmup_teacher_temp`` to ``teacher_temp`` over ``warmup_fraction`` of training."""
@@ -140,10 +138,14 @@ class DINO(Method):
             entropy = -(targets * targets.clamp(min=1e-12).log()).sum(-1).mean()
         return loss, {"teacher_entropy": entropy, "teacher_temp": torch.tensor(temp)}
 
+    def teacher_momentum(self, step: int, total_steps: int, batch_size: int) -> float:
+        """``momentum`` rising to ``final_momentum`` by a cosine over training."""
+        return cosine_momentum(self.options.momentum, step, total_steps, self.options.final_momentum)
+
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         opts = self.options
-        momentum = cosine_momentum(opts.momentum, step, total_steps, opts.final_momentum)
+        momentum = self.teacher_momentum(step, total_steps, 0)
         ema_update(self.teacher_backbone, self.backbone, momentum)
         ema_update(self.teacher_head, self.head, momentum)
         if self._batch_center is not None:  # c <- m c + (1 - m) mean of teacher outputs over all processes (eq. 4)

@@ -8,20 +8,18 @@ using batch statistics, so B = 1 is defined: nothing in the objective depends on
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from icone import distributed, losses
-from icone.config import ViewConfig, option
-from icone.errors import UserError
-from icone.methods.base import Method, split_decay
+from icone.methods import excb_start
+from icone.methods.base import Method, ViewRequirements, split_decay
 from icone.methods.excb_rules import (
     crop_min_scale,
     default_ema_momentum,
@@ -29,15 +27,15 @@ from icone.methods.excb_rules import (
     default_num_clusters,
     default_size_momentum,
 )
-from icone.methods.kmeans import nearest_centroid, spherical_kmeans
-from icone.methods.parts import cosine_momentum, ema_update, forward_by_shape
-from icone.nets import HEAD_NORMS, MLP, CentroidLayer, RunningNorm, calibrate, norm_layer
+from icone.methods.parts import cosine_momentum, ema_update, forward_by_shape, frozen_copy
+from icone.nets import HEAD_NORMS, MLP, CentroidLayer, RunningNorm, norm_layer
+from icone.options import option
 from icone.stats import occupancy
+from icone.views import ViewSpec
 
 ASSIGNMENTS = ("balanced", "raw")
 EVAL_NETWORKS = ("teacher", "student")
 EXCB_HEAD_NORMS = ("auto", *HEAD_NORMS)  # auto: batch statistics from excb.auto_batch_size up, running below
-CALIBRATION_ROWS = 8192  # at most this many training samples set the running-norm statistics at the start
 
 
 @dataclass
@@ -73,6 +71,16 @@ class ExCBOptions:
     kmeans_samples: int = option(100_000, low=1)  # at most this many training samples feed k-means
 
 
+def crop_schedule(options: ExCBOptions, spec: ViewSpec, epoch: int, epochs: int) -> ViewSpec:
+    """``crop_schedule``: minimum global crop scale ``start -> end`` (cosine over epochs), local crops span
+    up to it. ``start`` defaults to the views' ``global_scale[0]`` and ``end`` to ``start x 0.14 / 0.26``
+    (the paper's 0.26 -> 0.14, relative to the scales every method uses)."""
+    start = options.crop_scale_start or spec.global_scale[0]
+    end = options.crop_scale_end or start * 0.14 / 0.26
+    low = crop_min_scale(epoch, epochs, start, end)
+    return dataclasses.replace(spec, global_scale=(low, 1.0), local_scale=(min(spec.local_scale[0], low), low))
+
+
 class ExCB(Method):
     name = "excb"
     family = "clustering"
@@ -85,8 +93,8 @@ class ExCB(Method):
     default_local_crops = 2  # ours, for cost; the paper uses 6 (views.local_crops=6)
     Options = ExCBOptions
 
-    def __init__(self, backbone: nn.Module, options: ExCBOptions, num_instances: int) -> None:
-        super().__init__(backbone, options, num_instances)
+    def __init__(self, backbone: nn.Module, options: ExCBOptions, num_instances: int, global_crops: int = 2) -> None:
+        super().__init__(backbone, options, num_instances, global_crops)
         opts = options
         self.num_clusters = opts.num_clusters or default_num_clusters(num_instances)
         self.hidden_dim = opts.hidden_dim or default_hidden_dim(self.feature_dim)
@@ -103,16 +111,10 @@ class ExCB(Method):
             if isinstance(module, RunningNorm):
                 module.window = float(opts.running_window)
         self.teacher = nn.ModuleDict(
-            {
-                "backbone": copy.deepcopy(backbone),
-                "projector": copy.deepcopy(self.projector),
-                "centroids": copy.deepcopy(self.centroids),
-            }
+            {name: frozen_copy(getattr(self, name)) for name in ("backbone", "projector", "centroids")}
         )
-        self.teacher.requires_grad_(False)
         self.register_buffer("sizes", torch.full((self.num_clusters,), 1.0 / self.num_clusters))
         self.register_buffer("epoch_counts", torch.zeros(self.num_clusters))
-        self.global_views = 2  # set from the view spec in adjust_views
         self._pending_fractions: torch.Tensor | None = None
         self._pending_momentum = 0.999
         self._auto_checked = False
@@ -197,19 +199,12 @@ class ExCB(Method):
             outputs.append(self._similarities(self.predictor(self.predictor_norm(proj)), self.centroids, detach=True))
         return torch.cat(outputs).reshape(-1, b, self.num_clusters)
 
-    def _check_views(self, views: list[torch.Tensor]) -> int:
-        g = self.global_views
-        if g < 2 or len(views) < g:
-            raise UserError(f"excb needs at least 2 global crops (views.global_crops), got {min(g, len(views))}")
-        return g
-
     # ---- the step ------------------------------------------------------------------------
 
     def training_step(
         self, views: list[torch.Tensor], index: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        opts, g = self.options, self._check_views(views)
-        b = views[0].shape[0]
+        opts, g, b = self.options, self.global_crops, views[0].shape[0]
         if not self._auto_checked:
             self._choose_auto_norms(b)
         self._batch_size = b
@@ -261,6 +256,13 @@ class ExCB(Method):
             metrics["loss_predictor"] = per_pair[on_predictor].mean()
         return metrics
 
+    def teacher_momentum(self, step: int, total_steps: int, batch_size: int) -> float:
+        """``ema_momentum`` (or :func:`default_ema_momentum` at this batch), rising to 1 by a cosine."""
+        base = self.options.ema_momentum
+        if base is None:
+            base = default_ema_momentum(self.num_instances, batch_size, distributed.world_size())
+        return cosine_momentum(base, step, total_steps)
+
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Teacher EMA (0.996 -> 1 by cosine), then the size update from this step's assignments.
 
@@ -268,10 +270,7 @@ class ExCB(Method):
         (global-view) inputs, as in the official code (``EMAHandler.ema_step`` averages
         ``named_parameters``; the teacher's BatchNorm keeps its own buffers).
         """
-        base = self.options.ema_momentum
-        if base is None:
-            base = default_ema_momentum(self.num_instances, self._batch_size, distributed.world_size())
-        momentum = cosine_momentum(base, step, total_steps)
+        momentum = self.teacher_momentum(step, total_steps, self._batch_size)
         for name in ("backbone", "projector", "centroids"):
             ema_update(self.teacher[name], getattr(self, name), momentum, buffers=False)
         if self._pending_fractions is not None:
@@ -280,97 +279,16 @@ class ExCB(Method):
 
     # ---- initialisation, schedules, optimizer groups ------------------------------------------
 
-    @torch.no_grad()
     def initialize(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Running-norm statistics of the heads, then the centroids (student and teacher) from
-        spherical k-means on the untrained teacher's normalised projections.
+        """Running-norm statistics of the heads, then the centroids from spherical k-means
+        (:func:`icone.methods.excb_start.initialize`)."""
+        excb_start.initialize(self, batches)
 
-        The projections are the teacher's as training computes them (train mode, so a batch-norm
-        layer uses batch statistics as it will in the steps); norm buffers are restored afterwards,
-        but for those of the running-norm heads (``head_norm=running|auto``), which are set here from
-        the first ``CALIBRATION_ROWS`` samples (:func:`icone.nets.calibrate`) in student and teacher.
-        """
-        opts = self.options
-        calibrating = any(isinstance(m, RunningNorm) for m in self.modules())
-        if not opts.kmeans_init and not calibrating:
-            return
-        x = self._initial_projections(batches, opts.kmeans_samples if opts.kmeans_init else 0, calibrating)
-        if not opts.kmeans_init:
-            return
-        centroids, assign = spherical_kmeans(x, self.num_clusters, opts.kmeans_iters, opts.kmeans_restarts)
-        if distributed.is_distributed():  # every process must start from rank 0's centroids
-            torch.distributed.broadcast(centroids, src=0)
-            assign = nearest_centroid(x, centroids)
-        self.centroids.weight.copy_(centroids)
-        self.teacher["centroids"].weight.copy_(centroids)
-        self.epoch_counts.copy_(torch.bincount(assign, minlength=self.num_clusters).float())  # epoch 0: k-means
-
-    @torch.no_grad()
-    def _initial_projections(
-        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], limit: int, calibrating: bool
-    ) -> torch.Tensor:
-        teacher = self.teacher
-        running = {
-            f"{n}.{b}" for n, m in teacher.named_modules() if isinstance(m, RunningNorm) for b, _ in m.named_buffers()
-        }
-        saved = {name: b.clone() for name, b in teacher.named_buffers() if name not in running}
-        was_training = teacher.training
-        teacher.train()
-        for module in teacher.modules():  # running norms normalise as in training but are not updated here
-            if isinstance(module, RunningNorm):
-                module.eval()
-        try:
-            batches = iter(batches)
-            cached, rows = [], 0
-            if calibrating:
-                for x, _ in batches:
-                    cached.append(teacher["backbone"](x.float()))
-                    rows += len(x)
-                    if rows >= CALIBRATION_ROWS:
-                        break
-                self._calibrate_heads(cached)
-            if limit <= 0:
-                return torch.empty(0)
-            features = [F.normalize(teacher["projector"](f).float(), dim=-1) for f in cached]
-            for x, _ in batches:
-                if rows >= limit:
-                    break
-                features.append(F.normalize(teacher["projector"](teacher["backbone"](x.float())).float(), dim=-1))
-                rows += len(x)
-        finally:
-            teacher.train(was_training)
-            for name, b in teacher.named_buffers():
-                if name in saved:
-                    b.copy_(saved[name])
-        return torch.cat(features)[:limit]
-
-    @torch.no_grad()
-    def _calibrate_heads(self, features: list[torch.Tensor]) -> None:
-        """Running statistics of the projector (teacher, copied to the student: the same weights at
-        the start), then of the predictor on the calibrated projections."""
-        projector = self.teacher["projector"]
-        with calibrate(projector):
-            for f in features:
-                projector(f)
-        self.projector.load_state_dict(projector.state_dict())
-        if self.options.predictor:
-            with calibrate(nn.ModuleList([self.predictor_norm, self.predictor])):
-                for f in features:
-                    self.predictor(self.predictor_norm(projector(f)))
-
-    def adjust_views(self, spec: ViewConfig, epoch: int, epochs: int) -> ViewConfig:
-        """With ``crop_schedule``: minimum global crop scale ``start -> end`` (cosine over epochs),
-        local crops span up to it. ``start`` defaults to ``views.global_scale[0]`` and ``end`` to
-        ``start x 0.14 / 0.26`` (the paper's 0.26 -> 0.14, relative to the scales every method uses)."""
-        self.global_views = spec.global_crops
-        if spec.global_crops < 2:
-            raise UserError(f"excb needs at least 2 global crops; set views.global_crops=2 (now {spec.global_crops})")
-        if not self.options.crop_schedule:
-            return spec
-        start = self.options.crop_scale_start or spec.global_scale[0]
-        end = self.options.crop_scale_end or start * 0.14 / 0.26
-        low = crop_min_scale(epoch, epochs, start, end)
-        return dataclasses.replace(spec, global_scale=(low, 1.0), local_scale=(min(spec.local_scale[0], low), low))
+    @classmethod
+    def view_requirements(cls, options: ExCBOptions) -> ViewRequirements:
+        """At least two global crops (the teacher's); with ``crop_schedule`` the crops' scales by epoch."""
+        schedule = functools.partial(crop_schedule, options) if options.crop_schedule else None
+        return ViewRequirements(global_crops=(2, None), needs="needs at least 2 global crops", schedule=schedule)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Encoder and heads as usual; centroids in their own group, weight decay 10x -> 1x."""

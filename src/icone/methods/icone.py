@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from icone import distributed, losses
-from icone.config import option
 from icone.methods.base import Method, split_decay
 from icone.methods.parts import forward_by_shape
 from icone.nets import MLP
+from icone.options import option
 from icone.stats import rankme
 
 ALIGNMENTS = ("cosine", "infonce")
@@ -124,9 +124,9 @@ class IConE(Method):
     cost_grows_with_instances = True
     Options = IConEOptions
 
-    def __init__(self, backbone: nn.Module, options: IConEOptions, num_instances: int) -> None:
+    def __init__(self, backbone: nn.Module, options: IConEOptions, num_instances: int, global_crops: int = 2) -> None:
         options.validate()  # options built by hand get the preset's values too
-        super().__init__(backbone, options, num_instances)
+        super().__init__(backbone, options, num_instances, global_crops)
         if options.projector == "none":
             self.projector: nn.Module = nn.Identity()
             dim = self.feature_dim
@@ -140,7 +140,6 @@ class IConE(Method):
         self.embedding_dim = dim
         dtype = TABLE_DTYPES[options.table_dtype]
         self.table = nn.Parameter((torch.randn(num_instances, dim) * options.table_init_std).to(dtype))
-        self.global_views = 2  # set from the view options in adjust_views
         if options.negatives_from == "recent":  # a ring of the instances visited last (all processes)
             self.register_buffer("recent", torch.zeros(min(options.negatives or 4096, num_instances), dtype=torch.long))
             self.register_buffer("recent_count", torch.zeros((), dtype=torch.long))
@@ -214,11 +213,6 @@ class IConE(Method):
             batch_rows, index, others, sample, diversity=opts.diversity, t=opts.uniformity_t
         )
 
-    def adjust_views(self, spec: Any, epoch: int, epochs: int) -> Any:
-        """Global crops are pulled to their row (and to each other); local crops as ``local_alignment`` says."""
-        self.global_views = int(spec.global_crops)
-        return spec
-
     def _negatives(self, device: torch.device) -> torch.Tensor:
         """Rows scored as negatives: the ``negatives`` rows visited last (``negatives_from=recent``: rows a
         step has just moved, so as fresh as the encoder), or every row once when ``negatives`` covers the
@@ -250,7 +244,7 @@ class IConE(Method):
         self, views: list[torch.Tensor], index: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         opts = self.options
-        b, g = views[0].shape[0], min(self.global_views, len(views))
+        b, g = views[0].shape[0], min(self.global_crops, len(views))
         local = len(views) - g if opts.local_alignment == "detached" else 0
         z = forward_by_shape(self.embed, views[: g + local]).float()  # (V*B) x d, one backbone pass per view size
         z = z.reshape(g + local, b, -1).transpose(0, 1)  # B x V x d

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from icone import distributed, losses
-from icone.config import option
 from icone.methods.parts import RingBuffer, TwoViewMethod, ema_update, frozen_copy, largest_power_of_two
 from icone.nets import HEAD_NORMS, MLP
+from icone.options import option
 
 MAX_QUEUE = 65536  # the paper's queue length (ImageNet)
 
@@ -57,8 +57,8 @@ class MoCo(TwoViewMethod):
     default_norm = "group"
     Options = MoCoOptions
 
-    def __init__(self, backbone: nn.Module, options: MoCoOptions, num_instances: int) -> None:
-        super().__init__(backbone, options, num_instances)
+    def __init__(self, backbone: nn.Module, options: MoCoOptions, num_instances: int, global_crops: int = 2) -> None:
+        super().__init__(backbone, options, num_instances, global_crops)
         self.projector = MLP(self.feature_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
         self.key_backbone = frozen_copy(self.backbone)
         self.key_projector = frozen_copy(self.projector)
@@ -87,10 +87,15 @@ class MoCo(TwoViewMethod):
         positive = (F.normalize(q1, dim=-1) * k2).sum(-1).mean()
         return loss, {"positive_cosine": positive.detach()}
 
+    def teacher_momentum(self, step: int, total_steps: int, batch_size: int) -> float:
+        """The key encoder's EMA momentum: constant (§3.2 of MoCo)."""
+        return self.options.momentum
+
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        ema_update(self.key_backbone, self.backbone, self.options.momentum)
-        ema_update(self.key_projector, self.projector, self.options.momentum)
+        momentum = self.teacher_momentum(step, total_steps, 0)
+        ema_update(self.key_backbone, self.backbone, momentum)
+        ema_update(self.key_projector, self.projector, momentum)
         if self._pending is not None:
             self.queue.push(*self._pending)  # the newest keys overwrite the oldest
             self._pending = None

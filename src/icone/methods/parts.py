@@ -1,4 +1,4 @@
-"""Parts shared by the methods: view checks, the two-view skeleton, one backbone pass per view
+"""Parts shared by the methods: view requirements, the two-view skeleton, one backbone pass per view
 shape, teachers (frozen copies, EMA, momentum schedule), a ring buffer, gathered losses, size rules."""
 
 from __future__ import annotations
@@ -6,31 +6,17 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from icone import distributed
-from icone.config import ViewConfig
-from icone.errors import UserError
-from icone.methods.base import Method
+from icone.methods.base import Method, ViewRequirements
 
-
-def require_two_views(method: str, spec: ViewConfig) -> None:
-    """Two-view methods compare exactly two global crops; anything else is refused before training."""
-    if spec.global_crops != 2 or spec.local_crops != 0:
-        raise UserError(
-            f"{method} compares exactly two views; got {spec.global_crops} global and {spec.local_crops} local crops; "
-            "use views.global_crops=2 views.local_crops=0 (multi-crop methods: dino, swav, excb)"
-        )
-
-
-def require_two_or_more_views(method: str, spec: ViewConfig) -> None:
-    """Multi-crop methods predict one view from another, so they need at least two views."""
-    if spec.global_crops + spec.local_crops < 2:
-        raise UserError(
-            f"{method} predicts one view from another and needs at least two views; use views.global_crops=2"
-        )
+# two-view methods compare exactly two global crops; multi-crop methods predict one view from another
+TWO_VIEWS = ViewRequirements(global_crops=(2, 2), local_crops=(0, 0), needs="compares exactly two views")
+TWO_OR_MORE_VIEWS = ViewRequirements(min_views=2, needs="predicts one view from another and needs at least two views")
 
 
 def forward_by_shape(net: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor]) -> torch.Tensor:
@@ -48,9 +34,9 @@ def forward_by_shape(net: Callable[[torch.Tensor], torch.Tensor], views: list[to
 class TwoViewMethod(Method):
     """A method that compares two global views of each sample; subclasses implement :meth:`pair_step`."""
 
-    def adjust_views(self, spec: ViewConfig, epoch: int, epochs: int) -> ViewConfig:
-        require_two_views(self.name, spec)
-        return spec
+    @classmethod
+    def view_requirements(cls, options: Any) -> ViewRequirements:
+        return TWO_VIEWS
 
     def training_step(
         self, views: list[torch.Tensor], index: torch.Tensor

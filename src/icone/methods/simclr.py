@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from icone import distributed, losses
-from icone.config import option
 from icone.methods.parts import TwoViewMethod, full_batch_gradient
 from icone.nets import HEAD_NORMS, MLP
+from icone.options import option
 
 
 @dataclass
@@ -41,8 +41,8 @@ class SimCLR(TwoViewMethod):
     default_norm = "batch"
     Options = SimCLROptions
 
-    def __init__(self, backbone: nn.Module, options: SimCLROptions, num_instances: int) -> None:
-        super().__init__(backbone, options, num_instances)
+    def __init__(self, backbone: nn.Module, options: SimCLROptions, num_instances: int, global_crops: int = 2) -> None:
+        super().__init__(backbone, options, num_instances, global_crops)
         self.projector = MLP(self.feature_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
 
     def pair_step(

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from icone import losses
-from icone.config import option
 from icone.methods.parts import TwoViewMethod
 from icone.nets import HEAD_NORMS, MLP, norm_layer
+from icone.options import option
 
 
 @dataclass
@@ -41,8 +41,8 @@ class SimSiam(TwoViewMethod):
     default_norm = "group"
     Options = SimSiamOptions
 
-    def __init__(self, backbone: nn.Module, options: SimSiamOptions, num_instances: int) -> None:
-        super().__init__(backbone, options, num_instances)
+    def __init__(self, backbone: nn.Module, options: SimSiamOptions, num_instances: int, global_crops: int = 2) -> None:
+        super().__init__(backbone, options, num_instances, global_crops)
         dim = options.proj_dim
         # the output norm has no affine parameters (the paper's BatchNorm1d(affine=False), or its batch-free twin)
         self.projector = nn.Sequential(

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from icone import distributed, losses
-from icone.config import ViewConfig, option
-from icone.methods.base import Method
-from icone.methods.parts import RingBuffer, forward_by_shape, require_two_or_more_views, scaled_to_data
+from icone.methods.base import Method, ViewRequirements
+from icone.methods.parts import TWO_OR_MORE_VIEWS, RingBuffer, forward_by_shape, scaled_to_data
 from icone.nets import HEAD_NORMS, MLP, CentroidLayer
+from icone.options import option
 
 MAX_PROTOTYPES = 3000  # the paper's K (ImageNet)
 MAX_QUEUE = 3840  # the paper's queue length for small batches (ImageNet)
@@ -77,21 +77,19 @@ class SwAV(Method):
     default_local_crops = 2
     Options = SwAVOptions
 
-    def __init__(self, backbone: nn.Module, options: SwAVOptions, num_instances: int) -> None:
-        super().__init__(backbone, options, num_instances)
+    def __init__(self, backbone: nn.Module, options: SwAVOptions, num_instances: int, global_crops: int = 2) -> None:
+        super().__init__(backbone, options, num_instances, global_crops)
         self.num_prototypes = options.num_prototypes or default_num_prototypes(num_instances)
         self.projector = MLP(self.feature_dim, options.hidden_dim, options.out_dim, layers=2, norm=options.norm)
         self.prototypes = CentroidLayer(options.out_dim, self.num_prototypes)
         size = default_queue_size(num_instances) if options.queue_size is None else options.queue_size
         self.queue = RingBuffer(size, options.out_dim)
-        self.global_crops = 2
         self._use_queue = options.queue_start <= 0
         self._pending: torch.Tensor | None = None
 
-    def adjust_views(self, spec: ViewConfig, epoch: int, epochs: int) -> ViewConfig:
-        require_two_or_more_views(self.name, spec)
-        self.global_crops = spec.global_crops
-        return spec
+    @classmethod
+    def view_requirements(cls, options: SwAVOptions) -> ViewRequirements:
+        return TWO_OR_MORE_VIEWS
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projector(self.backbone(x)).float(), dim=-1)

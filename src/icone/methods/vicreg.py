@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from icone import distributed, losses
-from icone.config import option
 from icone.methods.parts import TwoViewMethod, full_batch_gradient
 from icone.nets import HEAD_NORMS, MLP
+from icone.options import option
 
 
 @dataclass
@@ -44,8 +44,8 @@ class VICReg(TwoViewMethod):
     default_norm = "batch"
     Options = VICRegOptions
 
-    def __init__(self, backbone: nn.Module, options: VICRegOptions, num_instances: int) -> None:
-        super().__init__(backbone, options, num_instances)
+    def __init__(self, backbone: nn.Module, options: VICRegOptions, num_instances: int, global_crops: int = 2) -> None:
+        super().__init__(backbone, options, num_instances, global_crops)
         dim = options.expander_dim
         self.expander = MLP(self.feature_dim, dim, dim, layers=options.expander_layers, norm=options.norm)
 

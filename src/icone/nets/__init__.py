@@ -1,6 +1,12 @@
 """Backbones (2D/3D ResNets from MONAI, a small CNN), heads (MLPs, centroid layer) and their norms."""
 
-from icone.nets.backbones import BACKBONES, build_backbone, parse_backbone_name, set_activation_checkpointing
+from icone.nets.backbones import (
+    BACKBONES,
+    BackboneSpec,
+    build_backbone,
+    parse_backbone_name,
+    set_activation_checkpointing,
+)
 from icone.nets.heads import MLP, CentroidLayer
 from icone.nets.norms import HEAD_NORMS, NORMS, group_count, norm_layer
 from icone.nets.running_norm import RunningNorm, calibrate
@@ -9,6 +15,7 @@ __all__ = [
     "BACKBONES",
     "HEAD_NORMS",
     "MLP",
+    "BackboneSpec",
     "NORMS",
     "CentroidLayer",
     "RunningNorm",

@@ -1,16 +1,17 @@
 """Backbones: 2D/3D ResNet-18/50 from MONAI with a choice of norm layer, and a small CNN.
 
-A backbone maps ``B x C x spatial`` to pooled features ``B x feature_dim``; ``model.*`` of the
-config (:class:`icone.config.ModelConfig`) describes it, and is stored with exported weights.
+A backbone maps ``B x C x spatial`` to pooled features ``B x feature_dim``; a :class:`BackboneSpec`
+describes it (:func:`icone.build.backbone_spec` makes one from the run's ``model.*`` options).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from icone.config import ModelConfig
 from icone.errors import UserError
 from icone.nets.norms import norm_layer
 
@@ -120,14 +121,23 @@ def set_activation_checkpointing(module: nn.Module, on: bool = True) -> None:
             child.checkpointing = on
 
 
-def build_backbone(model: ModelConfig) -> nn.Module:
-    """The backbone ``model`` describes (resolved: dims, channels and norm set), with a ``feature_dim`` attribute."""
-    base, _ = parse_backbone_name(model.backbone)
-    if model.spatial_dims is None or model.in_channels is None or model.norm is None:
-        raise ValueError(
-            "model.spatial_dims, in_channels and norm must be resolved (icone.build.resolve_config fills them)"
-        )
-    dims, channels, norm = int(model.spatial_dims), int(model.in_channels), str(model.norm)
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone: its name (``resnet18``, ``resnet50``, ``smallcnn``, optionally ``-2d``/``-3d``), the spatial
+    dimensions and channels of its input, the norm layer, the width of its first stage, and a small stem."""
+
+    backbone: str
+    spatial_dims: int
+    in_channels: int
+    norm: str
+    width: int = 16
+    small_stem: bool = True  # 3x3 stride-1 stem without max-pool, for small images
+
+
+def build_backbone(spec: BackboneSpec) -> nn.Module:
+    """The backbone ``spec`` describes, with a ``feature_dim`` attribute."""
+    base, _ = parse_backbone_name(spec.backbone)
+    dims, channels, norm = int(spec.spatial_dims), int(spec.in_channels), str(spec.norm)
     if base == "smallcnn":
-        return SmallCNN(dims, channels, model.width, norm)
-    return MonaiResNet(18 if base == "resnet18" else 50, dims, channels, model.width, norm, model.small_stem)
+        return SmallCNN(dims, channels, spec.width, norm)
+    return MonaiResNet(18 if base == "resnet18" else 50, dims, channels, spec.width, norm, spec.small_stem)

@@ -10,15 +10,9 @@ from icone.nets.norms import norm_layer
 
 
 class MLP(nn.Module):
-    """``in -> hidden (-> hidden ...) -> out``; norm + ReLU after every layer but the last.
+    """``in -> hidden (-> hidden ...) -> out``; norm + ReLU after every layer but the last."""
 
-    ``last_norm`` adds a norm (without affine parameters for batch norm, as in SimCLR/BYOL heads
-    it is the usual final BN) after the last layer.
-    """
-
-    def __init__(
-        self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, norm: str = "layer", last_norm: bool = False
-    ) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, norm: str = "layer") -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (layers - 1) + [out_dim]
         modules: list[nn.Module] = []
@@ -27,8 +21,6 @@ class MLP(nn.Module):
             modules.append(nn.Linear(dims[i], dims[i + 1], bias=last or norm == "none"))
             if not last:
                 modules += [norm_layer(norm, dims[i + 1], dims=1), nn.ReLU(inplace=True)]
-            elif last_norm:
-                modules.append(norm_layer(norm, dims[i + 1], dims=1))
         self.net = nn.Sequential(*modules)
         self.out_dim = out_dim
 

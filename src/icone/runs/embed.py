@@ -19,14 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from icone import build
 from icone.config import build_config
-from icone.data import load_dataset
 from icone.data.sources import resolve
 from icone.errors import UserError
 from icone.export import load_backbone
 from icone.runs.embed_table import embedded_rows, table_of, write_table
 from icone.runs.evaluate import check_fit, data_for
-from icone.runtime import pick_device
 from icone.training.checkpoint import load_checkpoint
 from icone.weights import require
 
@@ -54,9 +53,9 @@ def embed_run(
     config = build_config(item["config"])
     resolve(data)
     config = dataclasses.replace(config, data=data_for(config, data, data_options))
-    dataset = load_dataset(config.data)
+    dataset = build.load_data(config, seed=0)
     check_fit(config, dataset)
-    device = pick_device(config.train.device)
+    device = build.device(config)
     backbone = load_backbone(path, device)
     summary = write_table(out, embedded_rows(backbone, dataset, device), table_of(dataset, config, path), plot)
     summary["rows"] = len(dataset.train) + (len(dataset.test) if dataset.test is not None else 0)

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from icone import build
 from icone.build import build_method
-from icone.config import Config, DataConfig, build_config, check_options, parse_overrides, update_dataclass
-from icone.data import Dataset, load_dataset
+from icone.config import Config, DataConfig, build_config, parse_overrides, update_dataclass
+from icone.data import Dataset
 from icone.data.arrays import validation_split
 from icone.errors import UserError
 from icone.evaluate.few_label import check_budgets
@@ -27,8 +28,8 @@ from icone.evaluate.verdict import collapse_verdict
 from icone.export import method_from_checkpoint
 from icone.files import atomic_write_text, json_text
 from icone.methods import Method
+from icone.options import check_options
 from icone.run_folder import RunLock, recording
-from icone.runtime import pick_device
 from icone.training.checkpoint import load_checkpoint
 from icone.weights import EXPORT_FORMAT
 
@@ -129,8 +130,9 @@ def evaluate_method(
     """Metrics of the trained backbone and (under ``baseline``) of its starting point; with ``run_dir``,
     ``eval.json`` and the plots (a map of the test embeddings, the probe's confusion matrix)."""
     method = method.to(device)
-    features = embed_dataset(method.evaluation_backbone(), dataset, config.eval, device)
-    result = evaluate_features(features, config.eval)
+    options = build.eval_options(config)
+    features = embed_dataset(method.evaluation_backbone(), dataset, options, device)
+    result = evaluate_features(features, options)
     if (config.eval.label_fractions or config.eval.shots) and "few_label" not in result:
         log.warning("few-label probes (--label-fractions/--shots) skipped: %s", few_label_skipped(features))
     clusters = occupancy_on_train(method, dataset, device)
@@ -138,7 +140,7 @@ def evaluate_method(
         result["clusters"] = clusters
     start, what = starting_point(config, len(dataset.train))
     result["baseline"] = evaluate_features(
-        embed_dataset(start.to(device).evaluation_backbone(), dataset, config.eval, device), config.eval
+        embed_dataset(start.to(device).evaluation_backbone(), dataset, options, device), options
     )
     result["baseline_weights"] = what
     result["method"], result["data"] = config.method, config.data.source
@@ -199,7 +201,7 @@ def evaluate_run(
     config = build_config(checkpoint["config"])
     method = method_from_checkpoint(checkpoint)
     config = _evaluation_config(config, data, data_options, fractions, shots, repeats)
-    dataset = load_dataset(config.data, seed=config.train.seed)
+    dataset = build.load_data(config)
     check_fit(config, dataset)
     if config.eval.label_fractions or config.eval.shots:
         if not dataset.train.labelled:
@@ -218,13 +220,13 @@ def evaluate_run(
     checkpoint_path = Path(checkpoint["path"])
     run_dir = checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" and data is None else None
     if split != "test":
-        return {**evaluate_method(method, config, dataset, None, pick_device(config.train.device)), "split": split}
+        return {**evaluate_method(method, config, dataset, None, build.device(config)), "split": split}
     return _evaluate_into(method, config, dataset, run_dir)
 
 
 def _evaluate_into(method: Method, config: Config, dataset: Dataset, run_dir: Path | None) -> dict[str, Any]:
     """:func:`evaluate_method`, writing ``eval.json`` and plots into ``run_dir`` unless another process holds it."""
-    device = pick_device(config.train.device)
+    device = build.device(config)
     if run_dir is None:
         return evaluate_method(method, config, dataset, None, device)
     lock = RunLock(run_dir)

@@ -8,18 +8,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from icone import distributed
-from icone.build import build_method, resolve_config, view_maker
-from icone.config import Config, build_config, load_yaml, validate
-from icone.data import Dataset, load_dataset
+from icone import build, distributed
+from icone.build import Resolved
+from icone.config import Config, build_config, flatten, load_yaml, save_config, validate
+from icone.data import Dataset
 from icone.data.sources import resolve
 from icone.errors import Interrupted, OutOfMemory, UserError, is_out_of_memory
 from icone.evaluate.plots import plot_training
 from icone.export import export_backbone
 from icone.run_folder import RunFolder, check_replaceable, has_contents, is_inside, settle_before_use
 from icone.runs.evaluate import evaluate_method
-from icone.runtime import pick_device
+from icone.runtime import Runtime
 from icone.training.checkpoint import load_checkpoint
+from icone.training.logs import MetricsLog
 from icone.training.trainer import Trainer
 
 log = logging.getLogger("icone")
@@ -49,24 +50,12 @@ def default_run_dir(config: Config, dataset: Dataset) -> Path:
     return path
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and key != "method_options":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        elif isinstance(value, dict):
-            flat.update({f"{prefix}{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def resumed_config(saved: Config, explicit: dict[str, Any]) -> Config:
     """The run's own config with the resumable options the user gave applied; any other option
     given must agree with the run's (``explicit``: the nested options the user gave)."""
-    asked = _flatten(build_config(explicit).to_dict())
-    saved_flat = _flatten(saved.to_dict())
-    given = _flatten(explicit)
+    asked = flatten(build_config(explicit).to_dict())
+    saved_flat = flatten(saved.to_dict())
+    given = flatten(explicit)
     changed = [k for k in given if k not in RESUMABLE and asked.get(k) != saved_flat.get(k)]
     if changed:
         raise UserError(
@@ -149,47 +138,49 @@ def _check_checkpoint(checkpoint: dict[str, Any], config: Config, dataset: Datas
 
 def prepare_training(
     config: Config, out: str | Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None = None
-) -> tuple[Config, Dataset, Path, dict[str, Any] | None]:
+) -> tuple[Resolved, Dataset, Path, dict[str, Any] | None]:
     """Check everything before touching the disk: the resolved config, the data, the run folder.
 
     ``explicit``: the options the user gave (nested), checked against the run's config on resume.
     """
     run_dir = Path(out) if out is not None else None
     config = _run_dir_config(config, run_dir, resume, overwrite, explicit)
-    dataset = load_dataset(config.data, seed=config.train.seed)
-    config = resolve_config(config, dataset)
-    checkpoint = None
+    dataset = build.load_data(config)
+    resolved = build.resolve(config, dataset)
+    config, checkpoint = resolved.config, None
     if resume:
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         _check_checkpoint(checkpoint, config, dataset, run_dir)
     if run_dir is None:
         run_dir = default_run_dir(config, dataset)
         _check_out(config, run_dir, False)
-    return config, dataset, run_dir, checkpoint
+    return resolved, dataset, run_dir, checkpoint
 
 
 def prepare_on_main(
     config: Config, out: str | Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None = None
-) -> tuple[Config, Dataset, Path, dict[str, Any] | None, RunFolder | None]:
+) -> tuple[Resolved, Dataset, Path, dict[str, Any] | None, RunFolder | None]:
     """:func:`prepare_training` on the main process, which then opens (locks, and with ``--overwrite``
     replaces) the run folder: one folder, named once. The other processes receive its resolved
-    config, run folder and checkpoint and load the data themselves. An error on any process is
-    raised on all of them. Returns the :class:`RunFolder` on the main process, ``None`` elsewhere.
+    config, run folder and checkpoint, and load the data and resolve the config (their own runtime)
+    themselves. An error on any process is raised on all of them. Returns the :class:`RunFolder` on
+    the main process, ``None`` elsewhere.
     """
-    shared, message, dataset, folder = None, None, None, None
+    shared, message, resolved, dataset, folder = None, None, None, None, None
     if distributed.is_main_process():
         try:
-            config, dataset, run_dir, checkpoint = prepare_training(config, out, resume, overwrite, explicit)
+            resolved, dataset, run_dir, checkpoint = prepare_training(config, out, resume, overwrite, explicit)
             folder = RunFolder(run_dir).open("resume" if resume else "replace" if overwrite else "new")
             if folder.note:
                 log.warning(folder.note)
-            shared = (config, run_dir, checkpoint)
+            shared = (resolved.config, run_dir, checkpoint)
         except UserError as err:
             message = str(err)
     shared = distributed.broadcast_object(shared)
-    if dataset is None and shared is not None:
+    if resolved is None and shared is not None:
         try:
-            dataset = load_dataset(shared[0].data, seed=shared[0].train.seed)
+            dataset = build.load_data(shared[0])
+            resolved = build.resolve(shared[0], dataset)
         except UserError as err:
             message = str(err)
     message = distributed.first_error(message)
@@ -198,8 +189,8 @@ def prepare_on_main(
             folder.failed()
             folder.close()
         raise UserError(message)
-    config, run_dir, checkpoint = shared
-    return config, dataset, run_dir, checkpoint, folder
+    _, run_dir, checkpoint = shared
+    return resolved, dataset, run_dir, checkpoint, folder
 
 
 def eval_record(result: dict[str, Any], epoch: int, step: int) -> dict[str, Any]:
@@ -249,16 +240,16 @@ def _fit(trainer: Trainer, dataset: Dataset) -> Any:
 
 
 def _trainer(
-    config: Config, dataset: Dataset, run_dir: Path, checkpoint: dict[str, Any] | None, folder: RunFolder | None,
+    resolved: Resolved, dataset: Dataset, run_dir: Path, checkpoint: dict[str, Any] | None, folder: RunFolder | None,
     progress: bool,
 ) -> Trainer:  # fmt: skip
-    """The run's method and trainer, on the run's own device, restored from ``checkpoint`` if given."""
-    device = distributed.process_device(pick_device(config.train.device))  # a resumed run's own device
-    method = build_method(config, num_instances=len(dataset.train), initial_weights=checkpoint is None)
-    trainer = Trainer(
-        config, dataset, run_dir, method, views=lambda epoch: view_maker(config, method, epoch), device=device,
-        progress=progress, on_checkpoint=folder.started if folder else None,
-    )  # fmt: skip
+    """The run's setup (on its own device: a resumed run's) and trainer, restored from ``checkpoint`` if
+    given; then the config it trains with is the run's ``config.yaml`` (on --resume too: the options given
+    again are the run's now)."""
+    config = resolved.config
+    setup = build.setup(resolved, dataset, initial_weights=checkpoint is None)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", config.train.logger, config.to_dict())
+    trainer = Trainer(setup, run_dir, metrics, progress, on_checkpoint=folder.started if folder else None)
     if checkpoint is not None:
         try:
             trainer.restore(checkpoint)
@@ -266,6 +257,8 @@ def _trainer(
             raise UserError(
                 f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})"
             ) from None
+    if distributed.is_main_process():
+        save_config(config, run_dir / "config.yaml")
     return trainer
 
 
@@ -296,18 +289,20 @@ def train_run(
     as it found it (with ``--overwrite``, the old run is put back).
     """
     was_joined = distributed.is_distributed()
-    device = distributed.process_device(pick_device(config.train.device))
-    distributed.init_from_env(device, timeout_minutes=config.train.dist_timeout_minutes)
+    launch = Runtime.resolve(config.train.device)  # the launch's device joins the group
+    distributed.init_from_env(launch.device, timeout_minutes=config.train.dist_timeout_minutes)
     folder: RunFolder | None = None
     trainer: Trainer | None = None
     try:
-        config, dataset, run_dir, checkpoint, folder = prepare_on_main(config, out, resume, overwrite, explicit)
-        trainer = _trainer(config, dataset, run_dir, checkpoint, folder, progress)
+        resolved, dataset, run_dir, checkpoint, folder = prepare_on_main(config, out, resume, overwrite, explicit)
+        trainer = _trainer(resolved, dataset, run_dir, checkpoint, folder, progress)
         result = _fit(trainer, dataset)
         # no process leaves the group while another still talks to it: a gloo peer that vanishes
         # mid-exchange can abort the other process ("terminate called without an active exception")
         distributed.barrier()
-        return _finish(result, config, dataset, run_dir, trainer) if distributed.is_main_process() else {}
+        if not distributed.is_main_process():
+            return {}
+        return _finish(result, resolved.config, dataset, run_dir, trainer)
     except BaseException:
         if folder is not None:
             folder.failed()

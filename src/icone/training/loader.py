@@ -137,3 +137,30 @@ def train_loader(
         num_workers=num_workers,
         pin_memory=device is not None and device.type == "cuda",
     )
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """The training set's loaders: :meth:`epoch` gives an epoch's batches (``num_samples`` per epoch, in
+    ``revisits`` windows where given), :meth:`plain` every sample once in order, on ``device``."""
+
+    train_set: IndexedDataset
+    batch_size: int
+    seed: int
+    device: torch.device | None = None
+    num_workers: int = 0
+    num_samples: int | None = None
+    revisits: Revisits | None = None
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> DataLoader:
+        """Epoch ``epoch``'s batches ``(samples, index, label)`` from ``start_batch`` on."""
+        self.train_set.set_epoch(epoch)
+        return train_loader(
+            self.train_set, self.batch_size, self.seed, epoch, self.num_workers, self.device,
+            start_batch=start_batch, num_samples=self.num_samples, revisits=self.revisits,
+        )  # fmt: skip
+
+    def plain(self, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every training sample once, in order, as ``(samples, index)`` on ``device`` (for ``Method.initialize``)."""
+        for x, index, _ in train_loader(self.train_set, batch_size, self.seed, 0, shuffle=False):
+            yield x.to(self.device or "cpu"), index.to(self.device or "cpu")

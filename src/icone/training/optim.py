@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -195,31 +196,44 @@ def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
     return lr
 
 
-def build_optimizer(method: torch.nn.Module, config: Any) -> torch.optim.Optimizer | OptimizerSet:
-    """The optimizer (``optim.name``) over the method's dense groups; a group with ``optimizer: "sgd"``
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimizer of a run: ``name`` (``adamw`` or ``sgd``) at ``lr`` with ``weight_decay``; SGD's
+    ``momentum``; AdamW's ``fused`` kernel where torch has one; ``batch_size``: the whole batch (all
+    processes), to which a group's ``reference_lr`` is scaled."""
+
+    lr: float
+    weight_decay: float
+    name: str = "adamw"
+    momentum: float = 0.9
+    fused: bool = True
+    batch_size: int = REFERENCE_BATCH
+
+
+def build_optimizer(method: torch.nn.Module, spec: OptimizerSpec) -> torch.optim.Optimizer | OptimizerSet:
+    """The optimizer (``spec.name``) over the method's dense groups; a group with ``optimizer: "sgd"``
     gets SGD of its own (``momentum`` from the group); :class:`RowSparseAdamW` (or
     :class:`RowSparseSGD`) over its ``row_sparse`` groups.
 
-    Every group gets ``lr_scale`` (its lr = scheduled lr x this) and ``base_weight_decay``. A group
-    with ``reference_lr`` (its own lr at :data:`REFERENCE_BATCH`) is scaled linearly to the whole
-    batch (``train.batch_size`` x processes), as SGD's lr is: its ``lr_scale`` is that lr over ``optim.lr``.
+    Every group gets ``lr_scale`` (its lr = scheduled lr x this; its lr now: ``spec.lr`` x this) and
+    ``base_weight_decay``. A group with ``reference_lr`` (its own lr at :data:`REFERENCE_BATCH`) is
+    scaled linearly to ``spec.batch_size``, as SGD's lr is: its ``lr_scale`` is that lr over ``spec.lr``.
     """
-    lr = float(config.optim.lr)
-    groups = method.param_groups(lr, float(config.optim.weight_decay))
+    lr = float(spec.lr)
+    groups = method.param_groups(lr, float(spec.weight_decay))
     for group in groups:
         if "reference_lr" in group:
-            batch = config.train.batch_size * distributed.world_size()
-            group["lr_scale"] = scaled_lr(float(group.pop("reference_lr")), batch, "linear") / lr
-            group["lr"] = lr * group["lr_scale"]
+            group["lr_scale"] = scaled_lr(float(group.pop("reference_lr")), spec.batch_size, "linear") / lr
         group.setdefault("lr_scale", 1.0)
+        group["lr"] = lr * group["lr_scale"]
         group["base_weight_decay"] = group["weight_decay"]
     own_sgd = [g for g in groups if g.get("optimizer") == "sgd"]
     dense = [g for g in groups if not g.get("row_sparse") and g.get("optimizer") != "sgd"]
     optimizers: list[torch.optim.Optimizer] = []
-    if dense and config.optim.name == "sgd":
-        optimizers.append(torch.optim.SGD(dense, lr=lr, momentum=config.optim.momentum))
+    if dense and spec.name == "sgd":
+        optimizers.append(torch.optim.SGD(dense, lr=lr, momentum=spec.momentum))
     elif dense:
-        optimizers.append(adamw(dense, lr, fused=config.optim.fused))
+        optimizers.append(adamw(dense, lr, fused=spec.fused))
     if [g for g in own_sgd if not g.get("row_sparse")]:
         optimizers.append(torch.optim.SGD([g for g in own_sgd if not g.get("row_sparse")], lr=lr))
     if [g for g in own_sgd if g.get("row_sparse")]:

@@ -1,18 +1,21 @@
 """One training step, public: schedules, precision, backward, clipping, the optimizer, the after-step hook.
 
-The trainer, the speed harness and a user's own loop all step a method through :class:`TrainStep`.
+The trainer, the speed harness and a user's own loop all step a method through :class:`TrainStep`
+(:func:`icone.build.setup` makes it: ``setup.train_step``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from icone.methods import Method
-from icone.runtime import AUTOCAST, memory_format, resolve_precision
+from icone.runtime import AUTOCAST
 from icone.training.optim import OptimizerSet, all_reduce_row_gradients, clip_grad_norm
 from icone.views import ViewMaker
 
@@ -32,46 +35,81 @@ class Schedule:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+@dataclass(frozen=True)
+class Schedules:
+    """Every step's values, computed before the first (as DINO's ``main_dino.py`` does), indexed by the
+    step (0-based; past the end, the last value):
+
+    - ``lr[step]``: the learning rate (a group's is this x its ``lr_scale``);
+    - ``wd[start][step]``: the multiple of its own weight decay for a group with ``weight_decay_start_scale``
+      ``start`` (from ``start`` down to 1 by a cosine);
+    - ``momentum[step]``: the teacher's EMA momentum after the step, for a method with a teacher (else ``None``).
+    """
+
+    lr: np.ndarray
+    wd: dict[float, np.ndarray] = field(default_factory=dict)
+    momentum: np.ndarray | None = None
+
+    @classmethod
+    def make(
+        cls, schedule: Schedule, lr: float, wd_starts: Iterable[float] = (), momentum: np.ndarray | None = None
+    ) -> Schedules:
+        """``lr`` x ``schedule``'s factor at each of its steps, and the weight-decay ramps of ``wd_starts``."""
+        steps = range(max(schedule.total_steps, 1))
+        decay = {
+            start: np.array([Schedule(schedule.total_steps, 0, 1.0 / start).factor(s) * start for s in steps])
+            for start in wd_starts
+        }
+        return cls(np.array([lr * schedule.factor(s) for s in steps]), decay, momentum)
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.lr)
+
+    def at(self, values: np.ndarray, step: int) -> float:
+        return float(values[min(step, len(values) - 1)])
+
+
 class TrainStep:
     """Steps ``method`` with ``optimizer``: ``loss, metrics = step(x, index, views)``.
 
-    Per step: each optimizer group's lr is ``base_lr x group["lr_scale"] x schedule``; a group with
-    ``weight_decay_start_scale`` gets a weight decay falling from that multiple of its own to 1x by
-    a cosine; views are made on the device; the forward runs under autocast for ``precision``
-    ``bf16`` or ``fp16`` (``fp32``: none; ``auto`` as :func:`icone.runtime.resolve_precision`);
-    then backward (``fp16``: of the loss scaled by a ``GradScaler``), the exchange of row-sparse
-    gradients across processes, gradient clipping (``grad_clip``; 0 or ``None``: off; on the
-    unscaled gradients), the optimizer step (``fp16``: skipped when a gradient overflowed, and
-    counted in ``skipped_steps``) and the method's ``after_optimizer_step``. ``model`` is what the
-    forward calls (a DDP wrapper of the method under ``torchrun``; the method itself by default).
-    ``device`` is a ``torch.device`` or its name (``"cpu"``, ``"cuda:0"``).
+    Per step: each optimizer group's lr is ``schedules.lr[step] x group["lr_scale"]``; a group with
+    ``weight_decay_start_scale`` gets its weight decay times ``schedules.wd[scale][step]``; views are
+    made on the device in ``memory_format``; the forward runs under autocast for ``precision`` ``bf16`` or
+    ``fp16`` (``fp32``: none); then backward (``fp16``: of the loss scaled by a ``GradScaler``), the
+    exchange of row-sparse gradients across processes, gradient clipping (``grad_clip``; 0 or ``None``:
+    off; on the unscaled gradients, sparse ones included), the optimizer step (``fp16``: skipped when a
+    gradient overflowed, and counted in ``skipped_steps``) and the method's ``after_optimizer_step``.
+    ``model`` is what the forward calls (a DDP wrapper of the method under ``torchrun``; the method
+    itself by default). ``device`` is a ``torch.device`` or its name (``"cpu"``, ``"cuda:0"``).
     """
 
     def __init__(
         self,
         method: Method,
         optimizer: torch.optim.Optimizer | OptimizerSet,
-        schedule: Schedule,
-        base_lr: float,
+        schedules: Schedules,
         device: torch.device | str,
         grad_clip: float | None = None,
-        precision: str = "auto",
-        channels_last: bool = False,
-        spatial_dims: int = 2,
+        precision: str = "fp32",
+        memory_format: torch.memory_format = torch.contiguous_format,
         model: torch.nn.Module | None = None,
     ) -> None:
         device = torch.device(device)  # "cpu", "cuda", "cuda:1" as well as a torch.device
-        self.method, self.optimizer, self.schedule = method, optimizer, schedule
-        self.base_lr, self.device, self.grad_clip = base_lr, device, grad_clip
+        self.method, self.optimizer, self.schedules = method, optimizer, schedules
+        self.device, self.grad_clip, self.memory_format = device, grad_clip, memory_format
         self.model = model if model is not None else method
-        self.precision = resolve_precision(precision, device)
-        self.autocast = AUTOCAST.get(self.precision)
-        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
-        self.memory_format = memory_format(channels_last, spatial_dims)
+        self.precision = precision
+        self.autocast = AUTOCAST.get(precision)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         self.step = 0  # steps done
         self.skipped_steps = 0  # fp16: steps whose gradients overflowed (the optimizer did not step)
         self.consecutive_skipped = 0
         self.last_skipped = False
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedules.total_steps
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the step: the count, the skipped steps, the loss scale."""
@@ -91,13 +129,33 @@ class TrainStep:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def set_schedules(self) -> None:
-        factor = self.schedule.factor(self.step)
+        lr = self.schedules.at(self.schedules.lr, self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.base_lr * group.get("lr_scale", 1.0) * factor
+            group["lr"] = lr * group.get("lr_scale", 1.0)
             start = group.get("weight_decay_start_scale")
             if start is not None:
-                cosine = Schedule(self.schedule.total_steps, 0, 1.0 / start).factor(self.step)
-                group["weight_decay"] = group["base_weight_decay"] * cosine * start
+                group["weight_decay"] = group["base_weight_decay"] * self.schedules.at(
+                    self.schedules.wd[start], self.step
+                )
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Backward, the row-sparse exchange, clipping and the optimizer step (``fp16``: skipped on overflow)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        all_reduce_row_gradients(self.optimizer)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.grad_clip:
+            clip_grad_norm(self.method.parameters(), self.grad_clip)
+        if self.scaler is None:
+            self.optimizer.step()
+            return
+        scale = self.scaler.get_scale()  # a host sync, fp16 only: did this step overflow?
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.last_skipped = self.scaler.get_scale() < scale
+        self.skipped_steps += int(self.last_skipped)
+        self.consecutive_skipped = self.consecutive_skipped + 1 if self.last_skipped else 0
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor, views: ViewMaker) -> tuple[torch.Tensor, dict[str, Any]]:
         """One step on the batch ``x`` (its instance indices ``index``); returns the detached loss and the method's metrics."""
@@ -106,22 +164,7 @@ class TrainStep:
         made = [v.contiguous(memory_format=self.memory_format) for v in views(x)]
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             loss, metrics = self.model(made, index)
-        self.optimizer.zero_grad(set_to_none=True)
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        all_reduce_row_gradients(self.optimizer)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.grad_clip:
-            clip_grad_norm(self.method.parameters(), self.grad_clip)
-        if self.scaler is not None:
-            scale = self.scaler.get_scale()  # a host sync, fp16 only: did this step overflow?
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.last_skipped = self.scaler.get_scale() < scale
-            self.skipped_steps += int(self.last_skipped)
-            self.consecutive_skipped = self.consecutive_skipped + 1 if self.last_skipped else 0
-        else:
-            self.optimizer.step()
+        self._backward(loss)
         self.step += 1
-        self.method.after_optimizer_step(self.step, self.schedule.total_steps)
+        self.method.after_optimizer_step(self.step, self.total_steps)
         return loss.detach(), metrics

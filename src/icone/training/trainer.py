@@ -1,11 +1,12 @@
 """The training loop: epochs, the collapse monitor, logs, checkpoints and progress, around :class:`TrainStep`.
 
-It receives a built method and a view factory and knows nothing about a particular method: it
-meets methods only through the contract in :mod:`icone.methods.base`.
+It consumes a :class:`~icone.training.setup.Setup` (built by :func:`icone.build.setup`) and knows nothing
+about a particular method: it meets methods only through the contract in :mod:`icone.methods.base`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,19 +17,14 @@ from typing import Any
 import torch
 
 from icone import distributed
-from icone.config import Config, save_config
-from icone.data import Dataset, IndexedDataset
 from icone.errors import TrainingDiverged
 from icone.evaluate.embeddings import embed_samples
 from icone.methods import HEALTH_PREFIX, Method
-from icone.nets import set_activation_checkpointing
-from icone.runtime import memory_format, peak_memory, seed_everything
+from icone.runtime import peak_memory, seed_everything
 from icone.stats import embedding_std, rankme
 from icone.training.checkpoint import atomic_save, restore_rng_state, rng_state
-from icone.training.loader import Revisits, train_loader
 from icone.training.logs import MetricsLog
-from icone.training.optim import build_optimizer, row_sparse_parameter_names
-from icone.training.step import Schedule, TrainStep
+from icone.training.setup import Setup
 from icone.views import ViewMaker
 from icone.weights import EVALUATED
 
@@ -53,71 +49,37 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains ``method`` (built for ``config`` and ``dataset``, on ``device``) into ``run_dir`` (which the caller has prepared).
+    """Runs ``setup``'s loop into ``run_dir`` (which the caller has prepared), writing records to ``log``.
 
-    ``views(epoch)`` gives the view maker of an epoch (the method's schedules applied).
+    ``on_checkpoint`` is called after every checkpoint written (main process).
     """
 
     def __init__(
-        self,
-        config: Config,
-        dataset: Dataset,
-        run_dir: Path,
-        method: Method,
-        views: Callable[[int], ViewMaker],
-        device: torch.device,
-        progress: bool = True,
+        self, setup: Setup, run_dir: Path, log: MetricsLog, progress: bool = True,
         on_checkpoint: Callable[[], None] | None = None,
-    ) -> None:
-        self.config, self.dataset, self.run_dir, self.views = config, dataset, Path(run_dir), views
-        self.device, self.progress = device, progress
+    ) -> None:  # fmt: skip
+        self.setup, self.run_dir, self.log, self.progress = setup, Path(run_dir), log, progress
+        self.method, self.optimizer, self.train_step = setup.method, setup.optimizer, setup.train_step
+        self.model, self.device, self.plan = setup.model, setup.runtime.device, setup.plan
         # not a terminal (a SLURM log, `| tee`): one plain line per epoch instead of the progress bar
         self.plain = progress and distributed.is_main_process() and not sys.stdout.isatty()
-        self.on_checkpoint = on_checkpoint  # called after every checkpoint written (main process)
+        self.on_checkpoint = on_checkpoint
         if distributed.is_main_process():
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        method = method.to(
-            device, memory_format=memory_format(config.train.channels_last, int(config.model.spatial_dims))
-        )
-        self.method = distributed.sync_batch_norm(method, device)  # before the optimizer and DDP see it
-        set_activation_checkpointing(self.method, config.train.activation_checkpointing)
-        self.optimizer = build_optimizer(self.method, config)
-        self.train_set = IndexedDataset(dataset.train)
-        per_epoch = config.data.patches_per_epoch or len(self.train_set)
-        self.steps_per_epoch = per_epoch // (config.train.batch_size * distributed.world_size())
-        total_steps = self.steps_per_epoch * config.train.epochs
-        schedule = Schedule(
-            total_steps, int(round(config.optim.warmup_epochs * self.steps_per_epoch)), config.optim.min_lr_ratio
-        )
-        model: torch.nn.Module = self.method
-        if distributed.is_distributed():
-            # row-sparse tables are kept identical by their optimizer, which exchanges only the touched rows
-            distributed.ddp_ignore(self.method, row_sparse_parameter_names(self.method, self.optimizer))
-            model = torch.nn.parallel.DistributedDataParallel(
-                self.method, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        self.model = model
-        train = config.train
-        self.train_step = TrainStep(
-            self.method,
-            self.optimizer,
-            schedule,
-            float(config.optim.lr),
-            device,
-            grad_clip=config.optim.grad_clip,
-            precision=train.precision,
-            channels_last=train.channels_last,
-            spatial_dims=int(config.model.spatial_dims),
-            model=model,
-        )
+        self.train_set = setup.loaders.train_set
+        self.steps_per_epoch = setup.plan.steps_per_epoch
         self.epoch = 0
         self.saved_epoch: int | None = None  # the epoch of the last checkpoint written or restored
         self.saved_at = time.monotonic()
         self.resume_batch, self.resume_rng = 0, None  # where a mid-epoch checkpoint stopped
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", train.logger, config.to_dict())
         self.monitor_rows = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(0))[
-            : train.monitor_samples
+            : setup.plan.monitor_samples
         ]
+
+    @property
+    def config(self) -> Any:
+        """The resolved config the setup was built from (for the caller; the loop reads ``setup``'s values)."""
+        return self.setup.config
 
     @property
     def step(self) -> int:
@@ -125,15 +87,19 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        return self.train_step.schedule.total_steps
+        return self.plan.total_steps
+
+    def views(self, epoch: int) -> ViewMaker:
+        """The view maker of ``epoch`` (the method's schedule applied)."""
+        return self.setup.views[min(epoch, len(self.setup.views) - 1)]
 
     # ---- checkpoints -----------------------------------------------------------------------
 
     def state(self, batch: int = 0) -> dict[str, Any]:
         """A checkpoint: after ``epoch`` whole epochs and ``batch`` batches of the next one (with the RNG state there)."""
         state = {
-            "config": self.config.to_dict(),
-            "method": self.config.method,
+            "config": dataclasses.asdict(self.setup.config),
+            "method": self.method.name,
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
@@ -141,7 +107,7 @@ class Trainer:
             "batch": batch,
             "train_step": self.train_step.state_dict(),
             "num_instances": len(self.train_set),
-            "world_size": distributed.world_size(),  # train.batch_size is per process: resume with as many
+            "world_size": distributed.world_size(),  # the batch size is per process: resume with as many
             EVALUATED: module_path(self.method, self.method.evaluation_backbone()),
         }
         if batch:
@@ -149,14 +115,14 @@ class Trainer:
         return state
 
     def save(self, batch: int = 0) -> None:
-        """``checkpoints/last.pt`` (and ``epoch_K.pt`` every ``train.save_every`` epochs); ``batch``: mid-epoch."""
+        """``checkpoints/last.pt`` (and ``epoch_K.pt`` every ``save_every`` epochs); ``batch``: mid-epoch."""
         self.saved_epoch = self.epoch
         self.saved_at = time.monotonic()
         if not distributed.is_main_process():
             return
         state = self.state(batch)
         atomic_save(state, self.run_dir / "checkpoints" / "last.pt")
-        every = self.config.train.save_every
+        every = self.plan.save_every
         if every and not batch and self.epoch % every == 0:
             atomic_save(state, self.run_dir / "checkpoints" / f"epoch_{self.epoch}.pt")
         if self.on_checkpoint is not None:
@@ -173,19 +139,13 @@ class Trainer:
         self.log.resume_at(self.epoch, self.step)
 
     def _step_checkpoint_due(self) -> bool:
-        train = self.config.train
-        if train.checkpoint_every_steps and self.step % train.checkpoint_every_steps == 0:
+        plan = self.plan
+        if plan.checkpoint_every_steps and self.step % plan.checkpoint_every_steps == 0:
             return True
-        return (
-            bool(train.checkpoint_every_minutes)
-            and time.monotonic() - self.saved_at >= 60 * train.checkpoint_every_minutes
-        )
+        minutes = plan.checkpoint_every_minutes
+        return bool(minutes) and time.monotonic() - self.saved_at >= 60 * minutes
 
     # ---- the loop --------------------------------------------------------------------------
-
-    def _plain_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, index, _ in train_loader(self.train_set, 256, self.config.train.seed, 0, shuffle=False):
-            yield x.to(self.device), index.to(self.device)
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if bool(torch.isfinite(loss)):
@@ -193,7 +153,7 @@ class Trainer:
         step = self.train_step
         if step.scaler is not None and step.last_skipped and step.consecutive_skipped < MAX_SKIPPED:
             return  # fp16: an overflowing step is skipped by the loss scaler, not a divergence
-        lower = f"optim.lr={self.config.optim.lr / 3:.3g}"
+        lower = f"optim.lr={float(self.setup.schedules.lr.max()) / 3:.3g}"
         if self.saved_epoch is None:
             advice = f"no checkpoint had been written, so nothing is kept; run again with a lower rate ({lower}) or a larger batch"
         else:
@@ -221,11 +181,8 @@ class Trainer:
         record.update({**peak_memory(self.device), **self.monitor()})
         self.log.write(record)
         if self.plain:
-            samples = batches * self.config.train.batch_size * distributed.world_size()
-            print(
-                epoch_line(record, self.config.train.epochs, self.train_step.lr, samples / max(seconds, 1e-9)),
-                flush=True,
-            )
+            rate = batches * self.plan.batch_size * distributed.world_size() / max(seconds, 1e-9)
+            print(epoch_line(record, self.plan.epochs, self.train_step.lr, rate), flush=True)
         self.save()
 
     @torch.no_grad()
@@ -243,80 +200,62 @@ class Trainer:
     def _epoch_loader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """This epoch's batches, from where a mid-epoch checkpoint stopped; its RNG state put back after
         the loader has drawn its worker seed, so the steps see exactly what they would have seen."""
-        config, start = self.config, self.resume_batch
-        self.train_set.set_epoch(self.epoch)
-        loader = iter(
-            train_loader(
-                self.train_set,
-                config.train.batch_size,
-                config.train.seed,
-                self.epoch,
-                config.data.num_workers,
-                self.device,
-                start_batch=start,
-                num_samples=config.data.patches_per_epoch,
-                revisits=revisits(config.data),
-            )
-        )
+        loader = iter(self.setup.loaders.epoch(self.epoch, start_batch=self.resume_batch))
         if self.resume_rng is not None:
             restore_rng_state(self.resume_rng)
         self.resume_batch, self.resume_rng = 0, None
         return loader
 
+    def _log_step(self, loss: torch.Tensor, metrics: dict[str, Any], progress: Any, task: Any) -> torch.Tensor:
+        """Every ``log_every`` steps: the loss of all processes (they stop together on NaN), a metric line."""
+        loss = distributed.all_reduce_mean(loss)
+        self._check_finite(loss)
+        record = {
+            "kind": "step",
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "loss": float(loss),
+            "lr": self.train_step.lr,
+        }
+        self.log.write({**record, **_scalars(metrics)})
+        progress.update(task, description=f"{self._title()} loss {float(loss):.4f}")
+        return loss
+
+    def _title(self) -> str:
+        return f"{self.method.name} epoch {self.epoch + 1}/{self.plan.epochs}"
+
+    def _run_epoch(self, progress: Any, task: Any) -> None:
+        """One epoch (or its rest, after a mid-epoch checkpoint): steps, step logs and checkpoints, the epoch's record."""
+        # augmentations differ between processes (rank 0 draws what a single process draws)
+        seed_everything(self.setup.runtime.seed * 1_000_003 + self.epoch + 7_919 * distributed.rank())
+        views = self.views(self.epoch)
+        self.model.train()
+        started, skipped = time.perf_counter(), self.train_step.skipped_steps
+        last_loss = torch.zeros(())
+        batch = first = self.resume_batch
+        for x, index, _ in self._epoch_loader():
+            last_loss, metrics = self.train_step(x, index, views)
+            batch += 1
+            if self.step % self.plan.log_every == 0:
+                last_loss = self._log_step(last_loss, metrics, progress, task)
+            progress.advance(task)
+            if batch < self.steps_per_epoch and self._step_checkpoint_due():
+                self.save(batch)
+        self._end_epoch(last_loss, started, skipped, batch - first)
+
     def fit(self, until_epoch: int | None = None) -> TrainResult:
-        """Train to ``train.epochs`` (or stop after ``until_epoch``, as an interruption would)."""
-        config = self.config
-        last_epoch = config.train.epochs if until_epoch is None else min(until_epoch, config.train.epochs)
-        if distributed.is_main_process():  # on --resume too: the options given again are the run's now
-            save_config(config, self.run_dir / "config.yaml")
+        """Train to the plan's epochs (or stop after ``until_epoch``, as an interruption would)."""
+        epochs = self.plan.epochs
+        last_epoch = epochs if until_epoch is None else min(until_epoch, epochs)
         if self.step == 0:
-            self.method.initialize(self._plain_batches())
+            self.method.initialize(self.setup.loaders.plain())
             self.log.write({"kind": "epoch", "epoch": 0, "step": 0, **self.monitor()})
         progress = _progress(self.progress and distributed.is_main_process() and not self.plain)
         with progress:
-            task = progress.add_task(
-                f"{config.method} epoch {self.epoch + 1}/{config.train.epochs}",
-                total=self.total_steps,
-                completed=self.step,
-            )
+            task = progress.add_task(self._title(), total=self.total_steps, completed=self.step)
             while self.epoch < last_epoch:
-                # augmentations differ between processes (rank 0 draws what a single process draws)
-                seed_everything(config.train.seed * 1_000_003 + self.epoch + 7_919 * distributed.rank())
-                views = self.views(self.epoch)
-                self.model.train()
-                started, skipped = time.perf_counter(), self.train_step.skipped_steps
-                last_loss = torch.zeros(())
-                batch = first = self.resume_batch
-                for x, index, _ in self._epoch_loader():
-                    last_loss, metrics = self.train_step(x, index, views)
-                    batch += 1
-                    if self.step % config.train.log_every == 0:
-                        last_loss = distributed.all_reduce_mean(last_loss)  # every process stops together on NaN
-                        self._check_finite(last_loss)
-                        record = {
-                            "kind": "step",
-                            "epoch": self.epoch + 1,
-                            "step": self.step,
-                            "loss": float(last_loss),
-                            "lr": self.train_step.lr,
-                        }
-                        self.log.write({**record, **_scalars(metrics)})
-                        progress.update(
-                            task,
-                            description=f"{config.method} epoch {self.epoch + 1}/{config.train.epochs} loss {float(last_loss):.4f}",
-                        )
-                    progress.advance(task)
-                    if batch < self.steps_per_epoch and self._step_checkpoint_due():
-                        self.save(batch)
-                self._end_epoch(last_loss, started, skipped, batch - first)
+                self._run_epoch(progress, task)
         return TrainResult(self.run_dir, self.method, self.epoch, self.step)
-
-
-def revisits(data: Any) -> Revisits | None:
-    """The sliding windows of ``data.order=window`` (resolved sizes), else ``None``."""
-    if data.order != "window":
-        return None
-    return Revisits(int(data.window_size), int(data.window_stride))
 
 
 def epoch_line(record: dict[str, Any], epochs: int, lr: float, rate: float) -> str:

@@ -1,5 +1,5 @@
 """2D and 3D view makers, batched on the training device."""
 
-from icone.views.maker import ViewMaker, gaussian_blur, random_affine
+from icone.views.maker import ViewMaker, ViewSpec, gaussian_blur, random_affine
 
-__all__ = ["ViewMaker", "gaussian_blur", "random_affine"]
+__all__ = ["ViewMaker", "ViewSpec", "gaussian_blur", "random_affine"]

@@ -8,11 +8,33 @@ map per sample, applied to the whole batch with a single ``grid_sample``; intens
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from icone.config import ViewConfig
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """What the view maker makes (resolved: :func:`icone.build.view_spec` fills it from the run's ``views.*``):
+    ``global_crops`` at ``global_size`` and ``local_crops`` at ``local_size`` per side, each covering a share
+    ``global_scale`` / ``local_scale`` of the input, then flips, 90-degree rotations and intensity changes."""
+
+    global_size: int
+    local_size: int
+    global_crops: int = 2
+    local_crops: int = 0
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    aspect: float = 4 / 3  # largest ratio between two sides of a crop (1: no jitter)
+    flip: bool = True
+    rotate90: bool = True
+    brightness: float = 0.4
+    contrast: float = 0.4
+    gamma: float = 0.3
+    blur_prob: float = 0.3
+    blur_sigma: tuple[float, float] = (0.1, 1.5)
+    noise_std: float = 0.05
 
 
 def _orientations(batch: int, dims: int, flip: bool, rotate: bool, device: torch.device) -> torch.Tensor:
@@ -75,17 +97,9 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 class ViewMaker:
-    """Makes ``global_crops`` views at ``global_size`` and ``local_crops`` at ``local_size`` (each side,
-    ``spatial_dims`` sides) from resolved view options (no ``None`` left)."""
+    """Makes the views a :class:`ViewSpec` describes, of ``spatial_dims`` sides each."""
 
-    def __init__(self, spec: ViewConfig, spatial_dims: int) -> None:
-        unresolved = [
-            k for k in ("local_crops", "global_size", "local_size", "flip", "rotate90") if getattr(spec, k) is None
-        ]
-        if unresolved:
-            raise ValueError(
-                f"view options {', '.join(unresolved)} are not resolved (icone.build.resolve_config fills them)"
-            )
+    def __init__(self, spec: ViewSpec, spatial_dims: int) -> None:
         self.spec = spec
         self.spatial_dims = spatial_dims
         self.global_shape = (int(spec.global_size),) * spatial_dims
