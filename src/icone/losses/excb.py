@@ -66,11 +66,6 @@ def excb_assignment_counts(labels: torch.Tensor, num_clusters: int) -> torch.Ten
     return counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
 
 
-def excb_assignment_fractions(labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
-    """Share of the hard assignments ``labels`` that fall in each of the ``K`` clusters (sums to 1)."""
-    return excb_assignment_counts(labels, num_clusters) / max(labels.numel(), 1)
-
-
 def excb_update_sizes(sizes: torch.Tensor, fractions: torch.Tensor, momentum: float = 0.999) -> torch.Tensor:
     """Running cluster sizes: ``s <- m s + (1 - m) f`` with ``f`` the batch's assignment fractions (§3.2)."""
     return sizes * momentum + fractions.to(sizes.dtype) * (1 - momentum)
@@ -79,12 +74,6 @@ def excb_update_sizes(sizes: torch.Tensor, fractions: torch.Tensor, momentum: fl
 def excb_teacher_targets(balanced: torch.Tensor, temperature: float = 0.04) -> torch.Tensor:
     """Teacher targets ``p_t = softmax(B(z_t; s) / tau_t)``, detached."""
     return F.softmax(balanced.detach().float() / temperature, dim=-1)
-
-
-def excb_cross_entropy(targets: torch.Tensor, student: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """``mean_i sum_k -p_t[i, k] log_softmax(z_s[i] / tau_s)_k`` for one (teacher, student) pair."""
-    log_p = F.log_softmax(student.float() / temperature, dim=-1)
-    return -(targets * log_p).sum(-1).mean()
 
 
 def excb_pairs(global_views: int, local_views: int, predictor: bool = True) -> list[tuple[int, int]]:
@@ -110,35 +99,17 @@ def excb_pairs(global_views: int, local_views: int, predictor: bool = True) -> l
 def excb_pair_cross_entropies(
     targets: torch.Tensor, student: torch.Tensor, pairs: list[tuple[int, int]], temperature: float = 0.1
 ) -> torch.Tensor:
-    """Cross-entropy of every matched pair, ``(P,)``: ``targets`` ``T x B x K`` teacher targets,
-    ``student`` ``S x B x K`` student similarities, ``pairs`` from :func:`excb_pairs`."""
+    """Cross-entropy of every matched pair, ``(P,)``: ``mean_i sum_k -p_t[i, k] log_softmax(z_s[i] / tau_s)_k``
+    with ``targets`` ``T x B x K`` teacher targets (:func:`excb_teacher_targets`), ``student`` ``S x B x K``
+    student similarities, ``pairs`` from :func:`excb_pairs`. ExCB's loss is their mean."""
     return pair_cross_entropies(targets, F.log_softmax(student.float() / temperature, dim=-1), pairs)
-
-
-def excb_loss(
-    teacher_balanced: torch.Tensor,
-    student: torch.Tensor,
-    pairs: list[tuple[int, int]],
-    teacher_temperature: float = 0.04,
-    student_temperature: float = 0.1,
-) -> torch.Tensor:
-    """ExCB loss: mean over matched pairs of ``CE(softmax(B(z_t)/0.04), log_softmax(z_s/0.1))``.
-
-    ``teacher_balanced``: ``T x B x K`` balanced teacher similarities (argmax boost included if
-    used); ``student``: ``S x B x K`` student similarities; ``pairs`` from :func:`excb_pairs`.
-    """
-    targets = excb_teacher_targets(teacher_balanced, teacher_temperature)
-    return excb_pair_cross_entropies(targets, student, pairs, student_temperature).mean()
 
 
 __all__ = [
     "excb_argmax_boost",
     "excb_assignment_counts",
-    "excb_assignment_fractions",
     "excb_balance",
     "excb_balance_factors",
-    "excb_cross_entropy",
-    "excb_loss",
     "excb_pair_cross_entropies",
     "excb_pairs",
     "excb_teacher_targets",

@@ -40,15 +40,18 @@ def vicreg_loss(
     std_coeff: float = 25.0,
     cov_coeff: float = 1.0,
     eps: float = 1e-4,
-) -> torch.Tensor:
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """VICReg (Bardes et al. 2022, arXiv 2105.04906, eq. 6), combined as in the official code.
 
     ``L = lambda s(Z, Z') + mu [v(Z) + v(Z')] / 2 + nu [c(Z) + c(Z')]`` with ``s`` the mean squared
     error (eq. 5), ``v`` the variance hinge and ``c`` the covariance term (each view's variance
-    terms averaged, covariance terms summed). ``z1``, ``z2``: ``B x D``, B >= 2.
+    terms averaged, covariance terms summed). ``z1``, ``z2``: ``B x D``, B >= 2. ``return_terms``:
+    ``(L, terms)`` with the unweighted terms of :func:`vicreg_terms`.
     """
-    invariance, variance, covariance = vicreg_terms(z1, z2, eps).values()
-    return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+    terms = vicreg_terms(z1, z2, eps)
+    loss = sim_coeff * terms["invariance"] + std_coeff * terms["variance"] + cov_coeff * terms["covariance"]
+    return (loss, terms) if return_terms else loss
 
 
 def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-4) -> dict[str, torch.Tensor]:

@@ -55,10 +55,7 @@ class VICReg(TwoViewMethod):
         opts = self.options
         z = self.expander(self.backbone(pair)).float()
         z1, z2 = distributed.all_gather_cat(z[:batch]), distributed.all_gather_cat(z[batch:])
-        terms = losses.vicreg_terms(z1, z2)
-        loss = (
-            opts.sim_coeff * terms["invariance"]
-            + opts.std_coeff * terms["variance"]
-            + opts.cov_coeff * terms["covariance"]
+        loss, terms = losses.vicreg_loss(
+            z1, z2, sim_coeff=opts.sim_coeff, std_coeff=opts.std_coeff, cov_coeff=opts.cov_coeff, return_terms=True
         )
         return full_batch_gradient(loss), {k: v.detach() for k, v in terms.items()}
