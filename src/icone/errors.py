@@ -1,5 +1,10 @@
 """Errors meant for people: the CLI prints each as one line and exits with its code."""
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 
 class UserError(Exception):
     """Bad input or a request we refuse; the message says what is wrong and what to do (exit code 2)."""
@@ -27,3 +32,11 @@ def is_out_of_memory(err: BaseException) -> bool:
         or "can't allocate memory" in text
         or "cannot allocate memory" in text
     )
+
+
+def import_optional(module: str, missing: str) -> Any:
+    """Import an optional package, or raise ``missing`` (one line naming the extra that installs it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(missing) from None

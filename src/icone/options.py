@@ -9,11 +9,13 @@ import math
 import types
 import typing
 from dataclasses import field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from icone.errors import UserError
+
+T = TypeVar("T")
 
 
 def option(
@@ -182,6 +184,14 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp in (bool, int, float, str):
         return _coerce_scalar(value, tp, key)
     raise UserError(f"{key}: cannot set a value of type {_type_name(tp)}")
+
+
+def fields_from(cls: type[T], values: Any) -> T:
+    """``values`` as the dataclass ``cls``: an instance of it as it is, else one made of its attributes of
+    ``cls``'s field names (a small options value cut from a larger config section)."""
+    if isinstance(values, cls):
+        return values
+    return cls(**{f.name: getattr(values, f.name) for f in dataclasses.fields(cls)})
 
 
 def update_dataclass(obj: Any, values: dict[str, Any], prefix: str = "") -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from icone.errors import UserError
+from icone.errors import UserError, import_optional
 from icone.run_folder import settle_before_use
 
 EXPORT_FORMAT = "icone-backbone-1"
@@ -45,14 +45,9 @@ def load_torch_file(path: str | Path) -> Any:
 
 def require(module: str, extra: str) -> Any:
     """Import an optional package, or one line naming the extra that installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(
-            f"this needs the optional package '{module.split('.')[0]}': pip install 'icone[{extra}]'"
-        ) from None
+    return import_optional(
+        module, f"this needs the optional package '{module.split('.')[0]}': pip install 'icone[{extra}]'"
+    )
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -135,4 +130,3 @@ def load_initial_weights(backbone: nn.Module, path: str | Path) -> str:
             )
     backbone.load_state_dict(state, strict=True)
     return kind
-

@@ -14,6 +14,12 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 DEBUG = {"on": bool(os.environ.get("ICONE_DEBUG"))}
+# an option the training commands share (train, bench, speed)
+BACKBONE = typer.Option(
+    None,
+    "--backbone",
+    help="resnet18, resnet50 or smallcnn (optionally -2d/-3d); bench and speed: one for every method.",
+)
 ARGV: list[str] = []  # the arguments of this invocation (recorded in bench and speed reports)
 
 

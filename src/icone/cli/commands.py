@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from icone.cli.app import app, console
+from icone.cli.app import BACKBONE, app, console
 from icone.errors import UserError
 
 TRAIN_EXAMPLE = (
@@ -47,9 +47,7 @@ def train(
         None, "--data", help="digits, synthetic3d, a .npz, a folder, a volume; or npz:/folder:/volumes:PATH."
     ),
     method: Optional[str] = typer.Option(None, "--method", help="Method name (see 'icone methods')."),
-    backbone: Optional[str] = typer.Option(
-        None, "--backbone", help="resnet18, resnet50 or smallcnn (optionally -2d/-3d)."
-    ),
+    backbone: Optional[str] = BACKBONE,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step (1 to 64 is the point)."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<method>-<data>-<time>)."),

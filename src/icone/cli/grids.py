@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from icone.cli.app import ARGV, DEBUG, app, console
+from icone.cli.app import ARGV, BACKBONE, DEBUG, app, console
 from icone.errors import UserError
 
 # the options both commands take
@@ -21,9 +21,6 @@ METHODS = typer.Option(
     help="Comma-separated method names, e.g. icone,excb,simclr (default: the preset's; speed: the papers').",
 )
 BATCH_SIZES = typer.Option(None, "--batch-sizes", help="Comma-separated, e.g. 1,4,16.")
-BACKBONE = typer.Option(
-    None, "--backbone", help="One backbone for every method (default: the preset's; speed: smallcnn)."
-)
 
 
 @app.command()

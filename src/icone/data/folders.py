@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from icone.data.read_options import ReadOptions
 from icone.data import checks
 from icone.data.arrays import Dataset, Split, stratified_split
 from icone.data.formats import open_stored, suffix
+from icone.data.read_options import ReadOptions
 from icone.data.samples import ArraySamples, Samples
 from icone.data.volumes import ReadError, Volume, warn_guessed
 from icone.errors import UserError
@@ -35,9 +37,17 @@ def open_files(files: list[Path], options: ReadOptions | None = None) -> list[Vo
     if options is None:
         return [Volume(open_stored(f), image_set=True) for f in files]
     return [
-        Volume(open_stored(f), options.axes, options.channels, options.spacing, timepoint=options.timepoint, image_set=True)
+        Volume(
+            open_stored(f), options.axes, options.channels, options.spacing, timepoint=options.timepoint, image_set=True
+        )
         for f in files
     ]
+
+
+def _odd_one(volumes: list[Volume], key: Callable[[Volume], Any]) -> tuple[Any, Volume | None]:
+    """The most common ``key`` of the volumes, and the first volume whose ``key`` differs (``None``: all agree)."""
+    common = Counter(key(v) for v in volumes).most_common(1)[0][0]
+    return common, next((v for v in volumes if key(v) != common), None)
 
 
 def _shape_text(volume: Volume) -> str:
@@ -57,8 +67,7 @@ def folder_kind(root: Path, volumes: list[Volume], forced: str | None = None) ->
             )
         return forced
     if len(dims) > 1:
-        common = dims.most_common(1)[0][0]
-        odd = next(v for v in volumes if v.spatial_dims != common)
+        common, odd = _odd_one(volumes, lambda v: v.spatial_dims)
         raise UserError(
             f"'{odd.name}' is a {WHAT[KIND_OF_DIMS[odd.spatial_dims]]} ({_shape_text(odd)}) but {dims[common]} other file(s) "
             f"in '{root}' are {WHAT[KIND_OF_DIMS[common]]}s; move it out, or name the axes with data.axes=..."
@@ -114,10 +123,8 @@ def check_sizes(volumes: list[Volume], resize: list[int] | None) -> tuple[int, .
         if len(spatial) != dims:
             raise UserError(f"data.resize has {len(resize)} numbers but the samples have {dims} spatial dimensions")
         return (volumes[0].num_channels, *spatial)
-    shapes = Counter(v.spatial_shape for v in volumes)
-    if len(shapes) > 1:
-        common = shapes.most_common(1)[0][0]
-        odd = next(v for v in volumes if v.spatial_shape != common)
+    common, odd = _odd_one(volumes, lambda v: v.spatial_shape)
+    if odd is not None:
         raise UserError(
             f"samples have different sizes (e.g. {common} and {odd.spatial_shape} in '{odd.name}'); "
             f"pass data.resize={','.join(str(s) for s in common)} to resize them all"

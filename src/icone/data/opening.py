@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from icone.errors import UserError
+from icone.errors import UserError, import_optional
 
 EXTRAS = {"zarr": "zarr", "h5py": "hdf5", "pydicom": "dicom", "imagecodecs": "tiff"}
 WHOLE_READ_WARNING = 1 << 30  # a file that has to be read whole is worth a warning above this size
@@ -14,12 +14,10 @@ WHOLE_READ_WARNING = 1 << 30  # a file that has to be read whole is worth a warn
 
 def need(module: str, what: str) -> Any:
     """Import an optional package, or one line naming the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(
-            f"reading {what} needs the {module} package; install it with: pip install 'icone[{EXTRAS.get(module, module)}]'"
-        ) from None
+    extra = EXTRAS.get(module, module)
+    return import_optional(
+        module, f"reading {what} needs the {module} package; install it with: pip install 'icone[{extra}]'"
+    )
 
 
 def has_module(module: str) -> bool:

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+from icone.options import fields_from
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,4 @@ class ReadOptions:
     def of(cls, options: Any) -> ReadOptions:
         """``options`` as read options: a :class:`ReadOptions` as it is, else its fields of these names
         (e.g. the run's ``data.*`` section)."""
-        if isinstance(options, cls):
-            return options
-        return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)})
+        return fields_from(cls, options)

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from icone.data.read_options import ReadOptions
 from icone.data.arrays import Dataset, Split
 from icone.data.axes import layout
 from icone.data.checks import check_finite_and_varied, check_labels
@@ -18,6 +17,7 @@ from icone.data.folders import IMAGE_SUFFIXES, VOLUME_SUFFIXES, files_of, guess_
 from icone.data.formats import is_zarr, split_fragment, suffix
 from icone.data.imbalance import long_tail_rows
 from icone.data.normalize import normalize_dataset
+from icone.data.read_options import ReadOptions
 from icone.data.samples import ArraySamples
 from icone.data.synthetic import digits, synthetic2d, synthetic3d
 from icone.data.volume_source import load_volume, load_volume_folder

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from icone.data.read_options import ReadOptions
 from icone.data.arrays import Dataset, Split, stratified_split
 from icone.data.folders import files_of, labels_from_folders
 from icone.data.formats import open_stored, split_fragment
 from icone.data.labels import check_label_volume, holdout, majority_labels
 from icone.data.patches import Grid, PatchSamples, foreground_cells, make_grid
+from icone.data.read_options import ReadOptions
 from icone.data.volumes import Stored, Volume, warn_guessed
 from icone.errors import UserError
 
@@ -152,7 +152,8 @@ def load_volume_folder(root: Path, options: ReadOptions, seed: int) -> Dataset:
     if not files:
         raise UserError(f"folder '{root}' holds no images or volumes; point to a folder with data")
     volumes = [
-        Volume(open_stored(f), options.axes, options.channels, options.spacing, timepoint=options.timepoint) for f in files
+        Volume(open_stored(f), options.axes, options.channels, options.spacing, timepoint=options.timepoint)
+        for f in files
     ]
     warn_guessed(volumes)
     patch, stride = _patch(options, volumes)

@@ -24,6 +24,7 @@ from icone.evaluate.metrics import (
     twonn_dimension,
 )
 from icone.methods import Method
+from icone.options import fields_from
 
 KEYS = (
     "knn_accuracy",
@@ -50,9 +51,7 @@ class EvalOptions:
     def of(cls, options: Any) -> EvalOptions:
         """``options`` as evaluation options: an :class:`EvalOptions` as it is, else its fields of these names
         (e.g. the run's ``eval.*`` section)."""
-        if isinstance(options, cls):
-            return options
-        return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)})
+        return fields_from(cls, options)
 
 
 @dataclass

@@ -64,6 +64,3 @@ def swav_loss(
     log_probs = F.log_softmax(scores / temperature, dim=-1)
     # every coded view has the same number of other views, so the mean over pairs is the mean over i of the mean over v
     return pair_cross_entropies(codes, log_probs, other_view_pairs(coded, views)).mean()
-
-
-__all__ = ["sinkhorn", "swav_loss"]

@@ -55,6 +55,3 @@ def moco_infonce(
         negatives = negatives.masked_fill(mask, float("-inf"))
     logits = torch.cat([positive, negatives], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
-
-
-__all__ = ["moco_infonce", "nt_xent"]

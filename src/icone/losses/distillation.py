@@ -64,6 +64,3 @@ def dino_loss(
     targets = F.softmax((teacher.detach() - center.detach()) / teacher_temp, dim=-1)
     log_probs = F.log_softmax(student / student_temp, dim=-1)
     return pair_cross_entropies(targets, log_probs, other_view_pairs(teachers, views)).mean()
-
-
-__all__ = ["byol_loss", "dino_loss", "simsiam_loss"]

@@ -103,15 +103,3 @@ def excb_pair_cross_entropies(
     with ``targets`` ``T x B x K`` teacher targets (:func:`excb_teacher_targets`), ``student`` ``S x B x K``
     student similarities, ``pairs`` from :func:`excb_pairs`. ExCB's loss is their mean."""
     return pair_cross_entropies(targets, F.log_softmax(student.float() / temperature, dim=-1), pairs)
-
-
-__all__ = [
-    "excb_argmax_boost",
-    "excb_assignment_counts",
-    "excb_balance",
-    "excb_balance_factors",
-    "excb_pair_cross_entropies",
-    "excb_pairs",
-    "excb_teacher_targets",
-    "excb_update_sizes",
-]

@@ -215,17 +215,3 @@ def icone_view_contrast(
     anchors = torch.tensor([a for a, _ in pairs], device=z.device)
     logits = torch.cat([positive[..., None], to_rows[:, anchors]], dim=-1)  # B x P x (1 + M)
     return -F.log_softmax(logits, dim=-1)[..., 0].mean()
-
-
-__all__ = [
-    "icone_batch_diversity",
-    "icone_frame_diversity",
-    "icone_frame_diversity_from_gram",
-    "icone_hinge_diversity",
-    "icone_infonce_alignment",
-    "icone_uniformity",
-    "icone_view_contrast",
-    "icone_view_instance_alignment",
-    "icone_view_repulsion",
-    "icone_view_view_alignment",
-]

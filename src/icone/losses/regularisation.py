@@ -80,13 +80,3 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -
 
 def _standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + eps)
-
-
-__all__ = [
-    "barlow_twins_loss",
-    "off_diagonal_square_sum",
-    "vicreg_covariance",
-    "vicreg_loss",
-    "vicreg_terms",
-    "vicreg_variance",
-]
