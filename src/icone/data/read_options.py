@@ -1,5 +1,6 @@
 """What the readers are told: a small frozen value, made once where a source is loaded (from the run's
-``data.*`` options by :func:`icone.data.load_dataset`), and passed down instead of the run config."""
+``data.*`` options by :func:`icone.data.load_dataset`), and passed down in place of the run config (which no
+reader sees)."""
 
 from __future__ import annotations
 

@@ -289,8 +289,9 @@ def train_run(
     as it found it (with ``--overwrite``, the old run is put back).
     """
     was_joined = distributed.is_distributed()
-    launch = Runtime.resolve(config.train.device)  # the launch's device joins the group
-    distributed.init_from_env(launch.device, timeout_minutes=config.train.dist_timeout_minutes)
+    if distributed.launched_world_size() > 1:  # under torchrun, the launch's device picks the group's backend
+        launch = Runtime.resolve(config.train.device)
+        distributed.init_from_env(launch.device, timeout_minutes=config.train.dist_timeout_minutes)
     folder: RunFolder | None = None
     trainer: Trainer | None = None
     try:

@@ -36,10 +36,10 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_config(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}`` (method options as ``method_options.key``)."""
     flat: dict[str, Any] = {}
-    for key, value in config.items():
+    for key, value in values.items():
         if isinstance(value, dict):
             flat.update(flat_config(value, f"{prefix}{key}."))
         else:
