@@ -305,8 +305,9 @@ def _schedules(config: Config, plan: Plan, method: Method, optimizer: Any, timin
     warmup = 0 if timing else int(round(optim.warmup_epochs * plan.steps_per_epoch))
     schedule = Schedule(total, warmup, 0.01 if timing else optim.min_lr_ratio)
     starts = {g["weight_decay_start_scale"] for g in optimizer.param_groups if g.get("weight_decay_start_scale")}
-    momentum = [method.teacher_momentum(step, total, plan.batch_size) for step in range(1, total + 1)]
-    teacher = None if not momentum or momentum[0] is None else np.array(momentum)
+    teacher = None
+    if method.teacher_momentum(1, total, plan.batch_size) is not None:  # after step s + 1, at index s
+        teacher = np.array([method.teacher_momentum(step, total, plan.batch_size) for step in range(1, total + 1)])
     return Schedules.make(schedule, float(optim.lr), sorted(starts), teacher)
 
 
