@@ -66,7 +66,6 @@ class IConEOptions:
     diversity: str | None = option(None, choices=DIVERSITIES)
     projector: str | None = option(None, choices=PROJECTORS)  # none | linear | mlp (MLP with LayerNorm)
     projector_dim: int = option(128, low=1)
-    predictor: str = option("none", choices=("none", "linear", "mlp"))  # on the views before they meet their row (BYOL-style)
     projector_hidden: int = option(0, low=0)  # mlp only: hidden width (0: twice the backbone's feature width)
     table_init: str | None = option(
         None, choices=TABLE_INITS
@@ -138,13 +137,6 @@ class IConE(Method):
             self.projector = MLP(self.feature_dim, hidden, options.projector_dim, layers=2, norm="layer")
             dim = options.projector_dim
         self.embedding_dim = dim
-        self.predictor: nn.Module = (
-            nn.Identity()
-            if options.predictor == "none"
-            else nn.Linear(dim, dim)
-            if options.predictor == "linear"
-            else MLP(dim, 2 * dim, dim, layers=2, norm="layer")
-        )
         dtype = TABLE_DTYPES[options.table_dtype]
         self.table = nn.Parameter((torch.randn(num_instances, dim) * options.table_init_std).to(dtype))
         self.global_views = 2  # set from the view options in adjust_views
@@ -264,7 +256,7 @@ class IConE(Method):
         batch_rows = self._rows(index)
         negatives = self._negatives(z.device) if opts.alignment == "infonce" else None
         aligned_rows = batch_rows.detach() if opts.detach_table else batch_rows
-        l_vi = self._alignment(self.predictor(z[:, :g]), index, aligned_rows, negatives)
+        l_vi = self._alignment(z[:, :g], index, aligned_rows, negatives)
         if local:  # small crops follow the row; they never move it
             l_local = self._alignment(z[:, g:], index, batch_rows.detach(), negatives)
             l_vi = (g * l_vi + local * l_local) / (g + local)
