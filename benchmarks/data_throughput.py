@@ -1,7 +1,7 @@
 """Patches per second read from Zarr, HDF5 and TIFF with 0, 2 and 4 DataLoader workers, against the
 training step's rate (issue 13).
 
-Usage: python benchmarks/data_throughput.py [FOLDER] [--batches N]
+Usage: python benchmarks/data_throughput.py [FOLDER] [--batches N] [--readers zarr,hdf5,tiff]
 
 Writes one 256 x 512 x 512 uint16 volume (128 MiB) as a Zarr store (64^3 chunks, zstd), an HDF5
 dataset (64^3 chunks, uncompressed) and an uncompressed TIFF (memory-mapped) under FOLDER (a
@@ -96,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("folder", nargs="?")
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--readers", default="zarr,hdf5,tiff", help="which readers to time")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="icone-throughput-"))
@@ -106,6 +107,8 @@ def main() -> None:
     try:
         sources = write_files(folder)
         for name, source in sources.items():
+            if name not in args.readers.split(","):
+                continue
             for workers in (0, 2, 4):
                 rate = read_rate(source, workers, args.batches)
                 records.append({"reader": name, "workers": workers, "patches_per_s": round(rate, 1)})

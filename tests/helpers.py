@@ -253,3 +253,77 @@ def write_dicom_series(
         ds.PixelData = np.ascontiguousarray(volume[z], dtype=np.int16).tobytes()
         ds.save_as(folder / f"S{seed}IM{k:04d}.dcm", enforce_file_format=True)
     return str(series_uid)
+
+
+def _dicom_file(sop_class: str, **fields) -> Any:
+    from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = DicomDataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    for key, value in fields.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def write_multiframe_dicom(
+    path: Path,
+    volume: np.ndarray,
+    spacing=(1.5, 0.8, 0.7),
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    seed: int = 0,
+) -> Path:
+    """An enhanced CT file (one file, ``Z x Y x X`` as frames) whose frames are stored in a shuffled order,
+    each with its position (PerFrameFunctionalGroupsSequence -> PlanePositionSequence) and rescale;
+    pixel measures and orientation shared."""
+    from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedCTImageStorage
+
+    order = np.random.default_rng(seed).permutation(len(volume))
+    ds = _dicom_file(EnhancedCTImageStorage, Modality="CT", NumberOfFrames=len(volume))
+    ds.Rows, ds.Columns = volume.shape[1:]
+    measures, orientation, shared = DicomDataset(), DicomDataset(), DicomDataset()
+    measures.PixelSpacing, measures.SliceThickness = [spacing[1], spacing[2]], spacing[0]
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = Sequence([measures]), Sequence([orientation])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for z in order:
+        position, transform, frame = DicomDataset(), DicomDataset(), DicomDataset()
+        position.ImagePositionPatient = [-100.0, -80.0, 30.0 + float(z) * spacing[0]]
+        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = slope, intercept, "HU"
+        frame.PlanePositionSequence, frame.PixelValueTransformationSequence = (
+            Sequence([position]),
+            Sequence([transform]),
+        )
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.PixelData = np.ascontiguousarray(volume[order], dtype=np.int16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_dicom_image(path: Path, image: np.ndarray, preamble: bool = True) -> Path:
+    """A one-image DICOM file (a digital X-ray: no slice position), with or without the 128-byte preamble."""
+    from pydicom.uid import DigitalXRayImageStorageForPresentation
+
+    ds = _dicom_file(DigitalXRayImageStorageForPresentation, Modality="DX", PixelSpacing=[0.2, 0.2])
+    ds.Rows, ds.Columns = image.shape
+    ds.PixelData = np.ascontiguousarray(image, dtype=np.int16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if preamble:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        ds.save_as(path, implicit_vr=False, little_endian=True)  # a bare data set, as some exporters write
+    return path

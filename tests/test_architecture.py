@@ -14,7 +14,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = {
     "icone.errors": 0,
-    "icone.files": 1, "icone.distributed": 1, "icone.runtime": 1, "icone.stats": 1,
+    "icone.files": 1, "icone.options": 1, "icone.distributed": 1, "icone.runtime": 1, "icone.stats": 1,
     "icone.config": 2, "icone.run_folder": 2,
     "icone.data": 3, "icone.nets": 3, "icone.views": 3, "icone.weights": 3,
     "icone.losses": 4,

@@ -345,3 +345,48 @@ def test_sweep_options_are_checked(tmp_path):
         tiny_spec(npz, tmp_path / "g", lr_sweep="0,1")
     with pytest.raises(UserError, match="--sweep-batch goes with --lr-sweep"):
         tiny_spec(npz, tmp_path / "g", sweep_batch=4)
+
+
+def test_ctrl_c_stops_the_grid_exit_130_and_the_same_command_resumes_the_cell(tmp_path, monkeypatch, capsys):
+    """Issue 19: Ctrl-C was caught as a failed cell and the grid went on (exit 0)."""
+    from icone.training.trainer import Trainer
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    out = tmp_path / "grid"
+    args = ["bench", "--data", npz, "--methods", "icone", "--batch-sizes", "4,8,16", "--seeds", "1", "--epochs", "2",
+            "--imbalance", "1", "--backbone", "smallcnn", "--out", out, *TINY]  # fmt: skip
+    real_fit = Trainer.fit
+
+    def ctrl_c_in_the_second_cell(self, until_epoch=None):
+        if self.run_dir.name == "icone-b8-r1-s0" and self.epoch == 0:
+            real_fit(self, until_epoch=1)  # one epoch and its checkpoint, then the user presses Ctrl-C
+            raise KeyboardInterrupt
+        return real_fit(self, until_epoch)
+
+    monkeypatch.setattr(Trainer, "fit", ctrl_c_in_the_second_cell)
+    code, stdout, stderr = run_cli(args, capsys)
+    assert code == 130, stderr
+    line = stderr.strip()
+    assert "\n" not in line and line.startswith("interrupted in cell icone-b8-r1-s0"), line
+    assert "continue with 'icone bench --data " in line and f"--out {out}" in line
+    cells = out / "cells"
+    assert (cells / "icone-b4-r1-s0" / "eval.json").is_file() and not (cells / "icone-b16-r1-s0").exists()
+    assert not (cells / "icone-b8-r1-s0" / "bench.json").exists()  # not recorded as a failed cell
+    code, stdout, stderr = run_cli(args, capsys)  # the command the line names
+    assert code == 0, stderr
+    assert next(x for x in stdout.splitlines() if " icone b=8 " in x).endswith("(resumed)")
+    records = [json.loads(x) for x in (cells / "icone-b8-r1-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "resume"] == [1]  # from its checkpoint, not from scratch
+    assert [r["status"] for r in read_csv(out)] == ["ok", "ok", "ok"]
+
+
+def test_a_grid_inside_the_data_folder_is_refused(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(8):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16), np.uint8)).save(data / f"{i}.png")
+    code, _, err = run_cli(["bench", "--data", data, "--methods", "icone", "--out", data / "grid", *TINY], capsys)
+    assert code == 2 and "is inside the data folder" in err and sorted(p.name for p in data.iterdir())[-1] == "7.png"

@@ -66,3 +66,36 @@ def test_default_lr_follows_the_batch_size_by_the_sqrt_rule():
         build_config(None, ["train.batch_size=1", "optim.lr_scaling=none"]), tiny_dataset(2, n=64)
     )
     assert unscaled.optim.lr == default
+
+
+def test_string_and_path_values_are_taken_verbatim():
+    """Issue 19: ' #' in a value was cut as a YAML comment (model.init='runs/exp #2' loaded runs/exp)."""
+    items = ["model.init=runs/exp #2", "data.labels=zarr:seg #1.zarr#labels", "data.source=yes", "data.series=1.2e3"]
+    config = build_config(None, items)
+    assert config.model.init == "runs/exp #2" and config.data.labels == "zarr:seg #1.zarr#labels"
+    assert config.data.source == "yes" and config.data.series == "1.2e3"  # not True, not 1200.0
+    assert parse_overrides(["model.init=runs/exp #2"]) == {"model": {"init": "runs/exp #2"}}
+    assert build_config(None, ["model.init=null"]).model.init is None  # an optional path can still be unset
+
+
+def test_typed_values_are_parsed_and_a_comment_is_not_dropped_silently():
+    config = build_config(None, ["train.epochs=3", "data.patch=16,16", "views.flip=off", "method_options={a: 1}"])
+    assert (config.train.epochs, config.data.patch, config.views.flip, config.method_options) == (
+        3,
+        [16, 16],
+        False,
+        {"a": 1},
+    )
+    with pytest.raises(UserError, match="train.epochs must be a whole number, got '3 #three'"):
+        build_config(None, ["train.epochs=3 #three"])
+    with pytest.raises(UserError, match="data.patch must be a whole number, got '32 #x'"):
+        build_config(None, ["data.patch=16,32 #x"])
+    assert build_config(None, ["method=icone", "icone.projector=my head #2"]).method_options == {
+        "projector": "my head #2"
+    }
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes("train:\n  epochs: 3  # r\xe9glage\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"config file '.*latin1\.yaml' is not UTF-8 text \(byte 0xe9 at position 23\)"):
+        load_yaml(tmp_path / "latin1.yaml")

@@ -85,7 +85,7 @@ def test_onnx_matches_pytorch_in_onnxruntime(resnet_run, tmp_path, capsys):
     torch.testing.assert_close(got, features_of(icone.load_backbone(run), x), atol=1e-4, rtol=0)
 
 
-def test_safetensors_weights_and_json(resnet_run, tmp_path, capsys):
+def test_safetensors_weights_are_keyed_as_monais_resnet(resnet_run, tmp_path, capsys):
     from safetensors.torch import load_file
 
     dims, _, run = resnet_run
@@ -93,28 +93,74 @@ def test_safetensors_weights_and_json(resnet_run, tmp_path, capsys):
     tensors = load_file(str(tmp_path / "bb.safetensors"))
     described = json.loads((tmp_path / "bb.json").read_text())
     assert described["model"]["backbone"] == "resnet18" and described["model"]["spatial_dims"] == dims
-    backbone = icone.load_backbone(run)
-    assert tensors.keys() == backbone.state_dict().keys()
-    assert all(torch.equal(tensors[k], v) for k, v in backbone.state_dict().items())
+    network = monai_network(described["monai.networks.nets.ResNet"], tmp_path)
+    network.load_state_dict(tensors, strict=True)  # MONAI's own names, every tensor
+    x = sample_input(dims)
+    torch.testing.assert_close(
+        features_of(network.eval(), x), features_of(icone.load_backbone(run), x), atol=1e-4, rtol=0
+    )
 
 
-def test_monai_resnet_loads_the_export_strictly(resnet_run, tmp_path, capsys):
+def monai_network(kwargs, root):
+    """The network a MONAI bundle's ``network_def`` builds for these ResNet arguments (written by icone for a
+    group-norm backbone), parsed by MONAI's own ConfigParser: no icone and no code in the JSON."""
+
+    bundle = root / "parsed"
+    if kwargs["norm"] == "batch":
+        target = "monai.networks.nets.ResNet"
+    else:
+        from icone.export.monai import BLOCK_NORM_RESNET
+
+        (bundle / "scripts").mkdir(parents=True, exist_ok=True)
+        (bundle / "scripts" / "__init__.py").write_text("")
+        (bundle / "scripts" / "networks.py").write_text(BLOCK_NORM_RESNET)
+        target = "scripts.networks.ResNet"
+    return bundle_network({"network_def": {"_target_": target, **kwargs}}, bundle)
+
+
+def bundle_network(config, bundle):
+    from monai.bundle import ConfigParser
+
+    sys.path.insert(0, str(bundle))
+    try:
+        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            del sys.modules[name]  # another bundle's scripts
+        parser = ConfigParser(config)
+        return parser.get_parsed_content("network_def")
+    finally:
+        sys.path.remove(str(bundle))
+
+
+def test_a_monai_bundle_loads_the_export_strictly(resnet_run, tmp_path, capsys):
+    dims, _, run = resnet_run
+    assert run_cli(["export", run, "--out", tmp_path / "bundle", "--format", "monai"], capsys)[0] == 0
+    bundle = tmp_path / "bundle"
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert (
+        "$" not in json.dumps(inference) and json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
+    )
+    network = bundle_network(inference, bundle)
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True), strict=True)
+    x = sample_input(dims)
+    torch.testing.assert_close(
+        features_of(network.eval(), x), features_of(icone.load_backbone(run), x), atol=1e-4, rtol=0
+    )
+
+
+def test_a_batch_norm_resnet_loads_into_the_stock_monai_resnet(capsys, tmp_path):
     from monai.networks.nets import ResNet
 
-    dims, _, run = resnet_run
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    run = train(capsys, tmp_path, npz, *RESNET, "model.norm=batch", "eval.after_train=false")
     assert run_cli(["export", run, "--out", tmp_path / "monai.pt", "--format", "monai"], capsys)[0] == 0
     sidecar = json.loads((tmp_path / "monai.json").read_text())
-    kwargs = sidecar["monai.networks.nets.ResNet"]
-    kwargs["norm"] = tuple(kwargs["norm"]) if isinstance(kwargs["norm"], list) else kwargs["norm"]
-    net = ResNet(**kwargs)
-    namespace = {"net": net, "block_norm": sidecar["block_norm"]}
-    exec(
-        sidecar["before_loading"], namespace
-    )  # the recipe the JSON carries (GroupNorm blocks: MONAI gives them BatchNorm)
-    net = namespace["net"]
-    net.load_state_dict(torch.load(tmp_path / "monai.pt", weights_only=True), strict=True)
-    x = sample_input(dims)
-    torch.testing.assert_close(features_of(net.eval(), x), features_of(icone.load_backbone(run), x), atol=1e-4, rtol=0)
+    assert set(sidecar) == {"monai.networks.nets.ResNet"}  # no code, no note: the arguments as they are
+    network = ResNet(**sidecar["monai.networks.nets.ResNet"])
+    network.load_state_dict(torch.load(tmp_path / "monai.pt", weights_only=True), strict=True)
+    x = sample_input(2)
+    torch.testing.assert_close(
+        features_of(network.eval(), x), features_of(icone.load_backbone(run), x), atol=1e-4, rtol=0
+    )
 
 
 def test_export_refusals(capsys, tmp_path, monkeypatch):
@@ -124,6 +170,12 @@ def test_export_refusals(capsys, tmp_path, monkeypatch):
         capsys,
         ["export", run, "--out", tmp_path / "m.pt", "--format", "monai"],
         "monai is for the resnet18 and resnet50",
+    )
+    resnet = train(capsys, tmp_path / "r", npz, *RESNET, "eval.after_train=false")
+    expect_error(
+        capsys,
+        ["export", resnet, "--out", tmp_path / "m.pt", "--format", "monai"],
+        r"export a MONAI bundle instead: --out .*/m \(a folder\)",
     )
     expect_error(capsys, ["export", run, "--out", tmp_path / "m.x", "--format", "keras"], "'keras' is not one of")
     (tmp_path / "taken.pt").write_text("mine")
@@ -193,7 +245,7 @@ def test_model_init_from_safetensors_and_a_plain_monai_state_dict(capsys, tmp_pa
     npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
     source = train(capsys, tmp_path, npz, *RESNET, "eval.after_train=false")
     assert run_cli(["export", source, "--out", tmp_path / "bb.safetensors", "--format", "safetensors"], capsys)[0] == 0
-    assert run_cli(["export", source, "--out", tmp_path / "monai.pt", "--format", "monai"], capsys)[0] == 0
+    assert run_cli(["export", source, "--out", tmp_path / "monai", "--format", "monai"], capsys)[0] == 0
     from icone.build import build_method
     from icone.config import build_config
     from icone.training.checkpoint import load_checkpoint
@@ -201,7 +253,7 @@ def test_model_init_from_safetensors_and_a_plain_monai_state_dict(capsys, tmp_pa
     config = build_config(load_checkpoint(source)["config"])
     x = sample_input(2)
     expected = features_of(icone.load_backbone(source), x)
-    for init in (tmp_path / "bb.safetensors", tmp_path / "monai.pt"):
+    for init in (tmp_path / "bb.safetensors", tmp_path / "monai" / "models" / "model.pt"):
         config.model.init = str(init)
         method = build_method(config, num_instances=36)
         torch.testing.assert_close(features_of(method.backbone.eval(), x), expected, atol=1e-5, rtol=0)
@@ -251,13 +303,13 @@ def test_parquet_and_anndata_carry_files_labels_and_splits(capsys, tmp_path):
     run = train(capsys, tmp_path, folder, "--batch-size", "4", *FAST, "eval.after_train=false")
     assert run_cli(["embed", run, "--data", folder, "--out", tmp_path / "e.parquet"], capsys)[0] == 0
     table = pq.read_table(tmp_path / "e.parquet").to_pydict()
-    assert list(table) == ["index", "source", "position", "split", "label", "embedding"]
+    assert list(table) == ["index", "source", "split", "label", "label_id", "position", "embedding"]
     assert len(table["source"]) == 16 and set(table["split"]) == {"train", "test"}
     for source, label, position, embedding in zip(
         table["source"], table["label"], table["position"], table["embedding"]
     ):
         assert source.startswith(str(folder)) and source.endswith(".png") and position == [] and len(embedding) == 64
-        assert label == ("/b/" in source)  # the class is the sub-folder
+        assert label == ("b" if "/b/" in source else "a")  # the class is the sub-folder, by name
     assert run_cli(["embed", run, "--data", folder, "--out", tmp_path / "e.h5ad"], capsys)[0] == 0
     adata = anndata.read_h5ad(tmp_path / "e.h5ad")
     assert adata.X.shape == (16, 64) and list(adata.obs["source"]) == table["source"]

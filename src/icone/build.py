@@ -39,8 +39,23 @@ def resolve_config(config: Config, dataset: Dataset) -> Config:
     Returns a copy; the copy is what ``config.yaml`` holds, so re-running it is exact. The learning
     rate is :func:`learning_rate`'s.
     """
+    check_instances(config, dataset)
     shape = (dataset.in_channels, *dataset.spatial_shape)
     return resolve_for_samples(config, shape, len(dataset.train), dataset.view_defaults)
+
+
+def check_instances(config: Config, dataset: Dataset) -> None:
+    """Enough training instances for a method that tells them apart (``min_instances``): with fewer, its
+    objective is met by a constant encoder, and the run would learn nothing (refused before anything is written)."""
+    method_cls, count = get_method(config.method), len(dataset.train)
+    if count >= method_cls.min_instances:
+        return
+    samples, size = dataset.train.samples, "x".join(map(str, dataset.spatial_shape))
+    what = f"one patch of {size}" if count == 1 and samples.position(0) else f"{count} sample(s) of {size}"
+    raise UserError(
+        f"{method_cls.name} tells training instances apart and needs at least {method_cls.min_instances}, but "
+        f"'{config.data.source}' gives {count} ({what}); make more with a smaller data.patch or data.stride, or give more images"
+    )
 
 
 def resolve_for_samples(
@@ -85,7 +100,7 @@ def resolve_for_samples(
     )  # the choice, saved
     resolve_windows(config, num_samples)
     config.method_options = dataclasses.asdict(method_cls.make_options(config.method_options))
-    check_batch_size(config, method_cls, min(num_samples, config.data.patches_per_epoch or num_samples))
+    check_batch_size(config, method_cls, num_samples)
     validate(config)
     return config
 
@@ -109,6 +124,13 @@ def check_batch_size(config: Config, method_cls: type[Method], num_samples: int)
         raise UserError(
             f"{method_cls.name} needs a batch size of at least {method_cls.min_batch_size} ({method_cls.batch_needs}); "
             f"use --batch-size {method_cls.min_batch_size} or more, or a method defined at batch size {batch}: {alternatives}"
+        )
+    drawn = config.data.patches_per_epoch
+    if drawn is not None and batch * world > drawn:
+        raise UserError(
+            f"batch size {batch}{f' x {world} processes' if world > 1 else ''} is larger than the {drawn} samples drawn "
+            f"per epoch (data.patches_per_epoch={drawn}); use --batch-size {max(1, drawn // world)} or less, or raise "
+            "data.patches_per_epoch"
         )
     if batch * world > num_samples:
         if world > 1:

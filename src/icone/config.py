@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,31 +18,10 @@ import yaml
 
 from icone.errors import UserError
 from icone.files import atomic_write_text
+from icone.options import check_options, option
 
-
-def option(
-    default: Any = dataclasses.MISSING,
-    *,
-    factory: Any = dataclasses.MISSING,
-    low: float | None = None,
-    high: float | None = None,
-    above: float | None = None,
-    below: float | None = None,
-    choices: tuple[Any, ...] | None = None,
-    hint: str = "",
-) -> Any:
-    """A dataclass field with its valid values: ``low``/``high`` inclusive bounds, ``above``/``below``
-    exclusive ones (applied to each number of a list), or ``choices``. :func:`check_options` reads them;
-    every float must also be finite."""
-    rules = {
-        k: v
-        for k, v in {"low": low, "high": high, "above": above, "below": below, "choices": choices}.items()
-        if v is not None
-    }
-    metadata = {"rules": rules, "hint": hint}
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+YAML_NULLS = ("null", "Null", "NULL", "~")
+ONE_PIXEL = "a view of one pixel has no image in it, and its contrast is undefined"
 
 
 @dataclass
@@ -74,11 +52,13 @@ class DataConfig:
     foreground_threshold: float | None = None  # sampler=foreground: intensity threshold; None: Otsu's
     foreground_fraction: float = option(0.1, above=0, high=1)  # share of a patch above the threshold to keep it
     labels: str | None = None  # a label volume of the volume's shape: a patch's label is its majority class
+    labels_ignore: int | None = None  # a class left out of the majority (e.g. 0: background); all-ignored: no label
     axes: str | None = None  # the stored axes, e.g. CZYX or YXC (default: metadata, else a guess)
-    channels: list[int] | None = option(None, low=0)  # channels to keep (default: all)
+    channels: list[int | str] | None = option(None, low=0)  # channels to keep: numbers or metadata names (default: all)
     level: int = option(0, low=0)  # OME-Zarr resolution level
     spacing: list[float] | None = option(None, above=0)  # resample patches to this voxel spacing (z,y,x)
     series: str | None = None  # DICOM: the SeriesInstanceUID (or its start) of a folder with several series
+    timepoint: int | None = option(None, low=0)  # the time point read from an array with a T axis of several
 
 
 @dataclass
@@ -87,8 +67,8 @@ class ViewConfig:
 
     global_crops: int = option(2, low=1)
     local_crops: int | None = option(None, low=0)
-    global_size: int | None = option(None, low=1)  # None: the input size
-    local_size: int | None = option(None, low=1)  # None: 3/7 of the global size (96 -> 224 in DINO)
+    global_size: int | None = option(None, low=2, hint=ONE_PIXEL)  # None: the input size
+    local_size: int | None = option(None, low=2, hint=ONE_PIXEL)  # None: 3/7 of the global size (96 -> 224 in DINO)
     global_scale: list[float] = option(
         factory=lambda: [0.4, 1.0], above=0, high=1
     )  # share of the area/volume a crop covers
@@ -216,7 +196,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             value = list(value)
         if not isinstance(value, list):
             value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v]
-        return [coerce(yaml.safe_load(v) if isinstance(v, str) else v, inner, key) for v in value]
+        return [coerce(parse_value(v, inner) if isinstance(v, str) else v, inner, key) for v in value]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise UserError(f"{key} must be a mapping, got {value!r}")
@@ -268,6 +248,37 @@ def update_dataclass(obj: Any, values: dict[str, Any], prefix: str = "") -> None
             setattr(obj, key, coerce(value, hints[key], full))
 
 
+def field_type(parts: list[str]) -> Any:
+    """The annotation of the :class:`Config` field at ``parts`` (``["data", "labels"]``); ``Any`` where unknown
+    (a method's options, a misspelt key: its value is then checked where it is set)."""
+    tp: Any = Config
+    for part in parts:
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if part not in hints:
+            return Any
+        tp = hints[part]
+    return tp
+
+
+def parse_value(raw: str, tp: Any = Any) -> Any:
+    """A ``KEY=VALUE`` value for a field of type ``tp``, the one rule of the CLI and the API: a string or path
+    field takes it verbatim (``#`` included; ``null`` or nothing unsets an optional one); a typed field (number,
+    flag, list, mapping) reads it as YAML, but a value with a ``#`` in it is kept whole, never cut as a comment."""
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    kinds = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
+    if raw == "" or (raw in YAML_NULLS and type(None) in typing.get_args(tp)):
+        return None
+    if kinds == [str] or raw.lstrip().startswith("#") or " #" in raw:
+        return raw
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if str in kinds and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return raw  # a number or a name (data.channels=0,DAPI): a number where it reads as one, else the text
+    return value
+
+
 def parse_overrides(items: list[str], method: str | None = None) -> dict[str, Any]:
     """Turn ``["train.epochs=5", "icone.alignment=infonce"]`` into a nested dict.
 
@@ -283,12 +294,9 @@ def parse_overrides(items: list[str], method: str | None = None) -> dict[str, An
         parts = key.split(".")
         if not key or any(not p for p in parts):
             raise UserError(f"cannot read '{item}': overrides look like key.sub=value, e.g. train.epochs=5")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
         if method is not None and parts[0] == method and len(parts) > 1:
             parts = ["method_options", *parts[1:]]
+        value = parse_value(raw, field_type(parts))
         node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -305,7 +313,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"config file '{path}' does not exist; give the path of a YAML file (e.g. runs/NAME/config.yaml)"
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"config file '{path}' is not UTF-8 text (byte {err.object[err.start]:#x} at position {err.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
         raise UserError(
             f"config file '{path}' is not valid YAML ({str(err).splitlines()[0]}); fix or regenerate it"
@@ -356,56 +368,6 @@ def build_config(
         update_dataclass(config, parse_overrides(overrides, method=method))
     validate(config)
     return config
-
-
-def _rule_text(rules: dict[str, Any]) -> str:
-    parts = []
-    if "low" in rules and "high" in rules:
-        return f"between {rules['low']:g} and {rules['high']:g}"
-    if "low" in rules:
-        parts.append(f"at least {rules['low']:g}")
-    if "above" in rules:
-        parts.append(f"greater than {rules['above']:g}")
-    if "high" in rules:
-        parts.append(f"at most {rules['high']:g}")
-    if "below" in rules:
-        parts.append(f"less than {rules['below']:g}")
-    return " and ".join(parts)
-
-
-def _check_value(key: str, value: Any, rules: dict[str, Any], hint: str) -> None:
-    suffix = f" ({hint})" if hint else ""
-    if "choices" in rules:
-        if value not in rules["choices"]:
-            raise UserError(
-                f"{key}={value!r} is not valid; choose one of: {', '.join(str(c) for c in rules['choices'])}{suffix}"
-            )
-        return
-    numbers = value if isinstance(value, list) else [value]
-    for number in numbers:
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            continue
-        if not math.isfinite(number):
-            raise UserError(f"{key} must be a finite number, got {value}{suffix}")
-        bad = (
-            ("low" in rules and number < rules["low"])
-            or ("high" in rules and number > rules["high"])
-            or ("above" in rules and number <= rules["above"])
-            or ("below" in rules and number >= rules["below"])
-        )
-        if bad:
-            raise UserError(f"{key} must be {_rule_text(rules)}, got {value}{suffix}")
-
-
-def check_options(obj: Any, prefix: str = "") -> None:
-    """Check every field of a (nested) options dataclass against its :func:`option` rules; floats must be finite."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            check_options(value, f"{key}.")
-        elif value is not None:
-            _check_value(key, value, f.metadata.get("rules", {}), f.metadata.get("hint", ""))
 
 
 def _check_pair(key: str, pair: list[float]) -> None:

@@ -32,6 +32,19 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def resume_command(run_dir: Any, extra: str = "") -> str:
+    """The command that continues the run in ``run_dir`` with as many processes as this launch has
+    (``torchrun`` with its process counts under ``torchrun``); ``extra``: options added at its end."""
+    world = launched_world_size()
+    if world <= 1:
+        return f"icone train --resume --out {run_dir}{extra}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = max(1, world // max(1, local))
+    launch = "--standalone" if nodes == 1 else f"--nnodes={nodes}"
+    rendezvous = "" if nodes == 1 else " [your rendezvous options]"
+    return f"torchrun {launch} --nproc_per_node={local}{rendezvous} -m icone train --resume --out {run_dir}{extra}"
+
+
 def is_main_process() -> bool:
     """Rank 0 of the process group; before the group is joined, rank 0 of the ``torchrun`` launch (``RANK``)."""
     if is_distributed():

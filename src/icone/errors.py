@@ -11,3 +11,19 @@ class TrainingDiverged(RuntimeError):
 
 class Interrupted(Exception):
     """Ctrl-C during a run; the message names the last checkpoint and how to continue (exit code 130)."""
+
+
+class OutOfMemory(RuntimeError):
+    """Memory ran out during a run; the message names what to make smaller (exit code 1)."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Python's ``MemoryError``, CUDA's ``OutOfMemoryError``, or torch's CPU allocator giving up."""
+    text = str(err).lower()
+    return (
+        isinstance(err, MemoryError)
+        or type(err).__name__ == "OutOfMemoryError"
+        or "out of memory" in text
+        or "can't allocate memory" in text
+        or "cannot allocate memory" in text
+    )

@@ -1,9 +1,11 @@
 """Run folders on disk: icone's marker, a lock while a process writes one, and safe replacement.
 
-- A run folder holds ``.icone-run`` (the marker) from the moment icone makes it. ``--overwrite``
-  replaces only a folder that is a run folder: it has the marker, or it holds nothing but the
-  files of a run (folders made before the marker existed). The data source, the current folder,
-  a folder that holds either of them, and a folder with anything else in it are refused.
+- A run folder holds ``.icone-run`` (the marker) from the moment icone makes it; the marker lists
+  what the run wrote (every file a run, ``icone evaluate`` or a bench cell writes into it while
+  :func:`recording`). ``--overwrite`` replaces only a run folder that holds nothing else: a file
+  not on the list (the user's notes, embeddings, a figure in ``plots/``) is named and the folder
+  refused. A folder of an older icone (an empty marker, or none) is judged by its names. The data
+  source, the current folder and a folder that holds either of them are refused.
 - A process that writes a run folder holds ``.lock`` (``flock``; the pid is written into it). A
   second process is refused; a lock whose process died is released by the system and taken over.
 - Replacing moves the old run aside (``.NAME.replaced-PID`` beside it) and removes it only once
@@ -14,13 +16,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from icone import files
 from icone.errors import UserError
-from icone.files import remove_orphans
+from icone.files import TEMP_SUFFIX, atomic_write_text, remove_orphans
+
+log = logging.getLogger("icone")
 
 MARKER = ".icone-run"
 LOCK = ".lock"
@@ -36,6 +43,7 @@ RUN_ENTRIES = {
     "bench.json",
 }
 REPLACED = ".replaced-"
+APPENDED = ("metrics.jsonl", "tensorboard", "mlruns")  # written in place (appended, or by a logger): listed whole
 
 try:  # POSIX
     import fcntl
@@ -58,7 +66,78 @@ def is_run_folder(path: Path) -> bool:
     return bool(names) and names <= RUN_ENTRIES and bool(names & {"config.yaml", "checkpoints"})
 
 
-def _inside(inner: Path, outer: Path) -> bool:
+# ---- what a run wrote: the list in the marker ---------------------------------------------------------
+
+_RECORDING: dict[Path, int] = {}  # folders whose writes this process lists (how many open recordings each)
+
+
+def written(folder: Path) -> set[str] | None:
+    """The paths (relative; a folder stands for all below it) the marker lists; ``None`` without a list."""
+    try:
+        listed = json.loads((folder / MARKER).read_text()).get("written")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return set(listed) if isinstance(listed, list) else None
+
+
+def record_written(folder: Path, paths: Iterable[str]) -> None:
+    """Add ``paths`` (relative to ``folder``) to the run's list, making the marker if needed; an older
+    run's marker (no list) first gets its own entries, by their names."""
+    folder = Path(folder)
+    known = written(folder)
+    start = known if known is not None else set()
+    if known is None and folder.is_dir():
+        start = {p.name for p in folder.iterdir() if p.name in RUN_ENTRIES | set(APPENDED)}
+    new = (start | set(paths)) - {MARKER, LOCK}
+    if new != known:
+        atomic_write_text(folder / MARKER, json.dumps({"written": sorted(new)}))
+
+
+@contextlib.contextmanager
+def recording(folder: Path) -> Iterator[None]:
+    """While open, every file this process writes under ``folder`` (through :mod:`icone.files`) is listed as the run's."""
+    key = Path(folder).resolve()
+    _RECORDING[key] = _RECORDING.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        _RECORDING[key] -= 1
+        if not _RECORDING[key]:
+            del _RECORDING[key]
+
+
+def _on_write(path: Path) -> None:
+    if path.name == MARKER:
+        return
+    path = path.resolve()
+    for folder in list(_RECORDING):
+        if folder in path.parents:
+            record_written(folder, [path.relative_to(folder).as_posix()])
+
+
+files.WRITE_LISTENERS.append(_on_write)
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """What ``path`` holds that its run did not write (relative paths, sorted): by the marker's list, or
+    for a folder without one, the top-level names that are not a run's."""
+    listed = written(path)
+    if listed is None:
+        return sorted(p.name for p in path.iterdir() if p.name not in RUN_ENTRIES | set(APPENDED))
+    ours = listed | {MARKER, LOCK}
+    foreign = []
+    for entry in sorted(path.rglob("*")):
+        rel = entry.relative_to(path).as_posix()
+        parts = rel.split("/")
+        if any("/".join(parts[: k + 1]) in ours for k in range(len(parts))) or entry.name.endswith(TEMP_SUFFIX):
+            continue
+        if entry.is_file() or not any(w.startswith(rel + "/") for w in ours):
+            foreign.append(rel)
+    return [f for f in foreign if not any(f.startswith(g + "/") for g in foreign)]
+
+
+def is_inside(inner: Path, outer: Path) -> bool:
+    """``inner`` is ``outer`` or lies below it (links resolved)."""
     inner, outer = inner.resolve(), outer.resolve()
     return inner == outer or outer in inner.parents
 
@@ -66,13 +145,20 @@ def _inside(inner: Path, outer: Path) -> bool:
 def check_replaceable(path: Path, protected: Iterable[Path] = ()) -> None:
     """Refuse (one line) to replace ``path`` unless it is a run folder holding nothing that is protected."""
     for keep in [Path.cwd(), Path.home(), *protected]:
-        if _inside(keep, path):
+        if is_inside(keep, path):
             what = "the current folder" if keep.resolve() == Path.cwd().resolve() else f"'{keep}'"
             raise UserError(f"--overwrite would delete '{path}', which holds {what}; choose another --out")
     if not is_run_folder(path):
         raise UserError(
             f"--overwrite replaces only icone run folders, and '{path}' holds other files; "
             "choose another --out or remove the folder yourself"
+        )
+    foreign = foreign_entries(path)
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise UserError(
+            f"--overwrite replaces only what icone wrote, and '{path}' also holds {', '.join(foreign[:5])}{more}; "
+            "move them out of the folder or choose another --out"
         )
 
 
@@ -157,6 +243,14 @@ def settle_interrupted_replacement(path: Path) -> str | None:
     return None
 
 
+def settle_before_use(path: Path) -> None:
+    """Before a command reads or writes the run folder ``path``: finish or undo a replacement of it that a
+    killed process left half done (the old run hidden as ``.NAME.replaced-PID``), and say so."""
+    note = settle_interrupted_replacement(Path(path))
+    if note:
+        log.warning(note)
+
+
 class RunFolder:
     """The folder of one run, from the checks before training to its first checkpoint.
 
@@ -175,6 +269,7 @@ class RunFolder:
         self._old: Path | None = None
         self._made = False
         self._was_empty = False
+        self._recording = contextlib.ExitStack()
 
     def open(self, mode: str = "new") -> RunFolder:
         if mode not in self.MODES:
@@ -194,7 +289,8 @@ class RunFolder:
             raise UserError(
                 f"run folder '{self.path}' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out"
             )
-        (self.path / MARKER).touch()
+        record_written(self.path, APPENDED)  # the marker, with the list of what the run writes
+        self._recording.enter_context(recording(self.path))
         remove_orphans(self.path)
         remove_orphans(self.path / "checkpoints")
         return self
@@ -220,4 +316,5 @@ class RunFolder:
             self._old = None
 
     def close(self) -> None:
+        self._recording.close()
         self.lock.release()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from icone.errors import UserError
+from icone.run_folder import settle_before_use
 
 EXPORT_FORMAT = "icone-backbone-1"
 EVALUATED = "evaluated_backbone"  # checkpoint key: the module path of the method's evaluated backbone
@@ -63,6 +64,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     (a classifier's ``fc.*`` is left out).
     """
     path = Path(path)
+    if path.is_dir() or not path.exists():
+        settle_before_use(path)  # a run an interrupted --overwrite hid is put back first
     if path.is_dir():
         if not (path / "backbone.pt").is_file():
             raise UserError(
@@ -74,8 +77,15 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
             f"model.init: '{path}' does not exist; give a run folder, a checkpoint, a backbone.pt or a .safetensors file"
         )
     if path.suffix == ".safetensors":
-        tensors = require("safetensors.torch", "safetensors").load_file(str(path))
-        return dict(tensors), "safetensors export"
+        loader = require("safetensors.torch", "safetensors")
+        try:
+            return dict(loader.load_file(str(path))), "safetensors export"
+        except Exception as err:  # safetensors raises its own error types for a corrupt header or data
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(
+                f"model.init: cannot read '{path}' as safetensors ({reason}); give a run folder, a backbone.pt "
+                "or an intact .safetensors file"
+            ) from None
     item = load_torch_file(path)
     if not isinstance(item, dict):
         raise UserError(f"model.init: '{path}' holds no state dict")

@@ -140,7 +140,7 @@ def test_a_missing_optional_package_names_the_extra(capsys, tmp_path, monkeypatc
             raise ImportError("No module named 'pydicom'")
         return real(name, *args)
 
-    monkeypatch.setattr("icone.data.formats.importlib.import_module", without_pydicom)
+    monkeypatch.setattr("icone.data.opening.importlib.import_module", without_pydicom)
     refused(
         capsys,
         tmp_path,

@@ -125,3 +125,18 @@ def test_losses_have_gradients_at_batch_size_one():
     assert torch.isfinite(loss)
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
     assert table.grad[2].abs().sum() > 0
+
+
+def test_a_table_of_one_row_has_no_pairs_so_every_diversity_is_zero():
+    """Issue 19: the frame term divided by N (N - 1) = 0 (uniformity: the log of an empty mean)."""
+    row = torch.randn(1, 8, dtype=torch.float64, requires_grad=True)
+    terms = {
+        "frame": losses.icone_frame_diversity(row),
+        "frame_from_gram": losses.icone_frame_diversity_from_gram(torch.eye(8, dtype=torch.float64), row, 1),
+        "hinge": losses.icone_hinge_diversity(row),
+        "uniformity": losses.icone_uniformity(row),
+    }
+    for name, value in terms.items():
+        assert value.item() == 0.0, name
+        (grad,) = torch.autograd.grad(value, row)
+        assert torch.equal(grad, torch.zeros_like(row)), name

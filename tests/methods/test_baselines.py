@@ -137,7 +137,8 @@ def test_loss_goes_down_on_fixed_data(method):
     _, steps = train_steps(
         method, 2, batch_size=batch, epochs=epochs, dataset=tiny_dataset(2, n=n), overrides=overrides
     )
-    losses = np.array([s["loss"] for s in steps])
+    # a fixed teacher's entropy is a floor no student reaches: what can fall is the KL above it
+    losses = np.array([s["loss"] - s.get("teacher_entropy", 0.0) for s in steps])
     if method in SKIP_FIRST_EPOCH:
         losses = losses[n // batch :]
     window = len(losses) // 4

@@ -15,9 +15,9 @@ from icone.errors import UserError
 from icone.evaluate.metrics import cluster_occupancy
 from icone.evaluate.report import occupancy_on_train
 from icone.export import load_backbone
-from icone.methods.excb import (
+from icone.methods.excb import ExCB
+from icone.methods.excb_rules import (
     PAPER_SIZE_STEP,
-    ExCB,
     crop_min_scale,
     default_hidden_dim,
     default_num_clusters,

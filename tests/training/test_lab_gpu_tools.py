@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import icone
-from helpers import FAST, make_trainer, small_backbone, tiny_dataset, train_steps, write_tiny_npz
+from helpers import FAST, make_trainer, run_cli, small_backbone, tiny_dataset, train_steps, write_tiny_npz
 from icone.build import build_method, resolve_config
 from icone.config import build_config
 from icone.training.optim import build_optimizer
@@ -140,10 +140,10 @@ KILLER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("method", ["icone", "excb", "moco", "dino"])
-def test_a_run_killed_between_step_checkpoints_resumes_to_the_same_weights(method, tmp_path):
-    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+def test_a_run_killed_between_step_checkpoints_resumes_to_the_same_weights(method, tmp_path, capsys):
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2, n=24)  # 6 steps per epoch at batch 4
     args = ["train", "--data", str(npz), "--method", method, "--epochs", "2", "--batch-size", "4", *FAST, "eval.after_train=false",
-            "train.checkpoint_every_steps=4", "optim.warmup_epochs=0.5"]  # fmt: skip
+            "train.checkpoint_every_steps=2", "optim.warmup_epochs=0.5", "train.log_every=1"]  # fmt: skip
     if method in ("excb", "dino"):
         args += [f"{method}.hidden_dim=32", "views.local_size=8"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -156,18 +156,20 @@ def test_a_run_killed_between_step_checkpoints_resumes_to_the_same_weights(metho
             env=env,
         )
 
-    whole = icone_run(0, tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr
-    killed = icone_run(6, tmp_path / "cut")  # 12 steps per epoch: step checkpoints after steps 4 and 8, killed after 6
+    from helpers import run_cli
+
+    code, _, err = run_cli([*args, "--out", tmp_path / "whole"], capsys)  # uninterrupted: in this process (1 thread)
+    assert code == 0, err
+    killed = icone_run(3, tmp_path / "cut")  # step checkpoints after steps 2 and 4, killed after 3
     assert killed.returncode == -signal.SIGKILL
     saved = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
-    assert (saved["epoch"], saved["step"], saved["batch"]) == (0, 4, 4)
+    assert (saved["epoch"], saved["step"], saved["batch"]) == (0, 2, 2)
     resumed = subprocess.run([sys.executable, "-m", "icone", "train", "--out", str(tmp_path / "cut"), "--resume", "--no-progress"],
                              capture_output=True, text=True, env=env)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 24
+    assert a["step"] == b["step"] == 12
     different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
     assert different == []
     steps = [
@@ -175,7 +177,9 @@ def test_a_run_killed_between_step_checkpoints_resumes_to_the_same_weights(metho
         for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
         if '"kind": "step"' in line
     ]
-    assert steps == sorted(set(steps))  # the steps after the checkpoint are not logged twice
+    assert steps == list(
+        range(1, 13)
+    )  # every step once: those the killed run logged after its checkpoint are not repeated
 
 
 # ---- tracking -------------------------------------------------------------------------------------------
@@ -198,20 +202,43 @@ def test_tensorboard_holds_the_logged_scalars(tmp_path):
     np.testing.assert_allclose([v for _, v in got], [v for _, v in logged], rtol=1e-6)
 
 
-def test_mlflow_gets_every_record(tmp_path, monkeypatch):
-    calls = []
-    fake = type(sys)("mlflow")
-    fake.set_tracking_uri = lambda uri: calls.append(("uri", uri))
-    fake.start_run = lambda run_name: calls.append(("start", run_name))
-    fake.log_metrics = lambda values, step: calls.append(("log", step, values))
-    fake.end_run = lambda: calls.append(("end",))
-    monkeypatch.setitem(sys.modules, "mlflow", fake)  # the wiring, not mlflow itself (an optional extra)
+def test_tensorboard_gets_the_config_and_the_final_plots(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    args = ["train", "--data", npz, "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "8", *FAST]
+    code, _, err = run_cli([*args, "train.logger=tensorboard", "eval.knn_k=5"], capsys)
+    assert code == 0, err
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert "config/text_summary" in events.Tags()["tensors"]
+    text = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "batch_size: 8" in text and "method: icone" in text
+    images = set(events.Tags()["images"])
+    assert {"plots/embeddings", "plots/confusion", "plots/collapse"} <= images, images
+
+
+def test_mlflow_holds_the_run_params_metrics_and_artifacts(tmp_path, capsys, monkeypatch):
+    from mlflow import MlflowClient
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    trainer, steps = train_steps("icone", batch_size=4, epochs=1, run_dir=tmp_path, overrides=["train.logger=mlflow"])
-    trainer.log.close()
-    logged = [c for c in calls if c[0] == "log"]
-    assert calls[0][0] == "uri" and calls[0][1].endswith("mlruns") and calls[-1] == ("end",)
-    assert [c[1] for c in logged if "step/loss" in c[2]] == [r["step"] for r in steps]
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    run = tmp_path / "run"
+    args = ["train", "--data", npz, "--out", run, "--epochs", "1", "--batch-size", "8", *FAST, "eval.knn_k=5"]
+    code, _, err = run_cli([*args, "train.logger=mlflow"], capsys)
+    assert code == 0, err
+    assert "INFO" not in err  # MLflow's notes on making its database are not shown
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("icone").experiment_id])
+    assert found.info.run_name == "run" and found.info.status == "FINISHED"
+    assert found.data.params["train.batch_size"] == "8" and found.data.params["method"] == "icone"
+    losses = client.get_metric_history(found.info.run_id, "step/loss")
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m.step for m in losses] == [r["step"] for r in steps if r["kind"] == "step"]
+    assert "eval/knn_accuracy" in found.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"backbone.pt", "eval.json", "config.yaml", "plots"} <= artifacts
+    assert any(a.path.endswith(".png") for a in client.list_artifacts(found.info.run_id, "plots"))
 
 
 # ---- the Python API and the example ------------------------------------------------------------------

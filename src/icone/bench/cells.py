@@ -11,11 +11,25 @@ from icone.bench.grid import BenchSpec, Cell, cell_config, cell_lr, choose_lr_fa
 from icone.bench.measure import PeakMemory, environment_of, forward_passes, training_log
 from icone.bench.plots import plot_results
 from icone.bench.report import BASELINE, COLUMNS, METRICS, summary_markdown, write_results
-from icone.errors import TrainingDiverged, UserError
+from icone.errors import Interrupted, TrainingDiverged, UserError
 from icone.files import atomic_write_text
 from icone.methods import get_method
-from icone.run_folder import LOCK, MARKER, RunLock
+from icone.run_folder import LOCK, RunLock, record_written
 from icone.runtime import pick_device
+
+
+def _grid_record(path: Path) -> dict[str, Any]:
+    """A grid folder's ``grid.json``; one line when it is not one (cut short, edited, another file)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(
+            f"'{path}' is not a grid record ({type(err).__name__}: {str(err).splitlines()[0]}); choose another --out "
+            "(or repair the file: it holds the grid's settings)"
+        ) from None
+    if not isinstance(saved, dict):
+        raise UserError(f"'{path}' is not a grid record (no settings in it); choose another --out")
+    return saved
 
 
 def _check_out(spec: BenchSpec) -> None:
@@ -23,7 +37,7 @@ def _check_out(spec: BenchSpec) -> None:
     out = spec.out
     grid_file = out / "grid.json"
     if grid_file.is_file():
-        saved = json.loads(grid_file.read_text())
+        saved = _grid_record(grid_file)
         differ = [k for k, v in spec.settings().items() if saved.get(k) != v]
         if differ:
             raise UserError(
@@ -103,6 +117,8 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
                 train_run(config, out=run_dir, resume=resume, overwrite=not resume and run_dir.exists(), progress=False)
             metrics_row(row, score_cell(run_dir, cell))
             status = "ok"
+        except Interrupted:
+            raise  # Ctrl-C stops the grid (the cell keeps its checkpoint, and resumes from it next time)
         except TrainingDiverged as err:
             status = "diverged: " + str(err).split(";")[0]
         except UserError as err:
@@ -113,8 +129,8 @@ def run_cell(spec: BenchSpec, cell: Cell, debug: bool = False) -> tuple[dict[str
             status = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         record = {"status": status, "peak_memory_bytes": meter.peak_bytes, "memory_kind": meter.kind, "lr": row["lr"]}
         run_dir.mkdir(parents=True, exist_ok=True)  # a cell that stopped before its first checkpoint left no folder
-        (run_dir / MARKER).touch()
         atomic_write_text(record_file, json.dumps(record, indent=2))
+        record_written(run_dir, ["bench.json"])  # the cell's own file: --overwrite of the cell may replace it
     row["status"] = record.get("status", "ok")
     row["peak_memory_bytes"], row["memory_kind"] = record.get("peak_memory_bytes"), record.get("memory_kind")
     row["epochs"], row["steps"], row["train_seconds"] = training_log(run_dir)
@@ -154,11 +170,13 @@ def _run_cells(
     for position, cell in enumerate(cells, 1):
         try:
             row, how = run_cell(spec, cell, debug)
-        except KeyboardInterrupt:
-            log(
-                f"interrupted in cell {cell.name}; run the same command again to continue (finished cells are kept, this one resumes)"
-            )
-            raise
+        except (KeyboardInterrupt, Interrupted):
+            saved = (spec.out / "cells" / cell.name / "checkpoints" / "last.pt").is_file()
+            again = "resumes from its last checkpoint" if saved else "starts again (it had no checkpoint yet)"
+            raise Interrupted(
+                f"interrupted in cell {cell.name}; the finished cells are kept and this one {again}: "
+                f"continue with '{spec.command or 'the same icone bench command'}'"
+            ) from None
         rows.append(row)
         log(progress_line(position, len(cells), row, how))
         write(rows)

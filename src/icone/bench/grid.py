@@ -19,6 +19,7 @@ from icone.build import learning_rate
 from icone.config import Config, build_config, parse_overrides
 from icone.errors import UserError
 from icone.methods import get_method, registry
+from icone.run_folder import is_inside
 
 DEFAULT_NORM = "group"  # batch-free, so batch-size-1 methods are not handicapped; override with model.norm=...
 PAPER_METHODS = ["icone", "excb", "simclr", "moco", "byol", "vicreg", "barlow_twins", "dino"]
@@ -167,7 +168,9 @@ def build_spec(
     if min(spec.imbalance) < 1:
         raise UserError(f"--imbalance ratios are largest/smallest class sizes, at least 1; got {min(spec.imbalance):g}")
     refuse_owned(list(overrides or []), OWNED, "the grid")
-    resolve(spec.data)
+    _, data_path = resolve(spec.data)
+    if data_path is not None and data_path.is_dir() and is_inside(spec.out, data_path):
+        raise UserError(f"--out '{spec.out}' is inside the data folder '{data_path}'; choose an --out outside it")
     for method in spec.methods:  # bad KEY=VALUE fails here, before any cell runs
         cell_config(spec, Cell(method, spec.batch_sizes[0], 0, spec.imbalance[0]))
     return spec

@@ -12,7 +12,7 @@ import typer
 
 from icone.cli import commands, grids  # noqa: F401 - they register the commands on the app
 from icone.cli.app import ARGV, DEBUG, app, err_console
-from icone.errors import Interrupted, TrainingDiverged, UserError
+from icone.errors import Interrupted, OutOfMemory, TrainingDiverged, UserError, is_out_of_memory
 
 
 def _is_main_process() -> bool:
@@ -50,12 +50,6 @@ def _os_error_line(err: OSError) -> str:
     return f"error: {err.strerror or type(err).__name__}{where}"
 
 
-def _is_out_of_memory(err: BaseException) -> bool:
-    return (
-        isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower()
-    )
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run the ``icone`` command; returns the exit code. Every error is one line (``--debug``: the traceback).
 
@@ -76,24 +70,9 @@ def run(argv: list[str] | None = None) -> int:
         if code == 130:  # Typer turns a Ctrl-C outside a run into this return value
             _print_error("interrupted")
         return code if isinstance(code, int) else 0
-    except Interrupted as err:
-        if debug:
-            raise
-        _print_error(str(err))
-        return 130
     except KeyboardInterrupt:
         _print_error("interrupted")
         return 130
-    except UserError as err:
-        if debug:
-            raise
-        _print_error(f"error: {err}")
-        return 2
-    except TrainingDiverged as err:
-        if debug:
-            raise
-        _print_error(f"training stopped: {err}")
-        return 1
     except typer.Exit as err:
         return int(err.exit_code)
     except typer.Abort:
@@ -102,25 +81,32 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as err:
         if debug:
             raise
-        if hasattr(err, "format_message") and isinstance(
-            getattr(err, "exit_code", None), int
-        ):  # Typer's (or click's) usage errors
-            _print_error(_usage_line(err))
-            return int(err.exit_code) if err.exit_code else 2  # type: ignore[attr-defined]
-        if _is_out_of_memory(err):
-            _print_error(
-                "error: out of memory; lower --batch-size, the sample or patch size (data.resize=...), "
-                "or the backbone (model.width=..., --backbone smallcnn)"
-            )
-            return 1
-        if isinstance(err, OSError):
-            _print_error(_os_error_line(err))
-            return 2
-        first = str(err).splitlines()[0] if str(err) else ""
-        _print_error(
-            f"internal error: {type(err).__name__}: {first}; run 'icone --debug ...' for the traceback and report it"
-        )
-        return 1
+        line, code = _error_line(err)
+        _print_error(line)
+        return code
+
+
+# icone's own errors: (type, prefix of the line, exit code)
+KNOWN = ((Interrupted, "", 130), (UserError, "error: ", 2), (TrainingDiverged, "training stopped: ", 1),
+         (OutOfMemory, "error: ", 1))  # fmt: skip
+
+
+def _error_line(err: Exception) -> tuple[str, int]:
+    """The one line an error is shown as, and the exit code."""
+    for kind, prefix, code in KNOWN:
+        if isinstance(err, kind):
+            return f"{prefix}{err}", code
+    if hasattr(err, "format_message") and isinstance(getattr(err, "exit_code", None), int):  # Typer's usage errors
+        return _usage_line(err), int(err.exit_code) if err.exit_code else 2  # type: ignore[attr-defined]
+    if is_out_of_memory(err):
+        return (
+            "error: out of memory; lower --batch-size, the sample or patch size (data.resize=...), "
+            "or the backbone (model.width=..., --backbone smallcnn)"
+        ), 1
+    if isinstance(err, OSError):
+        return _os_error_line(err), 2
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"internal error: {type(err).__name__}: {first}; run 'icone --debug ...' for the traceback and report it", 1
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -12,11 +11,36 @@ from rich.table import Table
 from icone.cli.app import app, console
 from icone.errors import UserError
 
+TRAIN_EXAMPLE = (
+    "icone train --data cells/ --method icone train.epochs=50 optim.lr=3e-4 data.channels=0,2 icone.diversity=frame"
+)
 
-@app.command(context_settings={"allow_extra_args": False})
+
+def train_help() -> str:
+    """``icone train --help``: the option groups (the fields of each config section) and an example."""
+    import dataclasses
+
+    from icone.config import Config
+
+    lines = ["Train an encoder; ends with kNN and RankMe of the untrained vs the trained encoder.", ""]
+    lines.append("Options are KEY=VALUE after the command (or a YAML file, --config), in groups:")
+    for section in ("data", "views", "model", "optim", "train", "eval"):
+        names = [f.name for f in dataclasses.fields(getattr(Config(), section))]
+        lines += ["", f"{section}.*: {', '.join(names)}"]
+    lines += [
+        "",
+        "METHOD.key: the chosen method's options, e.g. icone.diversity=frame (icone methods; docs/methods.md)",
+    ]
+    lines += ["", f"Example: {TRAIN_EXAMPLE}"]
+    return "\n".join(lines)
+
+
+@app.command(context_settings={"allow_extra_args": False}, help=train_help())
 def train(
     overrides: Optional[list[str]] = typer.Argument(
-        None, metavar="[KEY=VALUE]...", help="Config overrides, e.g. train.lr=1e-4 icone.diversity=frame"
+        None,
+        metavar="[KEY=VALUE]...",
+        help="Config overrides, e.g. optim.lr=1e-4 train.epochs=50 icone.diversity=frame",
     ),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (e.g. runs/X/config.yaml)."),
     data: Optional[str] = typer.Option(
@@ -34,7 +58,7 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train an encoder; ends with kNN and RankMe of the untrained vs the trained encoder."""
+    """Train an encoder (the help text is :func:`train_help`)."""
     from icone.config import build_config, load_yaml, merge, nest, parse_overrides
 
     if resume and overwrite:
@@ -65,20 +89,30 @@ def _print_eval(result: dict, title: str) -> None:
 
     table = Table(title=title)
     table.add_column("metric")
-    table.add_column("untrained", justify="right")
+    table.add_column(
+        "init" if str(result.get("baseline_weights", "")).startswith("model.init") else "untrained", justify="right"
+    )
     table.add_column("trained", justify="right")
     for row in format_table(result):
         table.add_row(*row)
     console.print(table)
+    if result.get("collapse"):
+        console.print(result["collapse"]["text"], markup=False, highlight=False, soft_wrap=True)
     if result.get("clusters"):
         console.print(
             "cluster occupancy (training set): " + ", ".join(f"{k} {v:.3f}" for k, v in result["clusters"].items())
         )
 
 
+DATA_OPTIONS = (
+    "data.* options of the --data source (its own: not the run's labels or patches), e.g. data.labels=... data.patch=64"
+)
+
+
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[data.KEY=VALUE]...", help=DATA_OPTIONS),
     data: Optional[str] = typer.Option(None, "--data", help="Evaluate on another source of the same kind."),
     label_fractions: Optional[str] = typer.Option(
         None, "--label-fractions", help="Few-label probes on these shares of the labels, e.g. 0.01,0.1,1."
@@ -94,9 +128,11 @@ def evaluate(
     from icone.runs import evaluate_run
 
     fractions = parse_list(label_fractions, float, "--label-fractions")
-    result = evaluate_run(run, data, fractions, parse_list(shots, int, "--shots"), repeats)
+    result = evaluate_run(run, data, fractions, parse_list(shots, int, "--shots"), repeats, list(overrides or []))
     if as_json:
-        print(json.dumps(result))
+        from icone.files import json_text
+
+        print(json_text(result, indent=None))
         return
     _print_eval(result, f"{result['method']} on {result['data']}")
     if "few_label" in result:
@@ -133,6 +169,7 @@ def _print_few_label(result: dict) -> None:
 @app.command()
 def embed(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[data.KEY=VALUE]...", help=DATA_OPTIONS),
     data: str = typer.Option(..., "--data", help="The source to embed (any source the backbone fits)."),
     out: Path = typer.Option(..., "--out", help="FILE.parquet (streamed), FILE.h5ad (AnnData), FILE.npz or FILE.npy."),
     plot: bool = typer.Option(
@@ -143,7 +180,7 @@ def embed(
     """One row per sample: index, source file, patch position, split, label and embedding."""
     from icone.runs import embed_run
 
-    summary = embed_run(checkpoint, data, out, overwrite, plot)
+    summary = embed_run(checkpoint, data, out, overwrite, plot, list(overrides or []))
     console.print(
         f"{summary['rows']} embeddings written to {summary['out']}"
         + (f"; map: {summary['plot']}" if "plot" in summary else "")

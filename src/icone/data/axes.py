@@ -2,13 +2,15 @@
 
 An axes string names every dimension of an array as stored, e.g. ``CZYX``, ``ZCYX``, ``YXC``,
 ``TCZYX``. Letters: ``C`` channels (``S``, tifffile's samples, is read as ``C``), ``Z``, ``Y``,
-``X`` spatial, ``T`` time (only a single time point can be read). icone trains on ``C x Z x Y x X``
+``X`` spatial, ``T`` time (one time point is read: ``data.timepoint``, needed when there are several). icone trains on ``C x Z x Y x X``
 (volumes) or ``C x Y x X`` (images); an array without ``C`` has one channel.
 
 Guesses, for arrays without metadata (stated by ``icone data``; ``data.axes`` overrides them):
 
 - 2 dimensions: ``YX``;
-- 3: ``YXC`` if the last is at most 4 and the others larger, ``CYX`` if the first is, else ``ZYX``;
+- 3: ``YXC`` if the last is at most 4 and the others larger, ``CYX`` if the first is (at most 8 in a
+  folder of 2D images: multichannel microscopy, e.g. Cell Painting's 5 or RxRx1's 6 channels, is
+  stored one ``CYX`` file per field of view), else ``ZYX``;
 - 4: ``CZYX`` if the first is not larger than the last, else ``ZYXC``;
 - 5: ``TCZYX`` (the OME order) if the first is 1.
 """
@@ -21,6 +23,9 @@ from icone.errors import UserError
 
 LETTERS = "TCZYX"
 MAX_GUESSED_CHANNELS = 4
+MAX_IMAGE_SET_CHANNELS = 8  # a folder of 2D images: a leading axis this short is channels
+AMBIGUOUS = MAX_IMAGE_SET_CHANNELS  # an axis this short may be channels or slices: a guess then is stated
+OTHER_READING = {"CYX": "ZYX", "ZYX": "CYX", "YXC": "ZYX", "CZYX": "ZCYX", "ZYXC": "CZYX", "TCZYX": "CZYXT"}
 
 
 def parse_axes(text: str, what: str = "data.axes") -> str:
@@ -41,15 +46,17 @@ def parse_axes(text: str, what: str = "data.axes") -> str:
     return axes
 
 
-def guess_axes(shape: tuple[int, ...]) -> str | None:
-    """The axes of an array without metadata (see the module's rules); ``None`` where no rule applies."""
+def guess_axes(shape: tuple[int, ...], image_set: bool = False) -> str | None:
+    """The axes of an array without metadata (see the module's rules; ``image_set``: a file of a folder of
+    2D images); ``None`` where no rule applies."""
     small = MAX_GUESSED_CHANNELS
     if len(shape) == 2:
         return "YX"
     if len(shape) == 3:
         if shape[-1] <= small < min(shape[:2]):
             return "YXC"
-        if shape[0] <= small < min(shape[1:]):
+        leading = MAX_IMAGE_SET_CHANNELS if image_set else small
+        if shape[0] <= leading < min(shape[1:]):
             return "CYX"
         return "ZYX"
     if len(shape) == 4:
@@ -76,6 +83,7 @@ class Layout:
     axes: str  # as stored, e.g. "ZCYX"
     origin: str  # "metadata", "data.axes", "guessed" or the format's convention
     shape: tuple[int, ...]  # as stored
+    time: int = 0  # the time point read where there is a T axis
 
     @property
     def spatial(self) -> str:
@@ -90,10 +98,19 @@ class Layout:
         return tuple(self.shape[self.axes.index(a)] for a in self.spatial)
 
 
-def layout(shape: tuple[int, ...], name: str, override: str | None, known: str | None, convention: str = "") -> Layout:
+def layout(
+    shape: tuple[int, ...], name: str, override: str | None, known: str | None, convention: str = "",
+    timepoint: int | None = None, image_set: bool = False,
+) -> Layout:  # fmt: skip
     """The :class:`Layout` of an array of ``shape`` called ``name``: ``data.axes`` if given, else the
-    metadata's axes (``known``), else the format's ``convention`` (e.g. NIfTI), else a guess."""
+    metadata's axes (``known``), else the format's ``convention`` (e.g. NIfTI), else a guess; at
+    ``timepoint`` (``data.timepoint``) where it has a T axis."""
     shape = tuple(int(s) for s in shape)
+    if not 2 <= len(shape) <= len(LETTERS):
+        raise UserError(
+            f"'{name}' has {len(shape)} dimension(s) (shape {'x'.join(map(str, shape))}); icone reads 2 to 5 "
+            "(Y and X, and Z, C, T where there are): save the image or volume as such an array"
+        )
     if override:
         axes, origin = parse_axes(override), "data.axes"
         if len(axes) != len(shape):
@@ -107,16 +124,42 @@ def layout(shape: tuple[int, ...], name: str, override: str | None, known: str |
     elif convention and len(convention) == len(shape):
         axes, origin = convention, "format"
     else:
-        guessed = guess_axes(shape)
+        guessed = guess_axes(shape, image_set)
         if guessed is None:
             raise UserError(
                 f"cannot tell the axes of '{name}' (shape {'x'.join(map(str, shape))}); name them with data.axes=..., "
                 "e.g. data.axes=TCZYX"
             )
         axes, origin = guessed, "guessed"
-    if "T" in axes and shape[axes.index("T")] != 1:
+    return Layout(axes, origin, shape, _time_point(axes, shape, name, timepoint))
+
+
+def _time_point(axes: str, shape: tuple[int, ...], name: str, timepoint: int | None) -> int:
+    """The index read along T: ``data.timepoint``, or the only one there is (without a T axis: 0, whatever is asked)."""
+    if "T" not in axes:
+        return 0
+    count = shape[axes.index("T")]
+    if timepoint is None and count > 1:
         raise UserError(
-            f"'{name}' holds {shape[axes.index('T')]} time points (axes {axes}); icone reads one: save a single time "
-            "point, or name the axis otherwise with data.axes=..."
+            f"'{name}' holds {count} time points (axes {axes}); pick one with data.timepoint=0..{count - 1}, "
+            "or name the axis otherwise with data.axes=..."
         )
-    return Layout(axes, origin, shape)
+    if timepoint is not None and timepoint >= count:
+        raise UserError(
+            f"data.timepoint={timepoint} but '{name}' has {count} time point(s) (axes {axes}); choose 0..{count - 1}"
+        )
+    return timepoint or 0
+
+
+def guess_warning(plan: Layout, name: str) -> str | None:
+    """One line stating a guess that could be wrong (an axis besides Y and X short enough to be channels or
+    slices, at most 8), with the ``data.axes`` of the other reading."""
+    short = [n for a, n in zip(plan.axes, plan.shape) if a not in "YX" and n <= AMBIGUOUS]
+    if plan.origin != "guessed" or not short:
+        return None
+    other = OTHER_READING.get(plan.axes, "...")
+    shape = "x".join(map(str, plan.shape))
+    return (
+        f"'{name}' has no axes in its metadata: its shape {shape} is read as {plan.axes} (guessed); if that is wrong, "
+        f"name the axes, e.g. data.axes={other}"
+    )

@@ -37,6 +37,14 @@ class IndexedDataset(TorchDataset):
             sample = torch.from_numpy(self.samples.read([index], self.epoch)[0])
         return sample, index, int(self.labels[index])
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int, int]]:
+        """A batch's items, read together (the DataLoader asks for them so): what one item at a time would
+        give, but a chunked store decodes the chunks the batch needs at once."""
+        if self.tensor is not None:
+            return [self[i] for i in indices]
+        x = torch.from_numpy(self.samples.read(list(indices), self.epoch))
+        return [(x[k], int(i), int(self.labels[i])) for k, i in enumerate(indices)]
+
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """The samples of ``index`` as one tensor ``len(index) x C x spatial``."""
         if self.tensor is not None:

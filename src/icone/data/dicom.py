@@ -1,6 +1,8 @@
 """DICOM series: a folder holding one series is one volume (``ZYX``): slices ordered by their position
 along the slice normal, rescale slope and intercept applied, spacing from the headers. A folder with
-several series names them and asks for one (``data.series=UID``). Needs pydicom (``icone[dicom]``).
+several series names them and asks for one (``data.series=UID``); a series that is one multi-frame
+file is read by :mod:`icone.data.dicom_frames`; a folder of one-image files (several single-image
+series, or class sub-folders) is an image set (:func:`is_image_set`). Needs pydicom (``icone[dicom]``).
 
 Slices are read when a patch needs them (a few kept per process), never the whole series at once.
 """
@@ -13,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from icone.data.formats import need
+from icone.data.dicom_frames import DicomFileStored
+from icone.data.opening import need
 from icone.data.volumes import Stored
 from icone.errors import UserError
 
@@ -37,6 +40,85 @@ def dicom_files(folder: Path) -> list[Path]:
     return found
 
 
+def read_header(path: Path) -> Any:
+    """A file's DICOM header (a file without the 128-byte preamble is read with ``force=True``), or one line naming it."""
+    pydicom = need("pydicom", "DICOM series")
+    try:
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True)
+        except pydicom.errors.InvalidDicomError:
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            if "Rows" not in header:
+                raise
+            return header
+    except Exception as err:
+        raise UserError(
+            f"cannot read '{path}' as DICOM ({type(err).__name__}); remove it from the folder or replace it"
+        ) from None
+
+
+def image_headers(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
+    """The files of a folder that hold images, grouped by series (a DICOMDIR or a report is left out)."""
+    files = dicom_files(folder)
+    if not files:
+        raise UserError(
+            f"'{folder}' holds no DICOM files (.dcm, or files with the DICM marker); point to a series folder"
+        )
+    groups: dict[str, list[tuple[Path, Any]]] = {}
+    for path in files:
+        header = read_header(path)
+        if "PixelData" not in header and not hasattr(header, "Rows"):
+            continue
+        groups.setdefault(str(getattr(header, "SeriesInstanceUID", "?")), []).append((path, header))
+    return groups
+
+
+def is_image_set(folder: Path) -> bool:
+    """A folder of one-image DICOM files, not a series: several series of one single-frame file each, or
+    single-frame files without slice positions (X-ray, secondary capture) in two or more class sub-folders."""
+    groups = image_headers(folder)
+    members = [m for g in groups.values() for m in g]
+    if any(int(getattr(h, "NumberOfFrames", 1) or 1) > 1 for _, h in members):
+        return False
+    if len(groups) > 1 and all(len(g) == 1 for g in groups.values()):
+        return True
+    parts = [p.relative_to(folder).parts for p, _ in members]
+    classes = {q[0] for q in parts if len(q) == 2}
+    return (
+        all(len(q) == 2 for q in parts)
+        and len(classes) > 1
+        and not any("ImagePositionPatient" in h for _, h in members)
+    )
+
+
+def open_dicom(path: Path, series: str | None = None) -> Stored:
+    """A DICOM file (multi-frame: a volume; else an image), or the series of a folder as one volume."""
+    if path.is_file():
+        return DicomFileStored(path)
+    uid, members = choose_series(path, series)
+    if len(members) == 1 and int(getattr(members[0][1], "NumberOfFrames", 1) or 1) > 1:
+        return DicomFileStored(*members[0])
+    return DicomStored(path, series, (uid, members))
+
+
+def choose_series(folder: Path, series: str | None) -> tuple[str, list[tuple[Path, Any]]]:
+    """The one series of a folder (or the one ``data.series`` names): its UID and ``(file, header)`` pairs."""
+    groups = image_headers(folder)
+    if series is not None:
+        matches = [uid for uid in groups if uid == series or uid.startswith(series)]
+        if len(matches) != 1:
+            raise UserError(
+                f"data.series={series} matches {len(matches)} of the series in '{folder}': "
+                + "; ".join(_series_line(u, [h for _, h in groups[u]]) for u in groups)
+            )
+        groups = {matches[0]: groups[matches[0]]}
+    if len(groups) > 1:
+        listed = "; ".join(_series_line(u, [h for _, h in g]) for u, g in groups.items())
+        raise UserError(f"'{folder}' holds {len(groups)} DICOM series: {listed}; choose one with data.series=UID")
+    ((uid, members),) = groups.items()
+    return uid, members
+
+
 def _series_line(uid: str, headers: list[Any]) -> str:
     first = headers[0]
     what = " ".join(str(getattr(first, key, "")) for key in ("Modality", "SeriesDescription")).strip()
@@ -48,37 +130,9 @@ class DicomStored(Stored):
 
     axes = "ZYX"
 
-    def __init__(self, folder: Path, series: str | None = None) -> None:
-        pydicom = need("pydicom", "DICOM series")
+    def __init__(self, folder: Path, series: str | None = None, chosen: tuple[str, list] | None = None) -> None:
         self.folder, self.unit = folder, "mm"
-        files = dicom_files(folder)
-        if not files:
-            raise UserError(
-                f"'{folder}' holds no DICOM files (.dcm, or files with the DICM marker); point to a series folder"
-            )
-        groups: dict[str, list[tuple[Path, Any]]] = {}
-        for path in files:
-            try:
-                header = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception as err:
-                raise UserError(
-                    f"cannot read '{path}' as DICOM ({type(err).__name__}); remove or replace the file"
-                ) from None
-            if "PixelData" not in header and not hasattr(header, "Rows"):
-                continue  # e.g. a DICOMDIR or a structured report
-            groups.setdefault(str(getattr(header, "SeriesInstanceUID", "?")), []).append((path, header))
-        if series is not None:
-            matches = [uid for uid in groups if uid == series or uid.startswith(series)]
-            if len(matches) != 1:
-                raise UserError(
-                    f"data.series={series} matches {len(matches)} of the series in '{folder}': "
-                    + "; ".join(_series_line(u, [h for _, h in groups[u]]) for u in groups)
-                )
-            groups = {matches[0]: groups[matches[0]]}
-        if len(groups) > 1:
-            listed = "; ".join(_series_line(u, [h for _, h in g]) for u, g in groups.items())
-            raise UserError(f"'{folder}' holds {len(groups)} DICOM series: {listed}; choose one with data.series=UID")
-        ((self.uid, members),) = groups.items()
+        self.uid, members = chosen or choose_series(folder, series)
         self.name = f"{folder} (series {self.uid})"
         self.files, self.rescale, positions = self._order(members)
         first = members[0][1]

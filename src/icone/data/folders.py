@@ -15,12 +15,12 @@ from icone.data import checks
 from icone.data.arrays import Dataset, Split, stratified_split
 from icone.data.formats import open_stored, suffix
 from icone.data.samples import ArraySamples, Samples
-from icone.data.volumes import ReadError, Volume
+from icone.data.volumes import ReadError, Volume, warn_guessed
 from icone.errors import UserError
 
 log = logging.getLogger("icone")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VOLUME_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
+VOLUME_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".dcm")
 LAZY_ABOVE = 2 << 30  # data.load=auto: a folder whose float32 stack is larger than this is read per sample
 KIND_OF_DIMS = {2: "folder", 3: "volumes"}
 WHAT = {"folder": "2D image", "volumes": "3D volume"}
@@ -33,8 +33,11 @@ def files_of(root: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES + VOLUME_SUF
 def open_files(files: list[Path], config: DataConfig | None = None) -> list[Volume]:
     """Every file's header as a :class:`Volume` (axes and channels applied; no pixels read)."""
     if config is None:
-        return [Volume(open_stored(f)) for f in files]
-    return [Volume(open_stored(f), config.axes, config.channels, config.spacing) for f in files]
+        return [Volume(open_stored(f), image_set=True) for f in files]
+    return [
+        Volume(open_stored(f), config.axes, config.channels, config.spacing, timepoint=config.timepoint, image_set=True)
+        for f in files
+    ]
 
 
 def _shape_text(volume: Volume) -> str:
@@ -189,6 +192,7 @@ def load_folder(root: Path, forced: str | None, config: DataConfig) -> Dataset:
     if not files:
         raise UserError(f"folder '{root}' holds no images or volumes; point to a folder with data")
     volumes = open_files(files, config)
+    warn_guessed(volumes)
     kind = folder_kind(root, volumes, forced)
     shape = check_sizes(volumes, config.resize)
     labels, names = labels_from_folders(root, files)

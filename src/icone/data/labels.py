@@ -11,6 +11,8 @@ from icone.data.patches import Grid, block_patches, cell_blocks
 from icone.data.volumes import Volume
 from icone.errors import UserError
 
+MAX_CLASSES = 1000  # more "classes" in a label volume are instance ids (and a C x C confusion matrix would not fit)
+
 
 def check_label_volume(labels: Volume, volume: Volume) -> None:
     """A label volume has one channel and the volume's spatial shape (as read: after resampling)."""
@@ -29,8 +31,9 @@ def check_label_volume(labels: Volume, volume: Volume) -> None:
         raise UserError(f"the label volume '{labels.name}' holds {labels.stored.dtype} values; store integer classes")
 
 
-def majority_labels(labels: Volume, grid: Grid) -> np.ndarray:
-    """The majority class of every cell's patch (ties: the smallest class), read block by block."""
+def majority_labels(labels: Volume, grid: Grid, ignore: int | None = None) -> np.ndarray:
+    """The majority class of every cell's patch (ties: the smallest class), read block by block; with
+    ``ignore``, the majority among the other voxels (``-1`` for a patch holding only the ignored class)."""
     out = np.zeros(grid.size, np.int64)
     for cells, lo, hi in cell_blocks(grid, labels.spatial_chunks):
         region = labels.read(lo, hi - lo)
@@ -47,10 +50,19 @@ def majority_labels(labels: Volume, grid: Grid) -> np.ndarray:
             )
         flat = block_patches(region, grid).reshape(len(cells), -1)
         classes = int(flat.max()) + 1
+        if classes > MAX_CLASSES:
+            raise UserError(
+                f"the label volume '{labels.name}' holds classes up to {classes - 1} (near {','.join(map(str, lo))}): "
+                f"instance ids, not classes? A patch's label is the majority class per voxel; give a semantic "
+                f"segmentation with classes 0..C-1 (C at most {MAX_CLASSES}), or leave data.labels out"
+            )
         counts = np.bincount(
             (np.arange(len(cells))[:, None] * classes + flat).reshape(-1), minlength=len(cells) * classes
         )
-        out[cells] = counts.reshape(len(cells), classes).argmax(axis=1)
+        counts = counts.reshape(len(cells), classes)
+        if ignore is not None and 0 <= ignore < classes:
+            counts[:, ignore] = 0
+        out[cells] = np.where(counts.any(axis=1), counts.argmax(axis=1), -1)
     return out
 
 

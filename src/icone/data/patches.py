@@ -127,6 +127,11 @@ class PatchSamples(Samples):
         rows = np.asarray(rows, np.int64).reshape(-1)
         if not len(rows):
             return np.zeros((0, *self.sample_shape), np.float32)
+        if len(rows) > 1:
+            located = [self.locate(int(r))[0] for r in rows]
+            for k in set(located):
+                origins = [self.origin(int(r), epoch) for r, v in zip(rows, located) if v == k]
+                self.volumes[k].prefetch(origins, self.grids[k].patch)
         return np.stack([self.read_patch(int(r), epoch) for r in rows])
 
     def source(self, row: int) -> str:
@@ -134,6 +139,10 @@ class PatchSamples(Samples):
 
     def position(self, row: int) -> tuple[int, ...]:
         return self.origin(row)
+
+    def geometry(self, row: int) -> tuple[tuple[float, ...], tuple[float | None, ...], str]:
+        volume = self.volumes[self.locate(row)[0]]
+        return tuple(float(f) for f in volume.factor), volume.spacing, volume.stored.unit
 
     def where(self, row: int) -> str:
         """``'file' at z,y,x=...``: a row's patch, for messages."""

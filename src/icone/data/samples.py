@@ -49,6 +49,10 @@ class Samples:
         """A row's sample for messages: ``'file'``, or ``'file' at z,y,x=...`` for a patch."""
         return f"'{self.source(row)}'"
 
+    def geometry(self, row: int) -> tuple[tuple[float, ...], tuple[float | None, ...], str] | None:
+        """For a patch: the resampling factor per spatial axis (read / stored voxels), the spacing as read, its unit."""
+        return None
+
     @property
     def shape(self) -> tuple[int, ...]:
         return (len(self), *self.sample_shape)
@@ -181,6 +185,9 @@ class SubsetSamples(Samples):
 
     def position(self, row: int) -> tuple[int, ...]:
         return self.parent.position(int(self.rows[row]))
+
+    def geometry(self, row: int) -> tuple[tuple[float, ...], tuple[float | None, ...], str] | None:
+        return self.parent.geometry(int(self.rows[row]))
 
     def normalize(self, offset: np.ndarray, scale: np.ndarray) -> None:
         raise ValueError("normalise the samples a subset is taken from, not the subset")

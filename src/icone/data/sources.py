@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from icone.config import DataConfig
 from icone.data.arrays import Dataset, Split
 from icone.data.axes import layout
 from icone.data.checks import check_finite_and_varied, check_labels
-from icone.data.dicom import dicom_files
+from icone.data.dicom import dicom_files, is_image_set
 from icone.data.folders import IMAGE_SUFFIXES, VOLUME_SUFFIXES, files_of, guess_folder_kind, load_folder, resize_sample
 from icone.data.formats import is_zarr, split_fragment, suffix
 from icone.data.imbalance import long_tail_rows
@@ -29,7 +30,7 @@ SOURCE_HELP = (
     "use digits, synthetic2d, synthetic3d, a .npz file (MedMNIST layout), a folder of images or volumes, a volume file, "
     "zarr:STORE[#array], h5:FILE#dataset or dicom:FOLDER"
 )
-VOLUME_FILES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".jpg", ".jpeg", ".bmp")
+VOLUME_FILES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".jpg", ".jpeg", ".bmp", ".dcm")
 
 
 def resolve(spec: str) -> tuple[str, Path | None]:
@@ -61,8 +62,8 @@ def _resolve(spec: str) -> tuple[str, Path | None, str | None]:
     ending = suffix(path)
     if ending == ".zarr" or (path.is_dir() and is_zarr(path)):
         return "zarr", path, fragment
-    if ending in (".h5", ".hdf5", ".hdf"):
-        return "h5", path, fragment
+    if ending in (".h5", ".hdf5", ".hdf") or (ending == ".xml" and path.is_file()):
+        return "h5", path, fragment  # a .xml: a BigDataViewer dataset
     if fragment:
         raise UserError(f"data source '{spec}': only Zarr stores and HDF5 files name an array after '#'")
     if path.is_file():
@@ -71,9 +72,10 @@ def _resolve(spec: str) -> tuple[str, Path | None, str | None]:
         if ending in VOLUME_FILES:
             return "volumes", path, None
         raise UserError(f"cannot tell what '{path}' holds; {SOURCE_HELP}")
-    if not files_of(path):
-        if dicom_files(path):
-            return "dicom", path, None
+    found, dicoms = files_of(path), dicom_files(path)
+    if dicoms and all(f in set(dicoms) for f in found):  # DICOM only: one series, or one image per file
+        return ("folder" if is_image_set(path) else "dicom"), path, None
+    if not found:
         raise UserError(
             f"folder '{path}' holds no images or volumes ({', '.join(dict.fromkeys(IMAGE_SUFFIXES + VOLUME_SUFFIXES))}) "
             "and no DICOM files; point to a folder with data"
@@ -81,22 +83,34 @@ def _resolve(spec: str) -> tuple[str, Path | None, str | None]:
     return guess_folder_kind(path), path, None
 
 
-def _npz_images(images: np.ndarray, axes: str | None, what: str) -> np.ndarray:
+def _npz_array(archive: Any, key: str, path: Path) -> np.ndarray:
+    """One array of an ``.npz``; an array of Python objects (which ``allow_pickle=False`` refuses) is one line."""
+    try:
+        return archive[key]
+    except ValueError as err:
+        if "object" not in str(err).lower():
+            raise UserError(f"cannot read '{path}': {key} ({err}); re-save it with numpy.savez") from None
+        raise UserError(
+            f"'{path}': {key} holds Python objects (dtype object), which icone does not load; save it as a numeric "
+            "array of equal-sized samples (e.g. numpy.stack(images))"
+        ) from None
+
+
+def _npz_images(images: np.ndarray, axes: str | None, what: str, timepoint: int | None = None) -> np.ndarray:
     """MedMNIST arrays ``N x sample``: each sample's axes from ``data.axes`` or the guessing rules
     (``N x H x W``, ``N x H x W x C``, ``N x C x H x W``, ``N x D x H x W``, ``N x D x H x W x C``...)."""
     if images.ndim < 3:
         raise UserError(f"{what} has shape {images.shape}; expected N x H x W (x C) or N x D x H x W (x C)")
-    plan = layout(images.shape[1:], what, axes, None)
+    plan = layout(images.shape[1:], what, axes, None, timepoint=timepoint)
     kept = plan.axes.replace("T", "")
-    images = images[(slice(None),) + tuple(0 if a == "T" else slice(None) for a in plan.axes)]
+    images = images[(slice(None),) + tuple(plan.time if a == "T" else slice(None) for a in plan.axes)]
     images = np.transpose(images, [0] + [kept.index(a) + 1 for a in "C" + plan.spatial if a in kept])
     return images if "C" in kept else images[:, None]
 
 
-def load_npz(
-    path: Path, resize: list[int] | None, axes: str | None = None, channels: list[int] | None = None
-) -> Dataset:
+def load_npz(path: Path, config: DataConfig) -> Dataset:
     """A MedMNIST-layout ``.npz``: ``train_images``, ``train_labels``, ``test_*`` (``val_*`` unused)."""
+    resize, channels = config.resize, config.channels
     try:
         archive = np.load(path, allow_pickle=False)
         keys = set(archive.files)
@@ -110,8 +124,11 @@ def load_npz(
     def split(prefix: str) -> Split | None:
         if f"{prefix}_images" not in keys:
             return None
-        images = _npz_images(archive[f"{prefix}_images"], axes, f"'{path}': {prefix}_images")
+        images = _npz_array(archive, f"{prefix}_images", path)
+        images = _npz_images(images, config.axes, f"'{path}': {prefix}_images", config.timepoint)
         if channels is not None:
+            if any(isinstance(c, str) for c in channels):
+                raise UserError(f"data.channels: '{path}' has no channel names; give channel numbers")
             if max(channels) >= images.shape[1]:
                 raise UserError(
                     f"data.channels={','.join(map(str, channels))} but '{path}': {prefix}_images has {images.shape[1]} "
@@ -126,7 +143,7 @@ def load_npz(
             images = np.stack([resize_sample(x, resize) for x in images])
         labels = np.full(n, -1)
         if f"{prefix}_labels" in keys:
-            labels, multi = check_labels(archive[f"{prefix}_labels"], n, f"'{path}': {prefix}_labels")
+            labels, multi = check_labels(_npz_array(archive, f"{prefix}_labels", path), n, f"'{path}': {prefix}_labels")
             if multi:
                 log.warning(
                     "'%s': %s_labels has several labels per sample (multi-label); the run is evaluated without kNN and linear probe",
@@ -149,7 +166,7 @@ def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
     elif kind == "synthetic3d":
         dataset = synthetic3d()
     elif kind == "npz":
-        dataset = load_npz(path, config.resize, config.axes, config.channels)
+        dataset = load_npz(path, config)
     elif kind in ("zarr", "h5", "dicom") or path.is_file():
         dataset = load_volume(kind, path, fragment, config, seed)
     elif config.patch is not None:

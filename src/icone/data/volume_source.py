@@ -14,7 +14,7 @@ from icone.data.folders import files_of, labels_from_folders
 from icone.data.formats import open_stored, split_fragment
 from icone.data.labels import check_label_volume, holdout, majority_labels
 from icone.data.patches import Grid, PatchSamples, foreground_cells, make_grid
-from icone.data.volumes import Stored, Volume
+from icone.data.volumes import Stored, Volume, warn_guessed
 from icone.errors import UserError
 
 DEFAULT_PATCH = {2: 64, 3: 32}
@@ -37,9 +37,9 @@ def _sizes(values: list[int] | None, dims: int, what: str, default: tuple[int, .
 
 def stored_of(kind: str, path: Path, fragment: str | None, config: DataConfig) -> Stored:
     if kind == "dicom":
-        from icone.data.dicom import DicomStored
+        from icone.data.dicom import open_dicom
 
-        return DicomStored(path, config.series)
+        return open_dicom(path, config.series)
     return open_stored(path, fragment, config.level)
 
 
@@ -52,7 +52,8 @@ def label_volume(spec: str, volume: Volume, config: DataConfig) -> Volume:
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"data.labels: '{path}' does not exist; give the label volume's path")
-    labels = Volume(stored_of(kind, path, fragment, config), None, None, config.spacing, labels=True)
+    stored = stored_of(kind, path, fragment, config)
+    labels = Volume(stored, None, None, config.spacing, labels=True, timepoint=config.timepoint)
     check_label_volume(labels, volume)
     return labels
 
@@ -100,13 +101,19 @@ def _filtered(volume: Volume, grids: list[Grid], config: DataConfig, info: dict[
 
 def load_volume(kind: str, path: Path, fragment: str | None, config: DataConfig, seed: int) -> Dataset:
     """One volume as patches; with ``data.labels`` a labelled dataset whose test split is a held-out region."""
-    volume = Volume(stored_of(kind, path, fragment, config), config.axes, config.channels, config.spacing)
+    stored = stored_of(kind, path, fragment, config)
+    volume = Volume(stored, config.axes, config.channels, config.spacing, timepoint=config.timepoint)
+    warn_guessed([volume])
     patch, stride = _patch(config, [volume])
     shape = volume.spatial_shape
     jitter = config.sampler != "grid"
     noun = "DICOM series" if kind == "dicom" else "volume" if volume.spatial_dims == 3 else "image"
     what = f"one {volume.spatial_dims}D {noun}, read patch by patch"
     if config.labels is None:
+        if config.labels_ignore is not None:
+            raise UserError(
+                "data.labels_ignore leaves a class of a label volume out; give the volume with data.labels=..."
+            )
         grid = make_grid(shape, patch, stride, volume.name)
         info = _info(volume, patch, stride, config, [grid], what)
         (cells,) = _filtered(volume, [grid], config, info)
@@ -121,9 +128,12 @@ def load_volume(kind: str, path: Path, fragment: str | None, config: DataConfig,
     ]
     info = _info(volume, patch, stride, config, grids, what)
     kept = _filtered(volume, grids, config, info)
-    classes = [majority_labels(labels, g)[c] for g, c in zip(grids, kept)]
+    classes = [majority_labels(labels, g, config.labels_ignore)[c] for g, c in zip(grids, kept)]
+    if config.labels_ignore is not None:  # test cells of the ignored class only have no label: not evaluated
+        kept[1], classes[1] = kept[1][classes[1] >= 0], classes[1][classes[1] >= 0]
     letter = volume.layout.spatial[axis].lower()
-    info["labels"] = f"'{labels.name}': each patch's majority class"
+    ignored = "" if config.labels_ignore is None else f" among the voxels not of class {config.labels_ignore}"
+    info["labels"] = f"'{labels.name}': each patch's majority class{ignored}"
     info["instances"] = (
         f"{len(kept[0])} training patches ({letter} 0..{cut}), {len(kept[1])} test patches in the held-out region "
         f"{letter} {cut}..{shape[axis]} (the last {config.test_fraction:.0%}, at least a patch; no voxel in both)"
@@ -141,7 +151,10 @@ def load_volume_folder(root: Path, config: DataConfig, seed: int) -> Dataset:
     files = files_of(root)
     if not files:
         raise UserError(f"folder '{root}' holds no images or volumes; point to a folder with data")
-    volumes = [Volume(open_stored(f), config.axes, config.channels, config.spacing) for f in files]
+    volumes = [
+        Volume(open_stored(f), config.axes, config.channels, config.spacing, timepoint=config.timepoint) for f in files
+    ]
+    warn_guessed(volumes)
     patch, stride = _patch(config, volumes)
     grids = [make_grid(v.spatial_shape, patch, stride, v.name) for v in volumes]
     file_labels, names = labels_from_folders(root, files)

@@ -7,14 +7,31 @@ and is pickled without it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from icone.data.axes import Layout, layout
+from icone.data.axes import Layout, guess_warning, layout
 from icone.errors import UserError
+
+MAX_RESAMPLING = 1000  # data.spacing at most this many times finer or coarser than the stored spacing
+log = logging.getLogger("icone")
+
+
+def warn_guessed(volumes: Sequence[Volume]) -> None:
+    """One warning per distinct guess of axes among ``volumes`` (naming the first file and how many share it)."""
+    seen: dict[tuple, list[Volume]] = {}
+    for volume in volumes:
+        if volume.layout.origin == "guessed":
+            seen.setdefault((volume.layout.axes, volume.layout.shape), []).append(volume)
+    for same in seen.values():
+        line = guess_warning(same[0].layout, same[0].name)
+        if line is not None:
+            log.warning(line + (f" ({len(same) - 1} other file(s) alike)" if len(same) > 1 else ""))
 
 
 class ReadError(UserError):
@@ -32,8 +49,8 @@ class Stored:
     """An N-d array in a file, read by index (a tuple of slices and integers in stored order).
 
     Subclasses set ``name``, ``shape``, ``dtype``, and where metadata give them ``axes`` (stored
-    order), ``spacing`` (one value or ``None`` per stored axis), ``unit`` and ``chunks``; they
-    implement :meth:`open` (a handle indexable like an array).
+    order), ``spacing`` (one value or ``None`` per stored axis), ``unit``, ``channel_names`` and
+    ``chunks``; they implement :meth:`open` (a handle indexable like an array).
     """
 
     name: str = ""
@@ -43,6 +60,7 @@ class Stored:
     convention: str = ""  # the format's fixed axes where it has them (NIfTI: ZYX, ZYXC)
     spacing: tuple[float | None, ...] | None = None
     unit: str = ""
+    channel_names: list[str] | None = None  # from the metadata (OME channel names), one per stored channel
     chunks: tuple[int, ...] | None = None
     lazy: bool = True  # False: the format had to be read whole (e.g. a compressed TIFF without zarr)
 
@@ -52,6 +70,9 @@ class Stored:
     def open(self) -> Any:
         raise NotImplementedError
 
+    def say_missing(self) -> None:
+        """Warn about parts of the array the file does not hold (Zarr: missing chunks); once the array is accepted."""
+
     def handle(self) -> Any:
         if self._handle is None or self._pid != os.getpid():
             self._handle, self._pid = self.open(), os.getpid()
@@ -59,6 +80,13 @@ class Stored:
 
     def get(self, index: tuple[Any, ...]) -> np.ndarray:
         return np.asarray(self.handle()[index])
+
+    def prefetch(self, indices: list[tuple[Any, ...]]) -> None:
+        """A hint: these indices are read next (a chunked reader decodes their chunks together)."""
+        handle = self.handle()
+        if hasattr(handle, "prefetch"):
+            with contextlib.suppress(Exception):  # the reads themselves report what is wrong, naming the region
+                handle.prefetch(indices)
 
     def close(self) -> None:
         """Drop the handle (a per-sample reader keeps nothing between reads)."""
@@ -68,11 +96,46 @@ class Stored:
         state = dict(self.__dict__)
         state.pop("_handle", None)
         state.pop("_pid", None)
+        state.pop("_target", None)
         return state
 
 
-def _fmt(values: Sequence[int]) -> str:
-    return ",".join(str(int(v)) for v in values)
+def _fmt(values: Sequence[int | str]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def channel_names(stored: Stored, total: int) -> list[str] | None:
+    """The metadata's channel names, where there is one per channel and they tell the channels apart."""
+    names = stored.channel_names
+    return list(names) if names and len(names) == total and len(set(names)) == total and all(names) else None
+
+
+def choose_channels(channels: Sequence[int | str] | None, stored: Stored, total: int) -> list[int]:
+    """``data.channels`` (numbers, or names from the metadata) as channel numbers, checked."""
+    if channels is None:
+        return list(range(total))
+    names, chosen = channel_names(stored, total), []
+    for c in channels:
+        if isinstance(c, str) and names is None:
+            raise UserError(
+                f"data.channels={_fmt(channels)} names channels, but '{stored.name}' has no channel names in its "
+                f"metadata; give channel numbers 0..{total - 1}"
+            )
+        if isinstance(c, str):
+            lower = [n.lower() for n in names]
+            if c.lower() not in lower:
+                raise UserError(
+                    f"data.channels: '{stored.name}' has no channel '{c}' (channels: {', '.join(names)}); name one of "
+                    "them or give its number"
+                )
+            c = lower.index(c.lower())
+        chosen.append(int(c))
+    if any(c >= total for c in chosen):
+        raise UserError(
+            f"data.channels={_fmt(channels)} but '{stored.name}' has {total} channel(s) (0..{total - 1}); "
+            f"choose channels between 0 and {total - 1}"
+        )
+    return chosen
 
 
 class Volume:
@@ -86,21 +149,17 @@ class Volume:
         self,
         stored: Stored,
         axes: str | None = None,
-        channels: Sequence[int] | None = None,
+        channels: Sequence[int | str] | None = None,
         target_spacing: Sequence[float] | None = None,
         labels: bool = False,
+        timepoint: int | None = None,
+        image_set: bool = False,
     ) -> None:
         self.stored, self.labels = stored, labels
-        self.layout: Layout = layout(stored.shape, stored.name, axes, stored.axes, stored.convention)
-        total = self.layout.channels
-        if channels is not None:
-            bad = [c for c in channels if c >= total]
-            if bad:
-                raise UserError(
-                    f"data.channels={_fmt(channels)} but '{stored.name}' has {total} channel(s) (0..{total - 1}); "
-                    f"choose channels between 0 and {total - 1}"
-                )
-        self.channels = list(channels) if channels is not None else list(range(total))
+        self.layout: Layout = layout(
+            stored.shape, stored.name, axes, stored.axes, stored.convention, timepoint, image_set=image_set
+        )
+        self.channels = choose_channels(channels, stored, self.layout.channels)
         self.stored_spacing = self._spacing()
         self.factor = np.ones(len(self.layout.spatial))
         if target_spacing is not None:
@@ -118,7 +177,28 @@ class Volume:
                     "leave data.spacing out, or store the spacing in the file (OME, NIfTI, ImageJ, DICOM)"
                 )
             self.factor = np.asarray(self.stored_spacing, float) / np.asarray(target, float)
+            self._check_factor(target_spacing)
         self.target_spacing = None if target_spacing is None else tuple(float(s) for s in self.spacing)
+        if not labels:  # a label volume leaves out its background chunks as a matter of course
+            stored.say_missing()
+
+    def _check_factor(self, asked: Sequence[float]) -> None:
+        """``data.spacing`` within :data:`MAX_RESAMPLING` times the stored spacing, and at least a voxel per axis."""
+        given = f"data.spacing={','.join(f'{s:g}' for s in asked)}"
+        stored = _spacing_text(self.layout.spatial, self.stored_spacing, self.stored.unit)
+        finest = float(self.factor.max())
+        if not finest <= MAX_RESAMPLING:
+            raise UserError(
+                f"{given} is {finest:.3g} times finer than the stored spacing of '{self.name}' ({stored}); give a "
+                f"spacing within {MAX_RESAMPLING} times the stored one"
+            )
+        shape = np.asarray(self.layout.spatial_shape) * self.factor
+        if (np.round(shape) < 1).any():
+            raise UserError(
+                f"{given} leaves '{self.name}' {'x'.join(str(int(round(s))) for s in shape)} voxels "
+                f"({self.layout.spatial.lower()}); give a spacing within {MAX_RESAMPLING} times the stored one ({stored}) "
+                "that keeps a patch's worth of voxels"
+            )
 
     def _spacing(self) -> tuple[float | None, ...]:
         per_axis = self.stored.spacing
@@ -169,12 +249,12 @@ class Volume:
 
     # ---- reading ---------------------------------------------------------------------------
 
-    def _read_stored(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-        """The stored region ``[lo, hi)`` (spatial, stored spacing) as ``C x spatial`` in the stored dtype."""
+    def _index(self, lo: Sequence[int], hi: Sequence[int]) -> tuple[list[Any], list[str]]:
+        """The stored index of the spatial region ``[lo, hi)`` (every channel, time point 0), and the kept axes."""
         index, kept = [], []
         for axis in self.layout.axes:
             if axis == "T":
-                index.append(0)
+                index.append(self.layout.time)
             elif axis == "C":
                 index.append(slice(None))
                 kept.append(axis)
@@ -182,6 +262,17 @@ class Volume:
                 k = self.layout.spatial.index(axis)
                 index.append(slice(int(lo[k]), int(hi[k])))
                 kept.append(axis)
+        return index, kept
+
+    def prefetch(self, origins: Sequence[Sequence[int]], size: Sequence[int]) -> None:
+        """Let the stored array decode what the regions at ``origins`` will need, together (a batch's patches)."""
+        if not self.resampled:
+            regions = [self._index(o, [a + b for a, b in zip(o, size)])[0] for o in origins]
+            self.stored.prefetch([tuple(r) for r in regions])
+
+    def _read_stored(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        """The stored region ``[lo, hi)`` (spatial, stored spacing) as ``C x spatial`` in the stored dtype."""
+        index, kept = self._index(lo, hi)
         try:
             x = self.stored.get(tuple(index))
         except UserError:
@@ -230,15 +321,26 @@ class Volume:
             x = np.take(x, i0, axis=axis) * (1 - w) + np.take(x, i1, axis=axis) * w
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    def _channels_text(self) -> str:
+        names = channel_names(self.stored, self.layout.channels)
+        text = f"{self.num_channels} of {self.layout.channels}"
+        if names is not None:
+            return text + f" ({', '.join(f'{c} {names[c]}' for c in self.channels)}; data.channels=NAME,... chooses)"
+        return text + (f" ({_fmt(self.channels)})" if self.num_channels != self.layout.channels else "")
+
     def describe(self) -> dict[str, Any]:
         """What ``icone data`` shows of the volume."""
         return {
             "file": self.name,
-            "axes": f"{self.layout.axes} ({self.layout.origin})",
+            "axes": f"{self.layout.axes} ({self.layout.origin})"
+            + (
+                f", time point {self.layout.time} of {self.layout.shape[self.layout.axes.index('T')]}"
+                if "T" in self.layout.axes
+                else ""
+            ),
             "stored shape": "x".join(map(str, self.stored.shape)),
             "dtype": str(self.stored.dtype),
-            "channels": f"{self.num_channels} of {self.layout.channels}"
-            + (f" ({_fmt(self.channels)})" if self.num_channels != self.layout.channels else ""),
+            "channels": self._channels_text(),
             "spatial shape": "x".join(map(str, self.spatial_shape)) + f" ({self.layout.spatial})",
             "spacing": _spacing_text(self.layout.spatial, self.stored_spacing, self.stored.unit)
             + (f", resampled to {_spacing_text(self.layout.spatial, self.spacing, '')}" if self.resampled else ""),

@@ -91,10 +91,13 @@ def map_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     return PCA(n_components=2).fit_transform(features), "PCA"
 
 
-def plot_map(features: np.ndarray, colours: np.ndarray, path: Path, title: str = "", legend: str = "label") -> Path:
-    """A 2D map of the embeddings (:func:`map_2d`), each point coloured by its label (or cluster)."""
+def plot_map(
+    features: np.ndarray, colours: np.ndarray, path: Path, title: str = "", legend: str = "label", mapped=None
+) -> Path:
+    """A 2D map of the embeddings (:func:`map_2d`, or ``mapped``: its result computed already), each point
+    coloured by its label (or cluster)."""
     plt = _pyplot()
-    coords, how = map_2d(features)
+    coords, how = mapped if mapped is not None else map_2d(features)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     points = ax.scatter(
         coords[:, 0], coords[:, 1], c=colours, s=5, cmap="tab10" if len(np.unique(colours)) <= 10 else "tab20"

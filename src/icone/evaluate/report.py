@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score
 from torch import nn
 
 from icone.config import EvalConfig
@@ -47,11 +47,17 @@ class Features:
 
     @property
     def labelled(self) -> bool:
-        """Labels on both splits, and at least two classes to tell apart."""
+        """Labels on the whole test split and on training samples of at least two classes (training samples
+        without a label, e.g. patches of an ignored class only, are left out of kNN and the probe)."""
         test_ok = (
             self.test is not None and self.test_labels is not None and len(self.test) and (self.test_labels >= 0).all()
         )
-        return bool(test_ok and (self.train_labels >= 0).all() and len(np.unique(self.train_labels)) > 1)
+        known = self.train_labels[self.train_labels >= 0]
+        return bool(test_ok and len(np.unique(known)) > 1)
+
+    def one_class_test(self) -> bool:
+        """A labelled test split holding a single class: its accuracies do not tell encoders apart."""
+        return self.labelled and len(np.unique(self.test_labels)) == 1
 
 
 def embed_dataset(backbone: nn.Module, dataset: Dataset, config: EvalConfig, device: torch.device) -> Features:
@@ -73,17 +79,27 @@ def evaluate_features(features: Features, config: EvalConfig) -> dict[str, Any]:
     result["embedding_std"] = embedding_std(features.train)
     if not features.labelled:
         return result
-    train, test = features.train, features.test
-    predicted = knn_predict(train, features.train_labels, test, k=config.knn_k)
-    result["knn_accuracy"] = float(accuracy_score(features.test_labels, predicted))
-    probed = linear_probe_predictions(train.numpy(), features.train_labels, test.numpy())
+    with warnings.catch_warnings():  # scikit-learn's notes on a one-class test split: stated once by the caller
+        warnings.simplefilter("ignore", UserWarning)
+        result.update(_classification(features, config))
+    return result
+
+
+def _classification(features: Features, config: EvalConfig) -> dict[str, Any]:
+    """kNN and linear-probe scores, per-class recall, confusion matrix and few-label budgets."""
+    result: dict[str, Any] = {}
+    known = features.train_labels >= 0
+    train, train_labels, test = features.train[torch.from_numpy(known)], features.train_labels[known], features.test
+    predicted = knn_predict(train, train_labels, test, k=config.knn_k)
+    result["knn_accuracy"] = float(np.mean(np.asarray(predicted) == features.test_labels))  # no sklearn import to train
+    probed = linear_probe_predictions(train.numpy(), train_labels, test.numpy())
     result.update(probe_scores(features.test_labels, probed))
-    classes = int(max(features.train_labels.max(), features.test_labels.max())) + 1
+    classes = int(max(train_labels.max(), features.test_labels.max())) + 1
     result["per_class_recall"], result["confusion_matrix"] = per_class_recall(features.test_labels, probed, classes)
     result["confusion_matrix"] = result["confusion_matrix"].tolist()
     if config.label_fractions or config.shots:
         result["few_label"] = few_label_metrics(
-            train, features.train_labels, test, features.test_labels, config.label_fractions, config.shots,
+            train, train_labels, test, features.test_labels, config.label_fractions, config.shots,
             config.repeats, knn_k=config.knn_k,
         )  # fmt: skip
     return result

@@ -65,12 +65,14 @@ def method_from_checkpoint(checkpoint: dict[str, Any]) -> Method:
 
 def export_run(path: str | Path, out: str | Path, format: str = "icone", overwrite: bool = False) -> list[Path]:
     """``icone export``: the evaluated backbone of a run, checkpoint or export, in ``format``; returns the files written."""
-    from icone.export.formats import FORMATS, WRITERS
+    from icone.export.formats import FORMATS, WRITERS, check_suffix
 
     if format not in FORMATS:
         raise UserError(f"--format {format!r} is not one of: {', '.join(FORMATS)}")
     out = Path(out)
-    targets = [out] + ([out.with_suffix(".json")] if format in ("safetensors", "monai") else [])
+    check_suffix(out, format)
+    sidecar = format == "safetensors" or (format == "monai" and out.suffix)
+    targets = [out] + ([out.with_suffix(".json")] if sidecar else [])
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
         raise UserError(f"'{existing[0]}' already exists; choose another --out or pass --overwrite")

@@ -73,9 +73,12 @@ def icone_hinge_diversity(
 def icone_frame_diversity(table: torch.Tensor) -> torch.Tensor:
     """``mean_{j != k} <e_j, e_k>^2 = (||E_n^T E_n||_F^2 - N) / (N (N - 1))`` (the frame potential).
 
-    Computed from the ``d x d`` matrix ``E_n^T E_n``, so memory is O(d^2), not O(N^2).
+    Computed from the ``d x d`` matrix ``E_n^T E_n``, so memory is O(d^2), not O(N^2). A table of one
+    row has no pairs: the term is 0 (with a zero gradient), not 0 / 0.
     """
     n = table.shape[0]
+    if n < 2:
+        return table.sum() * 0.0
     en = F.normalize(table, dim=-1)
     gram = en.t() @ en
     return (gram.pow(2).sum() - n) / (n * (n - 1))
@@ -94,6 +97,8 @@ def icone_uniformity(
     :func:`icone_hinge_diversity`.
     """
     cos, same = _cosines_and_self_pairs(table if rows is None else rows, table, rows_index, table_index)
+    if bool(same.all()):  # no pairs (a table of one row): 0, not log of an empty mean (-inf)
+        return cos.sum() * 0.0
     sq = (2 - 2 * cos).clamp(min=0)  # squared distance of unit vectors
     pairs = (same.numel() - same.sum()).clamp(min=1)
     return torch.logsumexp((-t * sq).masked_fill(same, float("-inf")).reshape(-1), dim=0) - torch.log(
@@ -136,6 +141,8 @@ def icone_frame_diversity_from_gram(gram: torch.Tensor, rows: torch.Tensor, num_
     (which moves every row on every step).
     """
     n, b = num_rows, rows.shape[0]
+    if n < 2:  # no pairs: 0, as for the dense term
+        return rows.sum() * 0.0
     g = gram.detach()
     value = ((g.pow(2).sum() - n) / (n * (n - 1))).to(rows.dtype)
     e = F.normalize(rows, dim=-1)

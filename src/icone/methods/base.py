@@ -50,6 +50,7 @@ class Method(nn.Module):
     batch_needs: ClassVar[str] = "nothing"  # what the loss needs from the batch
     paper: ClassVar[str] = ""
     min_batch_size: ClassVar[int] = 1
+    min_instances: ClassVar[int] = 1  # training instances needed (a method telling instances apart needs 2)
     default_lr: ClassVar[float] = 1e-3  # for AdamW at batch size 64 (see ``icone.build.scaled_lr``)
     default_weight_decay: ClassVar[float] = 0.05
     default_norm: ClassVar[str] = "group"  # backbone norm: batch-free by default

@@ -117,6 +117,7 @@ class IConE(Method):
     batch_needs = "nothing"
     paper = "Almpanakis & Kreshuk 2026, arXiv 2603.15263"
     min_batch_size = 1
+    min_instances = 2  # one row has no pairs: the diversity is 0, and a constant encoder meets the objective
     default_lr = 2.8e-3  # at batch 64: 1e-3 at 8 and 3.5e-4 at 1 with the default sqrt scaling (docs/icone.md)
     default_weight_decay = 0.05
     default_norm = "group"

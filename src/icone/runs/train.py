@@ -13,10 +13,10 @@ from icone.build import build_method, resolve_config, view_maker
 from icone.config import Config, build_config, load_yaml, validate
 from icone.data import Dataset, load_dataset
 from icone.data.sources import resolve
-from icone.errors import Interrupted, UserError
+from icone.errors import Interrupted, OutOfMemory, UserError, is_out_of_memory
 from icone.evaluate.plots import plot_training
 from icone.export import export_backbone
-from icone.run_folder import RunFolder, check_replaceable, has_contents
+from icone.run_folder import RunFolder, check_replaceable, has_contents, is_inside, settle_before_use
 from icone.runs.evaluate import evaluate_method
 from icone.runtime import pick_device
 from icone.training.checkpoint import load_checkpoint
@@ -88,15 +88,30 @@ def _protected_paths(config: Config) -> list[Path]:
     return [path] if path is not None else []
 
 
-def prepare_training(
-    config: Config, out: str | Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None = None
-) -> tuple[Config, Dataset, Path, dict[str, Any] | None]:
-    """Check everything before touching the disk: the resolved config, the data, the run folder.
+def _check_out(config: Config, run_dir: Path, overwrite: bool) -> None:
+    """The run folder is not inside a data folder (its plots would be read as images next time), and
+    ``--overwrite`` would not replace the weights ``model.init`` reads."""
+    for data in _protected_paths(config):
+        if data.is_dir() and is_inside(run_dir, data) and run_dir.resolve() != data.resolve():  # itself: refused below
+            raise UserError(
+                f"--out '{run_dir}' is inside the data folder '{data}': the run would write among the data (and its "
+                "plots be read as images next time); choose an --out outside it"
+            )
+    init = config.model.init
+    if overwrite and init and run_dir.is_dir() and is_inside(Path(init).expanduser(), run_dir):
+        raise UserError(
+            f"model.init='{init}' is inside the run folder --overwrite would replace; copy the weights out first "
+            "(e.g. icone export RUN --out weights.pt) or choose another --out"
+        )
 
-    ``explicit``: the options the user gave (nested), checked against the run's config on resume.
-    """
-    run_dir = Path(out) if out is not None else None
-    checkpoint = None
+
+def _run_dir_config(
+    config: Config, run_dir: Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None
+) -> Config:
+    """The config to train (a resumed run's own), once ``--out`` is checked for ``--resume``/``--overwrite``."""
+    if run_dir is not None:
+        settle_before_use(run_dir)  # a run that an interrupted --overwrite hid is put back first
+        _check_out(config, run_dir, overwrite and not resume)
     if resume:
         if run_dir is None:
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
@@ -106,8 +121,8 @@ def prepare_training(
             raise UserError(
                 f"cannot resume: '{run_dir}' has no checkpoints/last.pt yet; start it again with --overwrite"
             )
-        config = resumed_config(build_config(load_yaml(run_dir / "config.yaml")), explicit or {})
-    elif run_dir is not None and run_dir.exists() and (not run_dir.is_dir() or has_contents(run_dir)):
+        return resumed_config(build_config(load_yaml(run_dir / "config.yaml")), explicit or {})
+    if run_dir is not None and run_dir.exists() and (not run_dir.is_dir() or has_contents(run_dir)):
         if not run_dir.is_dir():
             raise UserError(f"--out '{run_dir}' is a file; give a folder")
         if not overwrite:
@@ -115,22 +130,41 @@ def prepare_training(
                 f"run folder '{run_dir}' already exists; pass --resume to continue it, --overwrite to replace it, or choose another --out"
             )
         check_replaceable(run_dir, _protected_paths(config))
+    return config
+
+
+def _check_checkpoint(checkpoint: dict[str, Any], config: Config, dataset: Dataset, run_dir: Path) -> None:
+    """A checkpoint to resume fits the config, the data and the number of processes."""
+    if checkpoint.get("method") != config.method or checkpoint.get("num_instances") != len(dataset.train):
+        raise UserError(
+            f"checkpoint in '{run_dir}' was written by method {checkpoint.get('method')} on {checkpoint.get('num_instances')} samples; it does not fit this config"
+        )
+    written_by, world = int(checkpoint.get("world_size", 1)), distributed.world_size()
+    if written_by != world:  # train.batch_size is per process: another count changes the batch and the schedule
+        raise UserError(
+            f"the run in '{run_dir}' was trained by {written_by} process(es) and this is {world}; resume it with "
+            f"{written_by} in all (torchrun --nnodes x --nproc_per_node), see docs/distributed.md"
+        )
+
+
+def prepare_training(
+    config: Config, out: str | Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None = None
+) -> tuple[Config, Dataset, Path, dict[str, Any] | None]:
+    """Check everything before touching the disk: the resolved config, the data, the run folder.
+
+    ``explicit``: the options the user gave (nested), checked against the run's config on resume.
+    """
+    run_dir = Path(out) if out is not None else None
+    config = _run_dir_config(config, run_dir, resume, overwrite, explicit)
     dataset = load_dataset(config.data, seed=config.train.seed)
     config = resolve_config(config, dataset)
+    checkpoint = None
     if resume:
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-        if checkpoint.get("method") != config.method or checkpoint.get("num_instances") != len(dataset.train):
-            raise UserError(
-                f"checkpoint in '{run_dir}' was written by method {checkpoint.get('method')} on {checkpoint.get('num_instances')} samples; it does not fit this config"
-            )
-        written_by, world = int(checkpoint.get("world_size", 1)), distributed.world_size()
-        if written_by != world:  # train.batch_size is per process: another count changes the batch and the schedule
-            raise UserError(
-                f"the run in '{run_dir}' was trained by {written_by} process(es) and this is {world}; resume it with "
-                f"{written_by} in all (torchrun --nnodes x --nproc_per_node), see docs/distributed.md"
-            )
+        _check_checkpoint(checkpoint, config, dataset, run_dir)
     if run_dir is None:
         run_dir = default_run_dir(config, dataset)
+        _check_out(config, run_dir, False)
     return config, dataset, run_dir, checkpoint
 
 
@@ -185,9 +219,65 @@ def _interrupted(run_dir: Path, trainer: Trainer | None) -> Interrupted:
     if trainer is not None and trainer.saved_epoch:
         return Interrupted(
             f"interrupted{where}; the checkpoint of epoch {trainer.saved_epoch} is kept in {run_dir / 'checkpoints' / 'last.pt'}: "
-            f"continue with 'icone train --resume --out {run_dir}'"
+            f"continue with '{distributed.resume_command(run_dir)}'"
         )
     return Interrupted(f"interrupted{where}, before the first checkpoint; nothing of this run is kept")
+
+
+def out_of_memory_line(config: Config, dataset: Dataset) -> str:
+    """What ran out of memory in training (the samples, the batch) and what to make smaller."""
+    samples, spatial = dataset.train.samples, dataset.spatial_shape
+    shape = "x".join(map(str, (dataset.in_channels, *spatial)))
+    smaller = ",".join(str(min(256, max(1, s // 2))) for s in spatial)
+    option = "data.patch" if samples.position(0) else "data.resize"
+    return (
+        f"out of memory training on samples of {shape} (e.g. '{samples.source(0)}') at batch {config.train.batch_size}; "
+        f"pass {option}=... (e.g. {option}={smaller}), lower --batch-size, or the backbone (model.width=..., --backbone smallcnn)"
+    )
+
+
+def _fit(trainer: Trainer, dataset: Dataset) -> Any:
+    """``trainer.fit()``; Ctrl-C and running out of memory become the one line that says what to do."""
+    try:
+        return trainer.fit()
+    except KeyboardInterrupt:
+        raise _interrupted(trainer.run_dir, trainer) from None
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        raise OutOfMemory(out_of_memory_line(trainer.config, dataset)) from None
+
+
+def _trainer(
+    config: Config, dataset: Dataset, run_dir: Path, checkpoint: dict[str, Any] | None, folder: RunFolder | None,
+    progress: bool,
+) -> Trainer:  # fmt: skip
+    """The run's method and trainer, on the run's own device, restored from ``checkpoint`` if given."""
+    device = distributed.process_device(pick_device(config.train.device))  # a resumed run's own device
+    method = build_method(config, num_instances=len(dataset.train), initial_weights=checkpoint is None)
+    trainer = Trainer(
+        config, dataset, run_dir, method, views=lambda epoch: view_maker(config, method, epoch), device=device,
+        progress=progress, on_checkpoint=folder.started if folder else None,
+    )  # fmt: skip
+    if checkpoint is not None:
+        try:
+            trainer.restore(checkpoint)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise UserError(
+                f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})"
+            ) from None
+    return trainer
+
+
+def _finish(result: Any, config: Config, dataset: Dataset, run_dir: Path, trainer: Trainer) -> dict[str, Any]:
+    """On the main process: ``backbone.pt``, the plots and (``eval.after_train``) the evaluation."""
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": result.epochs_done, "steps": result.steps_done}
+    export_backbone(result.method.evaluation_backbone(), config, run_dir / "backbone.pt")
+    plot_training(run_dir)
+    if config.eval.after_train:
+        summary["eval"] = evaluate_method(result.method, config, dataset, run_dir, trainer.device)
+        trainer.log.write(eval_record(summary["eval"], trainer.epoch, trainer.step))
+    return summary
 
 
 def train_run(
@@ -212,41 +302,12 @@ def train_run(
     trainer: Trainer | None = None
     try:
         config, dataset, run_dir, checkpoint, folder = prepare_on_main(config, out, resume, overwrite, explicit)
-        device = distributed.process_device(pick_device(config.train.device))  # a resumed run's own device
-        method = build_method(config, num_instances=len(dataset.train), initial_weights=checkpoint is None)
-        trainer = Trainer(
-            config,
-            dataset,
-            run_dir,
-            method,
-            views=lambda epoch: view_maker(config, method, epoch),
-            device=device,
-            progress=progress,
-            on_checkpoint=folder.started if folder else None,
-        )
-        if checkpoint is not None:
-            try:
-                trainer.restore(checkpoint)
-            except (RuntimeError, ValueError, KeyError) as err:
-                raise UserError(
-                    f"checkpoint in '{run_dir}' does not fit this config ({str(err).splitlines()[0]})"
-                ) from None
-        try:
-            result = trainer.fit()
-        except KeyboardInterrupt:
-            raise _interrupted(run_dir, trainer) from None
+        trainer = _trainer(config, dataset, run_dir, checkpoint, folder, progress)
+        result = _fit(trainer, dataset)
         # no process leaves the group while another still talks to it: a gloo peer that vanishes
         # mid-exchange can abort the other process ("terminate called without an active exception")
         distributed.barrier()
-        if not distributed.is_main_process():
-            return {}
-        summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": result.epochs_done, "steps": result.steps_done}
-        export_backbone(result.method.evaluation_backbone(), config, run_dir / "backbone.pt")
-        plot_training(run_dir)
-        if config.eval.after_train:
-            summary["eval"] = evaluate_method(result.method, config, dataset, run_dir, trainer.device)
-            trainer.log.write(eval_record(summary["eval"], trainer.epoch, trainer.step))
-        return summary
+        return _finish(result, config, dataset, run_dir, trainer) if distributed.is_main_process() else {}
     except BaseException:
         if folder is not None:
             folder.failed()

@@ -10,6 +10,7 @@ import torch
 
 from icone.errors import UserError
 from icone.files import atomic_write
+from icone.run_folder import settle_before_use
 from icone.weights import load_torch_file
 
 
@@ -21,6 +22,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint dict, or a clear error when the file is missing or not one of ours."""
     path = Path(path)
+    if path.is_dir() or not path.exists():
+        settle_before_use(path)  # a run an interrupted --overwrite hid is put back first
     if path.is_dir():
         candidate = path / "checkpoints" / "last.pt"
         if not candidate.is_file():

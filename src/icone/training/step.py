@@ -44,6 +44,7 @@ class TrainStep:
     unscaled gradients), the optimizer step (``fp16``: skipped when a gradient overflowed, and
     counted in ``skipped_steps``) and the method's ``after_optimizer_step``. ``model`` is what the
     forward calls (a DDP wrapper of the method under ``torchrun``; the method itself by default).
+    ``device`` is a ``torch.device`` or its name (``"cpu"``, ``"cuda:0"``).
     """
 
     def __init__(
@@ -52,13 +53,14 @@ class TrainStep:
         optimizer: torch.optim.Optimizer | OptimizerSet,
         schedule: Schedule,
         base_lr: float,
-        device: torch.device,
+        device: torch.device | str,
         grad_clip: float | None = None,
         precision: str = "auto",
         channels_last: bool = False,
         spatial_dims: int = 2,
         model: torch.nn.Module | None = None,
     ) -> None:
+        device = torch.device(device)  # "cpu", "cuda", "cuda:1" as well as a torch.device
         self.method, self.optimizer, self.schedule = method, optimizer, schedule
         self.base_lr, self.device, self.grad_clip = base_lr, device, grad_clip
         self.model = model if model is not None else method

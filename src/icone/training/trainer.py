@@ -6,6 +6,7 @@ meets methods only through the contract in :mod:`icone.methods.base`.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ class Trainer:
     ) -> None:
         self.config, self.dataset, self.run_dir, self.views = config, dataset, Path(run_dir), views
         self.device, self.progress = device, progress
+        # not a terminal (a SLURM log, `| tee`): one plain line per epoch instead of the progress bar
+        self.plain = progress and distributed.is_main_process() and not sys.stdout.isatty()
         self.on_checkpoint = on_checkpoint  # called after every checkpoint written (main process)
         if distributed.is_main_process():
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +114,7 @@ class Trainer:
         self.saved_epoch: int | None = None  # the epoch of the last checkpoint written or restored
         self.saved_at = time.monotonic()
         self.resume_batch, self.resume_rng = 0, None  # where a mid-epoch checkpoint stopped
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", train.logger)
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", train.logger, config.to_dict())
         self.monitor_rows = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(0))[
             : train.monitor_samples
         ]
@@ -196,9 +199,34 @@ class Trainer:
         else:
             advice = (
                 f"the checkpoint of epoch {self.saved_epoch} is kept: continue it with a lower rate, "
-                f"'icone train --resume --out {self.run_dir} {lower}', or start again with a larger batch"
+                f"'{distributed.resume_command(self.run_dir, ' ' + lower)}', or start again with a larger batch"
             )
         raise TrainingDiverged(f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {self.step}; {advice}")
+
+    def _end_epoch(self, last_loss: torch.Tensor, started: float, skipped: int, batches: int) -> None:
+        """The epoch's record (loss, time, memory, collapse monitor), its plain line, the checkpoint."""
+        last_loss = distributed.all_reduce_mean(last_loss)
+        self._check_finite(last_loss)
+        self.epoch += 1
+        seconds = time.perf_counter() - started
+        record = {
+            "kind": "epoch",
+            "epoch": self.epoch,
+            "step": self.step,
+            "loss": float(last_loss),
+            "epoch_seconds": seconds,
+        }
+        if self.train_step.scaler is not None:
+            record["skipped_steps"] = self.train_step.skipped_steps - skipped
+        record.update({**peak_memory(self.device), **self.monitor()})
+        self.log.write(record)
+        if self.plain:
+            samples = batches * self.config.train.batch_size * distributed.world_size()
+            print(
+                epoch_line(record, self.config.train.epochs, self.train_step.lr, samples / max(seconds, 1e-9)),
+                flush=True,
+            )
+        self.save()
 
     @torch.no_grad()
     def monitor(self) -> dict[str, float]:
@@ -239,12 +267,12 @@ class Trainer:
         """Train to ``train.epochs`` (or stop after ``until_epoch``, as an interruption would)."""
         config = self.config
         last_epoch = config.train.epochs if until_epoch is None else min(until_epoch, config.train.epochs)
+        if distributed.is_main_process():  # on --resume too: the options given again are the run's now
+            save_config(config, self.run_dir / "config.yaml")
         if self.step == 0:
-            if distributed.is_main_process():
-                save_config(config, self.run_dir / "config.yaml")
             self.method.initialize(self._plain_batches())
             self.log.write({"kind": "epoch", "epoch": 0, "step": 0, **self.monitor()})
-        progress = _progress(self.progress and distributed.is_main_process())
+        progress = _progress(self.progress and distributed.is_main_process() and not self.plain)
         with progress:
             task = progress.add_task(
                 f"{config.method} epoch {self.epoch + 1}/{config.train.epochs}",
@@ -258,7 +286,7 @@ class Trainer:
                 self.model.train()
                 started, skipped = time.perf_counter(), self.train_step.skipped_steps
                 last_loss = torch.zeros(())
-                batch = self.resume_batch
+                batch = first = self.resume_batch
                 for x, index, _ in self._epoch_loader():
                     last_loss, metrics = self.train_step(x, index, views)
                     batch += 1
@@ -280,20 +308,7 @@ class Trainer:
                     progress.advance(task)
                     if batch < self.steps_per_epoch and self._step_checkpoint_due():
                         self.save(batch)
-                last_loss = distributed.all_reduce_mean(last_loss)
-                self._check_finite(last_loss)
-                self.epoch += 1
-                record = {
-                    "kind": "epoch",
-                    "epoch": self.epoch,
-                    "step": self.step,
-                    "loss": float(last_loss),
-                    "epoch_seconds": time.perf_counter() - started,
-                }
-                if self.train_step.scaler is not None:
-                    record["skipped_steps"] = self.train_step.skipped_steps - skipped
-                self.log.write({**record, **peak_memory(self.device), **self.monitor()})
-                self.save()
+                self._end_epoch(last_loss, started, skipped, batch - first)
         return TrainResult(self.run_dir, self.method, self.epoch, self.step)
 
 
@@ -302,6 +317,18 @@ def revisits(data: Any) -> Revisits | None:
     if data.order != "window":
         return None
     return Revisits(int(data.window_size), int(data.window_stride))
+
+
+def epoch_line(record: dict[str, Any], epochs: int, lr: float, rate: float) -> str:
+    """One plain line for an epoch: loss, lr, the monitor's RankMe, samples per second, time left."""
+    left = (epochs - record["epoch"]) * record["epoch_seconds"]
+    eta = f"{int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
+    rank = record.get("monitor_rankme")
+    return (
+        f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  lr {lr:.3g}  "
+        + (f"monitor RankMe {rank:.1f}  " if rank is not None else "")
+        + f"{rate:.1f} samples/s  ETA {eta}"
+    )
 
 
 def _progress(enabled: bool):
