@@ -98,8 +98,10 @@ def resolve_for_samples(
     config.train.precision = resolve_precision(
         config.train.precision, pick_device(config.train.device)
     )  # the choice, saved
+    options = method_cls.make_options(config.method_options)
+    config.data.order = config.data.order or method_cls.order_for(options)
     resolve_windows(config, num_samples)
-    config.method_options = dataclasses.asdict(method_cls.make_options(config.method_options))
+    config.method_options = dataclasses.asdict(options)
     check_batch_size(config, method_cls, num_samples)
     validate(config)
     return config
