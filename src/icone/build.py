@@ -93,8 +93,9 @@ def _resolve(
     train = config.train
     runtime = Runtime.resolve(train.device, train.precision, train.channels_last, config.model.spatial_dims, train.seed)
     train.precision = runtime.precision  # the choice, saved
-    resolve_windows(config, num_samples)
     options = method_cls.make_options(config.method_options)
+    config.data.order = config.data.order or method_cls.order_for(options)
+    resolve_windows(config, num_samples)
     config.method_options = dataclasses.asdict(options)
     check_batch_size(config, method_cls, num_samples)
     check_views(config, method_cls, options)

@@ -214,7 +214,7 @@ def test_pairing_and_centroid_gradients(local):
 
 @pytest.mark.parametrize("batch, expected", [(1, False), (4, False), (8, True), (16, True)])
 def test_auto_heads_use_batch_statistics_from_the_threshold(batch, expected):
-    method = make_method()  # head_norm = predictor_norm = auto, auto_batch_size = 8
+    method = make_method(auto_batch_size=8)  # head_norm = predictor_norm = auto
     norms = [m for m in method.modules() if isinstance(m, RunningNorm)]
     assert len(norms) == 2 + 2 + 1 + 1  # student and teacher projector, predictor, predictor norm
     method.training_step(make_views(batch=batch, local=1), torch.arange(batch))
@@ -232,7 +232,7 @@ def test_auto_threshold_is_per_process(monkeypatch):
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     for batch, expected in ((4, False), (8, True)):
-        method = make_method()
+        method = make_method(auto_batch_size=8)
         method._choose_auto_norms(batch)
         assert all(bool(n.batch_statistics) == expected for n in method.modules() if isinstance(n, RunningNorm))
 

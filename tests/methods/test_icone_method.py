@@ -64,7 +64,7 @@ def test_features_table_init_sets_rows_to_normalised_embeddings():
 
 
 def test_table_has_its_own_lr_and_weight_decay():
-    method = make(table_lr_scale=10.0, table_weight_decay=0.0)
+    method = make(table_optimizer="adamw", table_lr_scale=10.0, table_weight_decay=0.0)
     groups = method.param_groups(1e-4, 0.05)
     table_group = next(g for g in groups if any(p is method.table for p in g["params"]))
     assert table_group["lr"] == pytest.approx(1e-3) and table_group["weight_decay"] == 0.0

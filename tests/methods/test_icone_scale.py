@@ -79,8 +79,9 @@ def _views(batch: int, seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(batch, 1, 12, 12, generator=g) for _ in range(2)]
 
 
-def _optimizer(method: IConE):
-    return build_optimizer(method, OptimizerSpec(lr=1e-2, weight_decay=0.05))
+def _optimizer(method: IConE, batch_size: int = 2):
+    """The run's optimizer; ``batch_size``: the whole batch (the table's SGD lr follows it)."""
+    return build_optimizer(method, OptimizerSpec(lr=1e-2, weight_decay=0.05, batch_size=batch_size))
 
 
 def _step(
@@ -159,15 +160,16 @@ def test_sparse_path_trains_at_batch_size_one(spatial_dims):
         assert all(torch.isfinite(p).all() for p in trainer.method.parameters())
 
 
-def test_bfloat16_table_trains():
+@pytest.mark.parametrize("optimizer,moment", [("sgd", "momentum_buffer"), ("adamw", "exp_avg")])
+def test_bfloat16_table_trains(optimizer, moment):
     trainer, logs = train_steps(
         "icone",
         batch_size=2,
         dataset=tiny_dataset(2, n=8),
-        overrides=["icone.table_path=sparse", "icone.table_dtype=bfloat16"],
+        overrides=["icone.table_path=sparse", "icone.table_dtype=bfloat16", f"icone.table_optimizer={optimizer}"],
     )
     assert trainer.method.table.dtype == torch.bfloat16
-    assert trainer.optimizer.optimizers[1].state[trainer.method.table]["exp_avg"].dtype == torch.bfloat16
+    assert trainer.optimizer.optimizers[1].state[trainer.method.table][moment].dtype == torch.bfloat16
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
 
 
@@ -206,7 +208,7 @@ def test_two_processes_keep_one_table_equal_to_one_process_with_the_whole_batch(
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     single = _method(N, table_path="sparse", diversity="frame", projector=projector)
     single.initialize([])
-    optimizer = _optimizer(single)
+    optimizer = _optimizer(single, batch_size=4)  # the whole batch of the two processes
     start = single.table.detach().clone()
     for step in range(1, 3):
         _step(single, optimizer, _views(4, seed=step), torch.arange(4) + 4 * (step - 1), step)

@@ -30,9 +30,9 @@ class DataConfig:
     stride: list[int] | None = option(None, low=1)  # distance between grid cells; None: the patch size
     sampler: str = option("random", choices=("grid", "random", "foreground"))
     patches_per_epoch: int | None = option(None, low=1)  # samples drawn per epoch; None: every instance once
-    order: str = option(
-        "shuffle", choices=("shuffle", "window")
-    )  # window: sliding windows, each instance revisited in bursts
+    order: str | None = option(
+        None, choices=("shuffle", "window")
+    )  # window: instances revisited in bursts (sliding windows); None: the method's default
     window_size: int | None = option(
         None, low=1
     )  # order=window: instances per window; None: an eighth of the training set

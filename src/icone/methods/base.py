@@ -90,6 +90,7 @@ class Method(nn.Module):
     default_weight_decay: ClassVar[float] = 0.05
     default_norm: ClassVar[str] = "group"  # backbone norm: batch-free by default
     default_local_crops: ClassVar[int] = 0
+    default_order: ClassVar[str] = "shuffle"  # data.order (see order_for)
     cost_grows_with_instances: ClassVar[bool] = False  # per-instance state (IConE's table): time it at several N
     Options: ClassVar[type] = NoOptions
 
@@ -116,6 +117,12 @@ class Method(nn.Module):
         if cross_field_checks is not None:
             cross_field_checks()
         return options
+
+    @classmethod
+    def order_for(cls, options: Any) -> str:
+        """The ``data.order`` this method trains with when none is given (per-instance state learns
+        faster from revisits in bursts: ``window``)."""
+        return cls.default_order
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.training_step(views, index)

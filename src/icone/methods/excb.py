@@ -47,7 +47,7 @@ class ExCBOptions:
     head_norm: str = option("auto", choices=EXCB_HEAD_NORMS)  # norm inside projector/predictor MLPs (paper: batch)
     predictor: bool = True  # student predictor on top of the projection (paper: on)
     predictor_norm: str = option("auto", choices=EXCB_HEAD_NORMS)  # norm before the predictor (paper: BN(256))
-    auto_batch_size: int = option(8, low=1)  # auto: BatchNorm from this batch per process up, running below
+    auto_batch_size: int = option(1, low=1)  # auto: BatchNorm from this batch per process up, running below
     running_window: float = option(1024.0, low=1)  # rows the statistics of head_norm=running average over
     balancing: bool = True  # False: plain sharpened teacher softmax(z_t / 0.04), no balancing, no boost
     argmax_boost: bool = True  # reference-code extra: x1.01 at each sample's balanced argmax, clamp
@@ -55,8 +55,8 @@ class ExCBOptions:
     student_temperature: float = option(0.1, above=0)
     size_momentum: float | None = option(None, low=0, high=1)  # m_s; None: default_size_momentum (paper 0.999)
     ema_momentum: float | None = option(
-        0.996, low=0, high=1
-    )  # teacher EMA momentum, cosine to 1; None: default_ema_momentum
+        None, low=0, high=1
+    )  # teacher EMA momentum at step 0, cosine to 1; None: the paper's 0.2 epochs at this batch (excb_rules)
     centroid_wd_start_scale: float = option(10.0, above=0)  # centroid weight decay falls from this x wd to 1 x wd
     crop_schedule: bool = False  # min global crop scale crop_scale_start -> crop_scale_end (paper: on)
     crop_scale_start: float | None = option(None, above=0, high=1)  # None: views.global_scale[0] (paper 0.26)

@@ -114,10 +114,13 @@ class RowSparseSGD(torch.optim.Optimizer):
                 if rows.numel() == 0:
                     continue
                 state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
-                buf = state["momentum_buffer"][rows].mul_(momentum).add_(grad)
-                state["momentum_buffer"][rows] = buf
+                if (
+                    "momentum_buffer" not in state
+                ):  # in the table's precision where that is a half one, as AdamW's moments
+                    half = p.dtype in (torch.bfloat16, torch.float16)
+                    state["momentum_buffer"] = torch.zeros_like(p, dtype=p.dtype if half else torch.float32)
+                buf = state["momentum_buffer"][rows].float().mul_(momentum).add_(grad)
+                state["momentum_buffer"][rows] = buf.to(state["momentum_buffer"].dtype)
                 p[rows] = (p[rows].float() - lr * buf).to(p.dtype)
 
 
