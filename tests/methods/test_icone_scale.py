@@ -192,7 +192,7 @@ def test_sparse_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 def _two_process_worker(rank: int, world: int, out_dir: str, projector: str) -> None:
     method = _method(N, table_path="sparse", diversity="frame", projector=projector)
     method.initialize([])
-    optimizer = _optimizer(method)
+    optimizer = _optimizer(method, batch_size=4)  # the whole batch: 2 on each of 2 processes
     distributed.ddp_ignore(method, ["table"])
     model = torch.nn.parallel.DistributedDataParallel(method)
     for step in range(1, 3):

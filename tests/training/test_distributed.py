@@ -34,7 +34,14 @@ N = 16  # training samples
 # small heads; batch-free norms wherever the method allows (a BatchNorm head has per-process statistics on CPU)
 SMALL: dict[str, list[str]] = {
     "icone": [],
-    "excb": ["excb.hidden_dim=32", "excb.bottleneck_dim=16", "excb.num_clusters=4", "excb.kmeans_restarts=1"],
+    "excb": [
+        "excb.hidden_dim=32",
+        "excb.bottleneck_dim=16",
+        "excb.num_clusters=4",
+        "excb.kmeans_restarts=1",
+        "excb.head_norm=running",
+        "excb.predictor_norm=running",
+    ],
     "barlow_twins": ["barlow_twins.projector_dim=32", "barlow_twins.norm=layer"],
     "byol": ["byol.hidden_dim=32", "byol.out_dim=16"],
     "dino": ["dino.hidden_dim=32", "dino.bottleneck_dim=16", "dino.num_prototypes=8"],
