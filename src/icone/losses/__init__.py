@@ -34,9 +34,7 @@ from icone.losses.icone import (  # IConE
     icone_hinge_diversity,
     icone_infonce_alignment,
     icone_uniformity,
-    icone_view_contrast,
     icone_view_instance_alignment,
-    icone_view_repulsion,
     icone_view_view_alignment,
 )
 from icone.losses.regularisation import (  # VICReg, Barlow Twins
@@ -66,9 +64,7 @@ __all__ = [
     "icone_hinge_diversity",
     "icone_infonce_alignment",
     "icone_uniformity",
-    "icone_view_contrast",
     "icone_view_instance_alignment",
-    "icone_view_repulsion",
     "icone_view_view_alignment",
     "moco_infonce",
     "nt_xent",

@@ -30,7 +30,6 @@ from icone.options import option
 from icone.stats import rankme
 
 ALIGNMENTS = ("cosine", "infonce")
-CONTRASTS = ("none", "rows")
 DIVERSITIES = ("hinge", "frame", "uniformity")
 PROJECTORS = ("none", "linear", "mlp")
 TABLE_INITS = ("normal", "features")
@@ -80,15 +79,9 @@ class IConEOptions:
     detach_table: bool = False  # stop-gradient of the alignment into the table (rows move by L_div only)
     w_vi: float = option(1.0, low=0)
     w_vv: float | None = option(None, low=0)  # 1 (icone, paper); 0 (pic)
-    contrast: str = option("none", choices=CONTRASTS)  # rows: views each other's positives, other rows negatives
-    w_contrast: float = option(1.0, low=0)
-    w_repel: float = option(0.0, low=0)  # views vs the other rows: mean squared cosine (spectral contrastive negatives)
     w_div: float | None = option(None, low=0)  # frame's value is ~1/d at its optimum, so icone's preset weighs it 10
     temperature: float | None = option(None, above=0)  # infonce only: 0.1 (pic 0.2)
     negatives: int | None = option(None, low=1)  # infonce: table rows sampled as negatives per step (4096; pic: all)
-    negatives_from: str = option(
-        "table", choices=("table", "recent")
-    )  # infonce: a uniform draw | the last rows visited
     diversity_rows: int = option(
         8192, low=1
     )  # full-table diversity up to this many rows; above it (and on the sparse path) the batch's rows vs a sample
@@ -141,9 +134,6 @@ class IConE(Method):
         self.embedding_dim = dim
         dtype = TABLE_DTYPES[options.table_dtype]
         self.table = nn.Parameter((torch.randn(num_instances, dim) * options.table_init_std).to(dtype))
-        if options.negatives_from == "recent":  # a ring of the instances visited last (all processes)
-            self.register_buffer("recent", torch.zeros(min(options.negatives or 4096, num_instances), dtype=torch.long))
-            self.register_buffer("recent_count", torch.zeros((), dtype=torch.long))
         self.sparse = options.table_path == "sparse" or (
             options.table_path == "auto" and num_instances > options.diversity_rows
         )
@@ -187,14 +177,6 @@ class IConE(Method):
         self.frame_gram.copy_(gram)
         return drift
 
-    @torch.no_grad()
-    def _table_gram(self) -> torch.Tensor:
-        """``E_n^T E_n`` of the normalised table: the maintained matrix on the sparse frame path, else computed."""
-        if self.uses_gram:
-            return self.frame_gram.float()
-        e = F.normalize(self.table.float(), dim=-1)
-        return e.t() @ e
-
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Table rows with a gradient: a sparse one (only these rows) on the sparse path."""
         return F.embedding(ids, self.table, sparse=self.sparse).float()
@@ -220,11 +202,7 @@ class IConE(Method):
         )
 
     def _negatives(self, device: torch.device) -> torch.Tensor:
-        """Rows scored as negatives: the ``negatives`` rows visited last (``negatives_from=recent``: rows a
-        step has just moved, so as fresh as the encoder), or every row once when ``negatives`` covers the
-        table, else a uniform draw."""
-        if self.options.negatives_from == "recent":
-            return self.recent[: int(self.recent_count.clamp(max=len(self.recent)))]
+        """Rows scored as negatives: every row once when ``negatives`` covers the table, else a uniform draw."""
         n = self.num_instances
         if self.options.negatives >= n and not self.sparse:  # a draw with replacement repeats some, misses others
             return torch.arange(n, device=device)
@@ -269,27 +247,8 @@ class IConE(Method):
             with torch.no_grad():
                 touched = torch.unique(distributed.all_gather_cat(touched))
                 self._touched = (touched, F.normalize(self.table[touched].float(), dim=-1))
-        l_con = z.new_zeros(())
-        if opts.contrast == "rows" and g > 1:
-            rows = negatives if negatives is not None else self._negatives(z.device)
-            l_con = losses.icone_view_contrast(z[:, :g], self.table, index, rows, temperature=opts.temperature)
-        l_rep = z.new_zeros(())
-        if opts.w_repel > 0:
-            l_rep = losses.icone_view_repulsion(z[:, :g], self._table_gram(), batch_rows, self.num_instances)
-        if opts.negatives_from == "recent":
-            self._remember(index)
-        loss = opts.w_vi * l_vi + opts.w_vv * l_vv + opts.w_div * l_div + opts.w_contrast * l_con + opts.w_repel * l_rep
-        metrics = {"loss_vi": l_vi.detach(), "loss_vv": l_vv.detach(), "loss_div": l_div.detach()}
-        metrics.update({"loss_contrast": l_con.detach()} if opts.contrast != "none" else {})
-        return loss, {**metrics, "loss_repel": l_rep.detach()} if opts.w_repel > 0 else metrics
-
-    @torch.no_grad()
-    def _remember(self, index: torch.Tensor) -> None:
-        """Push this step's instances (every process's) into the ring of recent ones."""
-        seen = distributed.all_gather_cat(index)[-len(self.recent) :]
-        slots = (self.recent_count + torch.arange(len(seen), device=seen.device)) % len(self.recent)
-        self.recent[slots] = seen
-        self.recent_count += len(seen)
+        loss = opts.w_vi * l_vi + opts.w_vv * l_vv + opts.w_div * l_div
+        return loss, {"loss_vi": l_vi.detach(), "loss_vv": l_vv.detach(), "loss_div": l_div.detach()}
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
