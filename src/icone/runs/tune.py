@@ -52,9 +52,7 @@ def plan_trials(config: Config, num_samples: int, base_lr: float) -> TrialPlan:
     """The trial grid for a resolved config over ``num_samples`` training samples."""
     per_epoch = config.data.patches_per_epoch or num_samples
     epochs = max(1, round(TRIAL_SHARE * config.train.epochs))
-    return TrialPlan(
-        LR_FACTORS, base_lr, epochs, min(per_epoch, TRIAL_SAMPLES), per_epoch * config.train.epochs
-    )
+    return TrialPlan(LR_FACTORS, base_lr, epochs, min(per_epoch, TRIAL_SAMPLES), per_epoch * config.train.epochs)
 
 
 def trial_config(config: Config, plan: TrialPlan, factor: float) -> Config:
