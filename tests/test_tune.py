@@ -74,3 +74,66 @@ def test_finished_trials_are_read_back_unfinished_ones_resume_and_divergence_is_
     trained.clear()
     again = run_trials(config, tmp_path, plan, train, score, log.append)
     assert trained == [] and again == result  # a second call trains nothing: every trial is read back
+
+
+def _auto_run(tmp_path, capsys, *extra):
+    from helpers import FAST, run_cli, write_tiny_npz
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    args = ["train", "--data", npz, "--epochs", "5", "--batch-size", "4", *FAST, "--out", tmp_path / "run",
+            "optim.lr=auto", "optim.lr_factors=0.5,2", *extra]  # fmt: skip
+    return run_cli(args, capsys)
+
+
+def test_lr_auto_runs_its_trials_then_the_run_at_the_choice(tmp_path, capsys):
+    import yaml
+
+    code, out, err = _auto_run(tmp_path, capsys)
+    assert code == 0, err
+    run = tmp_path / "run"
+    for name in ("lr-x0.5", "lr-x2"):  # ordinary run folders under the run, each with its scores
+        assert (run / "trials" / name / "checkpoints" / "last.pt").is_file()
+        assert json.loads((run / "trials" / name / SCORE_FILE).read_text())["status"] in ("ok", "diverged")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    factor = saved["tuning"]["factor"]
+    assert factor in (0.5, 2.0) and isinstance(saved["optim"]["lr"], float)
+    assert saved["optim"]["base_lr"] == pytest.approx(saved["tuning"]["base_lr"])
+    assert set(saved["tuning"]["trials"]) == {"x0.5", "x2"} and saved["tuning"]["trial_epochs"] == 1
+    assert json.loads((run / "eval.json").read_text())["tuning"]["factor"] == factor
+    lines = out.splitlines()
+    assert any(line.startswith("optim.lr=auto: 2 trial runs") and "of the full run's compute" in line for line in lines)
+    assert sum(line.startswith("[trial ") for line in lines) == 2
+    assert f"optim.lr=auto chose x{factor:g} of the default lr" in " ".join(out.split())
+
+
+def test_a_resumed_lr_auto_run_does_not_train_its_finished_trials_again(tmp_path, capsys, monkeypatch):
+    import icone.runs.tune as tune
+
+    real, calls = tune.score_trial, []
+
+    def interrupt_at_the_second(folder, *args):
+        calls.append(folder.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(folder, *args)
+
+    monkeypatch.setattr(tune, "score_trial", interrupt_at_the_second)
+    code, _, err = _auto_run(tmp_path, capsys)
+    assert code == 130, err
+    first = tmp_path / "run" / "trials" / "lr-x0.5" / SCORE_FILE
+    stamp = first.stat().st_mtime_ns
+    monkeypatch.setattr(tune, "score_trial", real)
+    from helpers import run_cli
+
+    code, out, err = run_cli(["train", "--resume", "--out", tmp_path / "run", "--no-progress"], capsys)
+    assert code == 0, err
+    assert first.stat().st_mtime_ns == stamp  # read back, not trained again
+    assert (tmp_path / "run" / "backbone.pt").is_file() and "optim.lr=auto chose" in " ".join(out.split())
+
+
+def test_bad_trial_grids_are_one_line(tmp_path, capsys):
+    from helpers import expect_error
+
+    expect_error(capsys, ["train", "optim.lr=fast"], r"^error: optim.lr must be a number or auto")
+    expect_error(capsys, ["train", "optim.lr=auto", "optim.lr_factors=1"], r"two or more different factors")
+    expect_error(capsys, ["train", "optim.lr=auto", "optim.lr_factors=0,1"], r"optim.lr_factors must be greater than 0")

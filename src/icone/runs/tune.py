@@ -23,7 +23,7 @@ from icone.config import Config
 from icone.errors import TrainingDiverged, UserError
 from icone.files import atomic_write_text
 
-LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # times the method's default (or optim.base_lr)
+LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # times the method's default (or optim.base_lr): optim.lr_factors
 TRIAL_SHARE = 0.2  # of the run's epochs (at least one)
 TRIAL_SAMPLES = 10_000  # per trial epoch at most: large data are tuned on a part of each epoch
 SCORE_FILE = "score.json"
@@ -49,10 +49,11 @@ class TrialPlan:
 
 
 def plan_trials(config: Config, num_samples: int, base_lr: float) -> TrialPlan:
-    """The trial grid for a resolved config over ``num_samples`` training samples."""
+    """The trial grid (``optim.lr_factors``) for a resolved config over ``num_samples`` training samples."""
     per_epoch = config.data.patches_per_epoch or num_samples
     epochs = max(1, round(TRIAL_SHARE * config.train.epochs))
-    return TrialPlan(LR_FACTORS, base_lr, epochs, min(per_epoch, TRIAL_SAMPLES), per_epoch * config.train.epochs)
+    factors = tuple(sorted({float(f) for f in config.optim.lr_factors}))
+    return TrialPlan(factors, base_lr, epochs, min(per_epoch, TRIAL_SAMPLES), per_epoch * config.train.epochs)
 
 
 def trial_config(config: Config, plan: TrialPlan, factor: float) -> Config:
@@ -133,3 +134,76 @@ def _trial(
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(done, json.dumps(result, indent=2))
     return result
+
+
+# ---- a run's trials, as icone train makes them ------------------------------------------------------
+
+
+def tune_lr(resolved: Any, dataset: Any, run_dir: Path, log: Callable[[str], None] = print) -> Any:
+    """``optim.lr=auto``: the trials under ``run_dir/trials`` (the run's ``config.yaml`` says ``auto`` until
+    the choice is made, so ``--resume`` finds them), then the run's config resolved at the chosen lr, with
+    every trial's score in ``config.tuning``."""
+    from icone import build, distributed
+    from icone.config import save_config
+    from icone.run_folder import record_written
+    from icone.runs.train import train_run
+
+    if distributed.world_size() > 1:
+        raise UserError(
+            "optim.lr=auto runs its trials in one process: tune with one (icone train ... optim.lr=auto), then "
+            "give torchrun the chosen optim.lr from the run's config.yaml"
+        )
+    config = resolved.config
+    save_config(config, run_dir / "config.yaml")
+    record_written(run_dir, ["config.yaml", "trials"])
+    baseline = _untrained_rankme(config, dataset)
+
+    def train(trial: Config, folder: Path, resume: bool) -> None:
+        train_run(trial, out=folder, resume=resume, overwrite=False, progress=False)
+
+    plan = plan_trials(config, len(dataset.train), float(config.optim.base_lr))
+    tuning = run_trials(config, run_dir, plan, train, lambda folder: score_trial(folder, dataset, baseline), log)
+    chosen = copy.deepcopy(config)
+    chosen.optim.lr, chosen.optim.base_lr, chosen.tuning = None, tuning["base_lr"], tuning
+    return build.resolve(chosen, dataset)
+
+
+def scoring_views(config: Config) -> Any:
+    """Two global views a sample, as the run augments (the label-free agreement compares them)."""
+    from icone import build
+    from icone.views import ViewMaker
+
+    spec = dataclasses.replace(build.view_spec(config), global_crops=2, local_crops=0)
+    return ViewMaker(spec, int(config.model.spatial_dims))
+
+
+def score_trial(folder: Path, dataset: Any, baseline_rankme: float) -> dict[str, Any]:
+    """The label-free scores of a finished trial's evaluated backbone and the verdict on collapse."""
+    from icone.config import build_config
+    from icone.evaluate.label_free import label_free_scores
+    from icone.evaluate.verdict import collapse_verdict
+    from icone.export import method_from_checkpoint
+    from icone.runtime import Runtime
+    from icone.training.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(folder / "checkpoints" / "last.pt")
+    config = build_config(checkpoint["config"])
+    backbone = method_from_checkpoint(checkpoint).evaluation_backbone()
+    device = Runtime.resolve(config.train.device).device
+    scores = label_free_scores(backbone.to(device), dataset.train.samples, scoring_views(config), device)
+    verdict = collapse_verdict({**scores, "baseline": {"rankme": baseline_rankme}}, int(backbone.feature_dim))
+    return {**scores, "verdict": verdict["verdict"]}
+
+
+def _untrained_rankme(config: Config, dataset: Any) -> float:
+    """RankMe of the untrained encoder (the run's seed) on the trials' sample: the verdict's reference."""
+    import torch
+
+    from icone import build
+    from icone.evaluate.embeddings import embed_samples
+    from icone.evaluate.label_free import fixed_rows
+    from icone.stats import rankme
+
+    backbone = build.build_method(config, len(dataset.train)).evaluation_backbone()
+    rows = fixed_rows(len(dataset.train))
+    return rankme(embed_samples(backbone, dataset.train.samples[rows], torch.device("cpu")))
