@@ -32,8 +32,14 @@ def test_a_run_writes_one_plain_line_per_epoch_and_ends_with_a_verdict(capsys, t
 def test_the_verdict_rules():
     alive = {"rankme": 40.0, "embedding_std": 0.1, "baseline": {"rankme": 30.0}}
     assert collapse_verdict(alive, 64)["verdict"] == "none"
-    lost = {"rankme": 12.0, "embedding_std": 0.1, "baseline": {"rankme": 30.0}}
+    lost = {"rankme": 5.0, "embedding_std": 0.1, "baseline": {"rankme": 30.0}}
     assert collapse_verdict(lost, 64)["verdict"] == "partial"
+    learned = {"rankme": 8.3, "embedding_std": 0.3, "baseline": {"rankme": 34.0}}  # a good VICReg run on synthetic2d
+    assert collapse_verdict(learned, 64)["verdict"] == "none"
+    assert (
+        collapse_verdict({"rankme": 2.9, "embedding_std": 0.3, "baseline": {"rankme": 34.0}}, 64)["verdict"]
+        == "collapsed"
+    )
     dead = collapse_verdict({"rankme": 1.2, "embedding_std": 0.001, "baseline": {"rankme": 30.0}}, 64)
     assert dead["verdict"] == "collapsed" and "optim.lr" in dead["text"] and dead["text"].startswith("collapse: ")
     point = {"rankme": 20.0, "embedding_std": 0.005, "baseline": {"rankme": 22.0}}  # 0.005 < 0.1 / sqrt(64)

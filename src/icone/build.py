@@ -53,9 +53,11 @@ def learning_rate(config: Config, method_cls: type[Method] | None = None) -> tup
     """``(lr, base_lr)`` of a config: ``optim.lr`` as given, else ``optim.base_lr`` (or the method's
     ``default_lr``), stated for batch 64, scaled to the whole batch (``train.batch_size`` x processes)
     by ``optim.lr_scaling``."""
+    base = config.optim.base_lr or (method_cls or get_method(config.method)).default_lr
+    if config.optim.lr == "auto":  # chosen later by trial runs around the default (icone.runs.tune)
+        return "auto", base  # type: ignore[return-value]
     if config.optim.lr is not None:
         return float(config.optim.lr), config.optim.base_lr
-    base = config.optim.base_lr or (method_cls or get_method(config.method)).default_lr
     return scaled_lr(base, config.train.batch_size * distributed.world_size(), config.optim.lr_scaling), base
 
 

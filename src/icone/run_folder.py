@@ -269,6 +269,7 @@ class RunFolder:
         self._old: Path | None = None
         self._made = False
         self._was_empty = False
+        self._kept = False
         self._recording = contextlib.ExitStack()
 
     def open(self, mode: str = "new") -> RunFolder:
@@ -296,14 +297,16 @@ class RunFolder:
         return self
 
     def started(self) -> None:
-        """The new run has a checkpoint: the run it replaced can go."""
+        """The new run has a checkpoint (or work worth keeping: ``optim.lr=auto``'s trials): the run it
+        replaced can go, and a failure from now on keeps the folder."""
+        self._kept = True
         if self._old is not None:
             shutil.rmtree(self._old, ignore_errors=True)
             self._old = None
 
     def failed(self) -> None:
         """The run stopped before its first checkpoint: undo what it wrote, restore what it replaced."""
-        if (self.path / "checkpoints" / "last.pt").is_file() or not self._was_empty:
+        if self._kept or (self.path / "checkpoints" / "last.pt").is_file() or not self._was_empty:
             return
         self.lock.release()
         if self._made or self._old is not None:

@@ -33,6 +33,33 @@ def rankme(embeddings: np.ndarray | torch.Tensor, eps: float = 1e-7) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def alpha_req(embeddings: np.ndarray | torch.Tensor, eps: float = 1e-12) -> float:
+    """alpha-ReQ (Agrawal et al., NeurIPS 2022, §3): the decay ``alpha`` of the covariance eigenspectrum,
+    ``lambda_k ~ k^-alpha``, fitted by least squares on ``log lambda_k`` against ``log k`` over the
+    non-negligible eigenvalues. Near 1 for good representations; well below 1 a white, noise-like
+    spectrum; well above it a few dominating directions (towards collapse)."""
+    z = as_float_tensor(embeddings).double()
+    if len(z) < 3:
+        return float("nan")
+    z = z - z.mean(0)
+    eig = torch.linalg.svdvals(z).pow(2) / (len(z) - 1)
+    eig = eig[eig > eig.max() * 1e-6 + eps] if float(eig.max()) > 0 else eig[:0]
+    if len(eig) < 2:
+        return float("inf")  # one direction left: fully collapsed
+    k = torch.arange(1, len(eig) + 1, dtype=torch.float64).log()
+    slope = ((k - k.mean()) * (eig.log() - eig.log().mean())).sum() / ((k - k.mean()) ** 2).sum()
+    return float(-slope)
+
+
+def view_agreement(first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tensor) -> float:
+    """Mean cosine between two views' embeddings of the same samples, after removing the mean embedding
+    of both: 1 when each sample's views coincide and samples differ, about 0 when the views of a sample
+    are no closer than two samples (noise, an untrained or a collapsed encoder)."""
+    a, b = as_float_tensor(first), as_float_tensor(second)
+    centre = torch.cat([a, b]).mean(0)
+    return float(F.cosine_similarity(a - centre, b - centre, dim=1).mean())
+
+
 def embedding_std(embeddings: np.ndarray | torch.Tensor) -> float:
     """Mean per-dimension std of L2-normalised embeddings, times ``sqrt(d)``.
 

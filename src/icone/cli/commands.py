@@ -96,6 +96,10 @@ def _print_eval(result: dict, title: str) -> None:
     console.print(table)
     if result.get("collapse"):
         console.print(result["collapse"]["text"], markup=False, highlight=False, soft_wrap=True)
+    if result.get("tuning"):
+        tuning = result["tuning"]
+        line = f"optim.lr=auto chose x{tuning['factor']:g} of the default lr ({tuning['base_lr']:.3g} at batch 64): {tuning['reason']}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if result.get("clusters"):
         console.print(
             "cluster occupancy (training set): " + ", ".join(f"{k} {v:.3f}" for k, v in result["clusters"].items())

@@ -73,6 +73,12 @@ def _check_pair(key: str, pair: list[float]) -> None:
 def validate(config: Config) -> None:
     """Reject values that are out of range, naming the valid ones."""
     check_options(config)
+    if isinstance(config.optim.lr, str) and config.optim.lr != "auto":
+        raise UserError(f"optim.lr must be a number or auto (chosen by short trial runs), got {config.optim.lr!r}")
+    if len(set(config.optim.lr_factors)) < 2:
+        raise UserError(
+            f"optim.lr_factors needs two or more different factors to choose from, got {config.optim.lr_factors}"
+        )
     for key in ("global_scale", "local_scale", "blur_sigma"):
         _check_pair(f"views.{key}", getattr(config.views, key))
 

@@ -90,7 +90,12 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = option("adamw", choices=("adamw", "sgd"))
-    lr: float | None = option(None, above=0)  # the lr itself; None: base_lr scaled to the batch size by lr_scaling
+    lr: float | str | None = option(
+        None, above=0
+    )  # the lr itself; None: base_lr scaled to the batch size by lr_scaling; auto: chosen by trial runs (docs/tuning.md)
+    lr_factors: list[float] = option(
+        factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0], above=0
+    )  # optim.lr=auto: the factors of the default lr the trials try
     base_lr: float | None = option(None, above=0)  # the lr stated for batch 64; None: the method's default_lr
     lr_scaling: str = option("sqrt", choices=("sqrt", "linear", "none"))  # how base_lr follows the batch size
     weight_decay: float | None = option(None, low=0)  # None: the method's default
@@ -153,6 +158,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tuning: dict[str, Any] = field(default_factory=dict)  # optim.lr=auto: the trials' scores and the choice (written)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

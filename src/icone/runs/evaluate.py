@@ -146,6 +146,8 @@ def evaluate_method(
     result["method"], result["data"] = config.method, config.data.source
     start = "model.init" if config.model.init else "the untrained encoder"
     result["collapse"] = collapse_verdict(result, int(features.train.shape[1]), start)
+    if config.tuning:  # optim.lr=auto: what the trials scored and what was chosen
+        result["tuning"] = config.tuning
     if features.one_class_test():
         result["test_warning"] = one_class_warning(int(features.test_labels[0]), config)
         log.warning(result["test_warning"])

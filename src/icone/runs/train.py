@@ -18,6 +18,7 @@ from icone.evaluate.plots import plot_training
 from icone.export import export_backbone
 from icone.run_folder import RunFolder, check_replaceable, has_contents, is_inside, settle_before_use
 from icone.runs.evaluate import evaluate_method
+from icone.runs.tune import tune_lr
 from icone.runtime import Runtime
 from icone.training.checkpoint import load_checkpoint
 from icone.training.logs import MetricsLog
@@ -106,7 +107,7 @@ def _run_dir_config(
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"cannot resume: '{run_dir}' has no config.yaml; give the folder of an earlier run")
-        if not (run_dir / "checkpoints" / "last.pt").is_file():
+        if not (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "trials").is_dir():
             raise UserError(
                 f"cannot resume: '{run_dir}' has no checkpoints/last.pt yet; start it again with --overwrite"
             )
@@ -148,7 +149,7 @@ def prepare_training(
     dataset = build.load_data(config)
     resolved = build.resolve(config, dataset)
     config, checkpoint = resolved.config, None
-    if resume:
+    if resume and (run_dir / "checkpoints" / "last.pt").is_file():  # (without one: optim.lr=auto's trials ran)
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         _check_checkpoint(checkpoint, config, dataset, run_dir)
     if run_dir is None:
@@ -273,6 +274,25 @@ def _finish(result: Any, config: Config, dataset: Dataset, run_dir: Path, traine
     return summary
 
 
+def _tune(resolved: Resolved, dataset: Dataset, run_dir: Path, folder: RunFolder | None) -> Resolved:
+    """``optim.lr=auto``'s trials, kept from their start (Ctrl-C keeps what finished: ``--resume`` goes on)."""
+    if folder is not None:
+        folder.started()
+    try:
+        return tune_lr(resolved, dataset, run_dir, log=_say)
+    except (KeyboardInterrupt, Interrupted):  # in a trial's training, or between trials
+        raise Interrupted(
+            f"interrupted in optim.lr=auto's trials; the finished ones are kept in {run_dir / 'trials'}: continue "
+            f"with '{distributed.resume_command(run_dir)}'"
+        ) from None
+
+
+def _say(line: str) -> None:
+    """A line for the person at the terminal (main process only): trial costs and progress."""
+    if distributed.is_main_process():
+        print(line, flush=True)
+
+
 def train_run(
     config: Config,
     out: str | Path | None = None,
@@ -296,6 +316,8 @@ def train_run(
     trainer: Trainer | None = None
     try:
         resolved, dataset, run_dir, checkpoint, folder = prepare_on_main(config, out, resume, overwrite, explicit)
+        if resolved.config.optim.lr == "auto":
+            resolved = _tune(resolved, dataset, run_dir, folder)
         trainer = _trainer(resolved, dataset, run_dir, checkpoint, folder, progress)
         result = _fit(trainer, dataset)
         # no process leaves the group while another still talks to it: a gloo peer that vanishes
