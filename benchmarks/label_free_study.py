@@ -20,15 +20,13 @@ from typing import Any
 
 
 def _cell_record(grid: Path, cell: Path) -> dict[str, Any] | None:
-    import dataclasses
-
+    from icone import build
     from icone.config import build_config
-    from icone.data import load_dataset
     from icone.evaluate.label_free import label_free_scores
     from icone.export import method_from_checkpoint
-    from icone.runtime import pick_device
+    from icone.runs.tune import scoring_views
+    from icone.runtime import Runtime
     from icone.training.checkpoint import load_checkpoint
-    from icone.views import ViewMaker
 
     bench = json.loads((cell / "bench.json").read_text()) if (cell / "bench.json").is_file() else {}
     scores = cell / ("eval_validation.json" if "sweep" in cell.parts else "eval.json")
@@ -36,13 +34,10 @@ def _cell_record(grid: Path, cell: Path) -> dict[str, Any] | None:
         return None
     checkpoint = load_checkpoint(cell / "checkpoints" / "last.pt")
     config = build_config(checkpoint["config"])
-    method = method_from_checkpoint(checkpoint)
-    dataset = load_dataset(config.data, seed=config.train.seed)
-    spec = dataclasses.replace(config.views, global_crops=2, local_crops=0)
-    device = pick_device("cpu")
-    free = label_free_scores(
-        method.evaluation_backbone(), dataset.train.samples, ViewMaker(spec, dataset.spatial_dims), device
-    )
+    backbone = method_from_checkpoint(checkpoint).evaluation_backbone()
+    dataset = build.load_data(config)
+    device = Runtime.resolve("cpu").device
+    free = label_free_scores(backbone, dataset.train.samples, scoring_views(config), device)
     labelled = json.loads(scores.read_text())
     return {
         "grid": str(grid), "cell": str(cell.relative_to(grid / "cells")), "method": config.method,

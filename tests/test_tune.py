@@ -137,3 +137,10 @@ def test_bad_trial_grids_are_one_line(tmp_path, capsys):
     expect_error(capsys, ["train", "optim.lr=fast"], r"^error: optim.lr must be a number or auto")
     expect_error(capsys, ["train", "optim.lr=auto", "optim.lr_factors=1"], r"two or more different factors")
     expect_error(capsys, ["train", "optim.lr=auto", "optim.lr_factors=0,1"], r"optim.lr_factors must be greater than 0")
+
+
+def test_a_grid_refuses_lr_auto(tmp_path, capsys):
+    from helpers import expect_error, write_tiny_npz
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    expect_error(capsys, ["bench", "--data", npz, "--out", tmp_path / "g", "optim.lr=auto"], r"--lr-sweep")

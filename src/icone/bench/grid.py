@@ -158,7 +158,11 @@ def build_spec(
     if data_path is not None and data_path.is_dir() and is_inside(spec.out, data_path):
         raise UserError(f"--out '{spec.out}' is inside the data folder '{data_path}'; choose an --out outside it")
     for method in spec.methods:  # bad KEY=VALUE fails here, before any cell runs
-        cell_config(spec, Cell(method, spec.batch_sizes[0], 0, spec.imbalance[0]))
+        if cell_config(spec, Cell(method, spec.batch_sizes[0], 0, spec.imbalance[0])).optim.lr == "auto":
+            raise UserError(
+                "optim.lr=auto tunes one run without labels; a grid gives every method the same lr budget with "
+                "--lr-sweep F1,F2,... instead (docs/bench.md)"
+            )
     return spec
 
 
