@@ -104,6 +104,7 @@ def write_tiny_npz(path: Path, spatial_dims: int = 2, n: int = 48, rgb: bool = F
 
 
 FAST = ["--backbone", "smallcnn", "model.width=8", "train.monitor_samples=16", "--no-progress"]
+TRAIN = ["--epochs", "1", "--batch-size", "4", *FAST, "eval.after_train=false"]  # a one-epoch run, not evaluated
 
 
 def run_cli(args: list, capsys) -> tuple[int, str, str]:
@@ -322,3 +323,12 @@ def write_dicom_image(path: Path, image: np.ndarray, preamble: bool = True) -> P
     else:
         ds.save_as(path, implicit_vr=False, little_endian=True)  # a bare data set, as some exporters write
     return path
+
+
+def refused(capsys, tmp_path, source, pattern, *extra):
+    """``icone train`` and ``icone data`` both refuse ``source`` with one line; the run folder is not made."""
+    run = tmp_path / "run"
+    line = expect_error(capsys, ["train", "--data", source, "--out", run, *TRAIN, *extra], pattern)
+    assert line.startswith("error: ") and not run.exists()
+    expect_error(capsys, ["data", source, *extra], pattern)
+    return line

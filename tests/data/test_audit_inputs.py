@@ -6,18 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import FAST, expect_error, run_cli, write_zarr
-
-TRAIN = ["--epochs", "1", "--batch-size", "4", *FAST, "eval.after_train=false"]
-
-
-def refused(capsys, tmp_path, source, pattern, *extra):
-    """``icone train`` and ``icone data`` both refuse with one line; the run folder is not made."""
-    run = tmp_path / "run"
-    line = expect_error(capsys, ["train", "--data", source, "--out", run, *TRAIN, *extra], pattern)
-    assert line.startswith("error: ") and not run.exists()
-    expect_error(capsys, ["data", source, *extra], pattern)
-    return line
+from helpers import TRAIN, refused, run_cli, write_zarr
 
 
 def test_a_named_array_in_a_store_that_is_one_array(capsys, tmp_path):

@@ -8,24 +8,13 @@ import importlib
 import numpy as np
 import pytest
 
-from helpers import FAST, blob_volume, expect_error, run_cli, write_dicom_series, write_ome_zarr, write_zarr
-
-TRAIN = ["--epochs", "1", "--batch-size", "4", *FAST, "eval.after_train=false"]
+from helpers import blob_volume, refused, run_cli, write_dicom_series, write_ome_zarr, write_zarr
 
 
 @pytest.fixture
 def store(tmp_path):
     volume, labels = blob_volume()
     return write_zarr(tmp_path / "blobs.zarr", volume, name="raw", labels=labels)
-
-
-def refused(capsys, tmp_path, source, pattern, *extra):
-    """``icone train`` and ``icone data`` both refuse with one line; the run folder is not made."""
-    run = tmp_path / "run"
-    line = expect_error(capsys, ["train", "--data", source, "--out", run, *TRAIN, *extra], pattern)
-    assert line.startswith("error: ") and not run.exists()
-    expect_error(capsys, ["data", source, *extra], pattern)
-    return line
 
 
 def test_a_store_with_several_arrays_needs_a_name(capsys, tmp_path, store):
