@@ -4,6 +4,8 @@
 # precision / activation-checkpointing images/s and peak memory (issue 15). Results and plots
 # under OUT (default gpu-results/): 2d/ and 3d/ are ordinary bench folders (summary.md, plots/),
 # checks/gpu_checks.md the timings. Cells not finished within a budget are listed as such.
+# IConE runs with its defaults of 2026-12-06: revisits in bursts (data.order=window) and a table moved by
+# its own SGD (icone.table_lr 4 at batch 64); ExCB with the 0.2-epoch teacher and batch-statistics heads.
 #   bash benchmarks/gpu.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
