@@ -72,7 +72,9 @@ class IConEOptions:
     table_init_std: float | None = option(None, above=0)  # table_init=normal: std of the rows (0.02; pic 0.01)
     table_optimizer: str | None = option(None, choices=TABLE_OPTIMIZERS)  # sgd (icone, pic) | adamw (paper)
     table_lr_scale: float | None = option(None, above=0)  # adamw: table lr = encoder lr * this
-    table_lr: float | None = option(None, above=0)  # sgd: the table's lr at batch 64, scaled linearly (icone 4; pic 0.0075)
+    table_lr: float | None = option(
+        None, above=0
+    )  # sgd: the table's lr at batch 64, scaled linearly (icone 4; pic 0.0075)
     table_momentum: float = option(0.9, low=0, below=1)  # sgd: momentum of the table
     table_weight_decay: float | None = option(None, low=0)  # None: the encoder's (adamw), 0 (sgd)
     local_alignment: str = option("detached", choices=LOCAL_ALIGNMENTS)  # local crops vs their row: detached | none
