@@ -60,6 +60,20 @@ def view_agreement(first: np.ndarray | torch.Tensor, second: np.ndarray | torch.
     return float(F.cosine_similarity(a - centre, b - centre, dim=1).mean())
 
 
+def view_retrieval(first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tensor) -> float:
+    """How often a sample's two views find each other: the top-1 accuracy of instance discrimination
+    (Wu et al., CVPR 2018) across views, by cosine after removing the mean embedding of both, averaged
+    over both directions (first -> second, second -> first). ``1 / N`` for noise or a collapsed encoder,
+    1 when every sample's views are nearer to each other than to any other sample's: it asks for
+    alignment and uniformity together (Wang & Isola, ICML 2020)."""
+    a, b = as_float_tensor(first), as_float_tensor(second)
+    centre = torch.cat([a, b]).mean(0)
+    similarity = F.normalize(a - centre, dim=1) @ F.normalize(b - centre, dim=1).T
+    own = torch.arange(len(a))
+    hits = (similarity.argmax(1) == own).float().mean() + (similarity.argmax(0) == own).float().mean()
+    return float(hits / 2)
+
+
 def embedding_std(embeddings: np.ndarray | torch.Tensor) -> float:
     """Mean per-dimension std of L2-normalised embeddings, times ``sqrt(d)``.
 

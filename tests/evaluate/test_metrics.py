@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from icone.evaluate.metrics import cluster_occupancy, embedding_std, knn_predict, linear_probe, rankme, twonn_dimension
+from icone.stats import alpha_req, view_agreement, view_retrieval
 
 
 def test_rankme_of_known_spectrum():
@@ -63,3 +64,42 @@ def test_cluster_occupancy_numbers():
     assert occ["largest_cluster_share"] == 0.75 and occ["smallest_cluster_share"] == 0.0
     expected = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / math.log(4)
     assert occ["cluster_entropy"] == pytest.approx(expected)
+
+
+def _retrieval_by_loops(a: np.ndarray, b: np.ndarray) -> float:
+    """Independent of icone.stats: centre on the mean of both views, normalise, count own nearest."""
+    centre = np.concatenate([a, b]).mean(0)
+    a = (a - centre) / np.linalg.norm(a - centre, axis=1, keepdims=True)
+    b = (b - centre) / np.linalg.norm(b - centre, axis=1, keepdims=True)
+    forward = sum(int(np.argmax([a[i] @ b[j] for j in range(len(b))]) == i) for i in range(len(a)))
+    backward = sum(int(np.argmax([b[i] @ a[j] for j in range(len(a))]) == i) for i in range(len(b)))
+    return (forward + backward) / (2 * len(a))
+
+
+def test_view_retrieval_matches_its_definition_and_its_bounds():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(size=(60, 8))
+    first, second = samples + 0.6 * rng.normal(size=samples.shape), samples + 0.6 * rng.normal(size=samples.shape)
+    value = view_retrieval(first, second)
+    assert value == pytest.approx(_retrieval_by_loops(first, second))
+    assert 0.2 < value < 1.0  # noisy views: some, not all, find each other
+    assert view_retrieval(samples, samples * 3.0) == 1.0  # views coincide up to scale
+    assert view_retrieval(np.ones((50, 8)), np.ones((50, 8))) == pytest.approx(1 / 50)  # collapse
+    noise = view_retrieval(rng.normal(size=(400, 8)), rng.normal(size=(400, 8)))
+    assert noise < 0.02  # unrelated views: chance, 1 / 400
+
+
+def test_view_agreement_is_one_for_equal_views_and_near_zero_for_unrelated_ones():
+    rng = np.random.default_rng(1)
+    samples = rng.normal(size=(500, 16)) + 5.0  # the shared offset is removed before the cosine
+    assert view_agreement(samples, samples) == pytest.approx(1.0, abs=1e-5)
+    assert abs(view_agreement(samples, rng.normal(size=(500, 16)) + 5.0)) < 0.05
+
+
+def test_alpha_req_recovers_the_decay_of_a_power_law_spectrum():
+    rng = np.random.default_rng(2)
+    for alpha in (0.5, 1.0, 2.0):
+        scales = np.arange(1, 33, dtype=float) ** (-alpha / 2)  # eigenvalue k ~ k^-alpha
+        z = rng.normal(size=(20000, 32)) * scales
+        assert alpha_req(z) == pytest.approx(alpha, abs=0.1)
+    assert alpha_req(np.ones((10, 4))) == float("inf")  # one direction left, or none: collapsed
