@@ -35,15 +35,27 @@ def test_a_trial_is_the_run_at_a_factor_of_the_lr_for_fewer_epochs():
 def test_the_best_score_wins_and_a_collapsed_or_diverged_trial_is_out():
     ok = {"status": "ok", "verdict": "none", "rankme": 10.0, "agreement": 0.5}
     scores = {
-        0.25: {**ok, "score": 4.0},
-        1.0: {**ok, "score": 5.0},
-        4.0: {**ok, "score": 50.0, "verdict": "collapsed"},
+        0.25: {**ok, "score": 0.04},
+        1.0: {**ok, "score": 0.05},
+        4.0: {**ok, "score": 0.5, "verdict": "collapsed"},
         2.0: {"status": "diverged"},
     }
     factor, reason = choose(scores)
-    assert factor == 1.0 and "x1" in reason and "2 trial(s) diverged or collapsed" in reason
-    with pytest.raises(UserError, match="every trial diverged or collapsed"):
-        choose({2.0: {"status": "diverged"}, 4.0: {**ok, "score": 1.0, "verdict": "collapsed"}})
+    assert factor == 1.0 and "retrieving each other in 5.0% of the samples" in reason
+    assert "2 trial(s) diverged or collapsed" in reason
+    assert choose({0.5: {**ok, "score": 0.05}, 2.0: {**ok, "score": 0.05}, 4.0: {**ok, "score": 0.05}})[0] == 0.5
+
+
+def test_a_score_within_the_noise_of_the_best_is_a_tie_that_the_default_wins():
+    ok = {"status": "ok", "verdict": "none", "rankme": 10.0, "scored_samples": 1024}
+    # the standard error of 5.2% over 2 x 1,024 retrievals is 0.49%: 5.0% is a tie, 4.0% is not
+    factor, reason = choose({1.0: {**ok, "score": 0.050}, 2.0: {**ok, "score": 0.052}, 4.0: {**ok, "score": 0.040}})
+    assert factor == 1.0 and "within the noise (± 0.5%) of the best (x2: 5.2%)" in reason
+    assert choose({1.0: {**ok, "score": 0.040}, 2.0: {**ok, "score": 0.052}})[0] == 2.0
+    few = {**ok, "scored_samples": 64}  # fewer samples scored: a wider margin (± 2.0%)
+    assert choose({1.0: {**few, "score": 0.040}, 2.0: {**few, "score": 0.052}})[0] == 1.0
+    with pytest.raises(UserError, match="^optim.lr=auto: every trial diverged or collapsed"):
+        choose({2.0: {"status": "diverged"}, 4.0: {**ok, "score": 0.01, "verdict": "collapsed"}})
 
 
 def test_finished_trials_are_read_back_unfinished_ones_resume_and_divergence_is_recorded(tmp_path):
@@ -59,7 +71,8 @@ def test_finished_trials_are_read_back_unfinished_ones_resume_and_divergence_is_
 
     def score(folder):
         scored.append(folder.name)
-        return {"rankme": 8.0, "agreement": 0.5, "score": 4.0 if folder.name != "lr-x0.5" else 6.0, "verdict": "none"}
+        value = 0.4 if folder.name != "lr-x0.5" else 0.6
+        return {"rankme": 8.0, "agreement": 0.5, "retrieval": value, "score": value, "verdict": "none"}
 
     half = plan.folder(tmp_path, 1.0) / "checkpoints"
     half.mkdir(parents=True)
@@ -70,10 +83,29 @@ def test_finished_trials_are_read_back_unfinished_ones_resume_and_divergence_is_
     assert (1.0, True) in trained and (0.5, False) in trained
     assert result["trials"]["x4"]["status"] == "diverged"
     assert log[0].startswith("optim.lr=auto: 5 trial runs") and sum(line.startswith("[trial") for line in log) == 5
-    assert json.loads((plan.folder(tmp_path, 0.5) / SCORE_FILE).read_text())["score"] == 6.0
+    assert json.loads((plan.folder(tmp_path, 0.5) / SCORE_FILE).read_text())["score"] == 0.6
     trained.clear()
     again = run_trials(config, tmp_path, plan, train, score, log.append)
     assert trained == [] and again == result  # a second call trains nothing: every trial is read back
+
+
+def test_a_trial_scored_by_an_earlier_version_is_scored_again_not_trained(tmp_path):
+    config = _config()
+    plan = plan_trials(config, num_samples=100, base_lr=1e-3)
+    for factor, old in ((0.25, 90.0), (0.5, 1.0), (1.0, 1.0), (2.0, 1.0), (4.0, 1.0)):  # rank x agreement
+        folder = plan.folder(tmp_path, factor)
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / SCORE_FILE).write_text(json.dumps({"status": "ok", "score": old, "rankme": 9.0, "verdict": "none"}))
+    trained, scored = [], []
+
+    def score(folder):
+        scored.append(folder.name)
+        value = 0.5 if folder.name == "lr-x2" else 0.1
+        return {"rankme": 8.0, "retrieval": value, "score": value, "verdict": "none"}
+
+    result = run_trials(config, tmp_path, plan, lambda *a: trained.append(a), score, lambda line: None)
+    assert trained == [] and len(scored) == 5 and result["factor"] == 2.0
+    assert json.loads((plan.folder(tmp_path, 0.25) / SCORE_FILE).read_text())["retrieval"] == 0.1
 
 
 def _auto_run(tmp_path, capsys, *extra):
@@ -106,7 +138,8 @@ def test_lr_auto_runs_its_trials_then_the_run_at_the_choice(tmp_path, capsys):
     assert f"optim.lr=auto chose x{factor:g} of the default lr" in " ".join(out.split())
 
 
-def test_a_resumed_lr_auto_run_does_not_train_its_finished_trials_again(tmp_path, capsys, monkeypatch):
+def _interrupt_at_the_second_trial(monkeypatch):
+    """Ctrl-C while the second trial is scored; returns the real scorer (to put back)."""
     import icone.runs.tune as tune
 
     real, calls = tune.score_trial, []
@@ -118,17 +151,26 @@ def test_a_resumed_lr_auto_run_does_not_train_its_finished_trials_again(tmp_path
         return real(folder, *args)
 
     monkeypatch.setattr(tune, "score_trial", interrupt_at_the_second)
-    code, _, err = _auto_run(tmp_path, capsys)
-    assert code == 130, err
-    first = tmp_path / "run" / "trials" / "lr-x0.5" / SCORE_FILE
-    stamp = first.stat().st_mtime_ns
-    monkeypatch.setattr(tune, "score_trial", real)
+    return real
+
+
+@pytest.mark.parametrize("tuner", ["optim.lr=auto", "method=auto"])
+def test_a_resumed_tuner_reads_its_finished_trials_back(tmp_path, capsys, monkeypatch, tuner):
     from helpers import run_cli
 
+    start, first_trial = {"optim.lr=auto": (_auto_run, "lr-x0.5"), "method=auto": (_method_auto_run, "method-icone")}[
+        tuner
+    ]
+    real = _interrupt_at_the_second_trial(monkeypatch)
+    code, _, err = start(tmp_path, capsys)
+    assert code == 130 and f"interrupted in {tuner}'s trials" in err, err
+    first = tmp_path / "run" / "trials" / first_trial / SCORE_FILE
+    stamp = first.stat().st_mtime_ns
+    monkeypatch.setattr("icone.runs.tune.score_trial", real)
     code, out, err = run_cli(["train", "--resume", "--out", tmp_path / "run", "--no-progress"], capsys)
     assert code == 0, err
     assert first.stat().st_mtime_ns == stamp  # read back, not trained again
-    assert (tmp_path / "run" / "backbone.pt").is_file() and "optim.lr=auto chose" in " ".join(out.split())
+    assert (tmp_path / "run" / "backbone.pt").is_file() and f"{tuner} chose" in " ".join(out.split())
 
 
 def test_bad_trial_grids_are_one_line(tmp_path, capsys):
@@ -144,3 +186,53 @@ def test_a_grid_refuses_lr_auto(tmp_path, capsys):
 
     npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
     expect_error(capsys, ["bench", "--data", npz, "--out", tmp_path / "g", "optim.lr=auto"], r"--lr-sweep")
+
+
+def _method_auto_run(tmp_path, capsys, *extra):
+    from helpers import FAST, run_cli, write_tiny_npz
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    args = ["train", "--data", npz, "--epochs", "5", "--batch-size", "1", *FAST, "--out", tmp_path / "run",
+            "--method", "auto", "method_candidates=icone,simclr,byol", *extra]  # fmt: skip
+    return run_cli(args, capsys)
+
+
+def test_method_auto_tries_the_fitting_candidates_then_runs_the_winner(tmp_path, capsys):
+    import yaml
+
+    code, out, err = _method_auto_run(tmp_path, capsys, "optim.lr=auto", "optim.lr_factors=0.5,2")
+    assert code == 0, err
+    run = tmp_path / "run"
+    text = " ".join(out.split())
+    # SimCLR needs two samples a batch: left out at batch 1, named, before anything trains
+    assert "method=auto: 2 trial runs (icone, byol)" in text and "left out: simclr (" in text
+    assert not (run / "trials" / "method-simclr").exists()
+    for name in ("icone", "byol"):  # ordinary run folders, each at its method's default lr, scored on the same views
+        trial = yaml.safe_load((run / "trials" / f"method-{name}" / "config.yaml").read_text())
+        assert trial["method"] == name and trial["train"]["epochs"] == 1
+        assert json.loads((run / "trials" / f"method-{name}" / SCORE_FILE).read_text())["status"] in ("ok", "diverged")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    chosen = saved["tuning"]["method"]["method"]
+    assert chosen in ("icone", "byol") and saved["method"] == chosen
+    trials = saved["tuning"]["method"]["trials"]
+    assert set(trials) == {"icone", "byol"}
+    usable = {m: t["score"] for m, t in trials.items() if t["status"] == "ok" and t["verdict"] != "collapsed"}
+    assert chosen == max(usable, key=usable.get)  # the best view retrieval wins
+    assert saved["tuning"]["factor"] in (0.5, 2.0)  # then the chosen method's lr, tuned: both choices kept
+    assert (run / "trials" / "lr-x0.5" / SCORE_FILE).is_file()
+    assert json.loads((run / "eval.json").read_text())["tuning"]["method"]["method"] == chosen
+    assert f"method=auto chose {chosen}: the best label-free score, its views retrieving each other in" in text
+    assert "optim.lr=auto chose x" in text
+
+
+def test_method_auto_refuses_what_it_cannot_honour_in_one_line(tmp_path, capsys):
+    from helpers import expect_error, write_tiny_npz
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz", 2)
+    run = ["train", "--data", npz, "--method", "auto", "--out", tmp_path / "run"]
+    expect_error(capsys, [*run, "optim.lr=0.001"], r"^error: method=auto tries each method at its own default lr")
+    expect_error(capsys, [*run, "icone.w_div=2"], r"options of one method \(METHOD.key: icone.w_div\) cannot be given")
+    expect_error(capsys, [*run, "method_candidates=icone,nosuch"], r"method_candidates: unknown method 'nosuch'")
+    expect_error(capsys, [*run, "--batch-size", "1", "method_candidates=simclr"], r"no candidate fits this run: simclr")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    expect_error(capsys, ["bench", "--data", npz, "--out", tmp_path / "g", "--methods", "auto"], r"unknown method")

@@ -46,7 +46,11 @@ def train(
     data: Optional[str] = typer.Option(
         None, "--data", help="digits, synthetic3d, a .npz, a folder, a volume; or npz:/folder:/volumes:PATH."
     ),
-    method: Optional[str] = typer.Option(None, "--method", help="Method name (see 'icone methods')."),
+    method: Optional[str] = typer.Option(
+        None,
+        "--method",
+        help="Method name (see 'icone methods'), or auto: chosen by short trial runs (docs/tuning.md).",
+    ),
     backbone: Optional[str] = BACKBONE,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step (1 to 64 is the point)."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
@@ -96,8 +100,15 @@ def _print_eval(result: dict, title: str) -> None:
     console.print(table)
     if result.get("collapse"):
         console.print(result["collapse"]["text"], markup=False, highlight=False, soft_wrap=True)
-    if result.get("tuning"):
-        tuning = result["tuning"]
+    tuning = result.get("tuning") or {}
+    if "method" in tuning:
+        console.print(
+            f"method=auto chose {tuning['method']['method']}: {tuning['method']['reason']}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if "factor" in tuning:
         line = f"optim.lr=auto chose x{tuning['factor']:g} of the default lr ({tuning['base_lr']:.3g} at batch 64): {tuning['reason']}"
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     if result.get("clusters"):
@@ -218,6 +229,10 @@ def methods() -> None:
     for name, cls in registry().items():
         table.add_row(name, cls.family, cls.batch_needs, str(cls.min_batch_size), cls.paper)
     console.print(table)
+    console.print(
+        "--method auto: the best of method_candidates (default icone, excb, moco, byol, dino) by short "
+        "trial runs scored without labels (docs/tuning.md)"
+    )
 
 
 @app.command("data")

@@ -8,12 +8,13 @@ A resolved config (every ``None`` default filled in from the data, the method an
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from icone.config.overrides import field_type, flatten, given, merge, named_method, nest, parse_overrides
+from icone.config.overrides import field_type, flatten, given, key_of, merge, named_method, nest, parse_overrides
 from icone.config.schema import (
     Config,
     DataConfig,
@@ -60,9 +61,22 @@ def build_config(
     if flags:
         update_dataclass(config, nest(flags))
     if overrides:  # the method named on the command line owns "METHOD.key" overrides
-        update_dataclass(config, parse_overrides(overrides, method=named_method(overrides, config.method)))
+        method = named_method(overrides, config.method)
+        if method == "auto":
+            _refuse_method_options(overrides)
+        update_dataclass(config, parse_overrides(overrides, method=method))
     validate(config)
     return config
+
+
+def _refuse_method_options(overrides: list[str]) -> None:
+    sections = {f.name for f in dataclasses.fields(Config)}
+    own = [key_of(item) for item in overrides if key_of(item).partition(".")[0] not in sections]
+    if own:
+        raise UserError(
+            f"method=auto chooses the method, so options of one method (METHOD.key: {', '.join(own)}) cannot be "
+            "given with it; choose the method first, then give its options"
+        )
 
 
 def _check_pair(key: str, pair: list[float]) -> None:
@@ -75,6 +89,16 @@ def validate(config: Config) -> None:
     check_options(config)
     if isinstance(config.optim.lr, str) and config.optim.lr != "auto":
         raise UserError(f"optim.lr must be a number or auto (chosen by short trial runs), got {config.optim.lr!r}")
+    if config.method == "auto" and config.optim.lr not in (None, "auto"):
+        raise UserError(
+            f"method=auto tries each method at its own default lr, so optim.lr={config.optim.lr} fits none of them; "
+            "drop optim.lr, or give optim.lr=auto to tune the chosen method's lr after"
+        )
+    if config.method == "auto" and config.method_options:
+        raise UserError(
+            "method=auto chooses the method, so options of one method (method_options) cannot be given with it; "
+            "choose the method first, then give its options"
+        )
     if len(set(config.optim.lr_factors)) < 2:
         raise UserError(
             f"optim.lr_factors needs two or more different factors to choose from, got {config.optim.lr_factors}"

@@ -150,15 +150,18 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    method: str = "icone"
+    method: str = "icone"  # auto: chosen among method_candidates by short trial runs (docs/tuning.md)
     method_options: dict[str, Any] = field(default_factory=dict)
+    method_candidates: list[str] = option(
+        factory=lambda: ["icone", "excb", "moco", "byol", "dino"]
+    )  # method=auto: the methods tried (those that fit the batch size and the data)
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    tuning: dict[str, Any] = field(default_factory=dict)  # optim.lr=auto: the trials' scores and the choice (written)
+    tuning: dict[str, Any] = field(default_factory=dict)  # lr/method=auto: the trials' scores and the choice (written)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,11 +1,13 @@
 """Scores of a trained encoder that need no labels, to choose settings (``optim.lr=auto``) without them.
 
-RankMe (Garrido et al., ICML 2023) tracks downstream accuracy across hyper-parameters, but a
-representation of noise also has a high rank (an untrained encoder often has the highest). So the
-score pairs it with the agreement of two augmented views of the same samples (an alignment measure,
-after Wang & Isola 2020): ``score = RankMe x max(agreement, 0)``. Noise has rank but no agreement;
-a collapsed encoder agrees with itself but has no rank; a useful one has both. alpha-ReQ (Agrawal et
-al., NeurIPS 2022) is reported beside them. docs/tuning.md says how the score was chosen and checked.
+RankMe (Garrido et al., ICML 2023) was proposed for this, but a representation of noise also has a
+high rank (an untrained encoder often has the highest), and across learning rates the rank falls as
+the lr grows whatever the accuracy does. The score is the **view retrieval**: how often, among a
+fixed sample of up to 1,024 training samples, a sample's two augmented views are each other's
+nearest neighbour (``icone.stats.view_retrieval``). Noise and collapse both score about ``1 / N``;
+it needs alignment and uniformity together (Wang & Isola 2020). RankMe stays the collapse guard
+(``icone.evaluate.verdict``); RankMe x view agreement (the first score) and alpha-ReQ (Agrawal et
+al., NeurIPS 2022) are reported beside it. docs/tuning.md says how the score was chosen and checked.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 
 from icone.data.samples import Samples
 from icone.evaluate.embeddings import embed_samples
-from icone.stats import alpha_req, embedding_std, rankme, view_agreement
+from icone.stats import alpha_req, embedding_std, rankme, view_agreement, view_retrieval
 
 SAMPLE = 1024  # samples scored (a fixed, seeded subset)
 
@@ -35,8 +37,8 @@ def label_free_scores(
     backbone: nn.Module, samples: Samples, views: Callable[[torch.Tensor], list[torch.Tensor]], device: torch.device,
     seed: int = 0,
 ) -> dict[str, float]:  # fmt: skip
-    """RankMe, alpha-ReQ and embedding std of un-augmented samples, the agreement of two views made by
-    ``views`` (its first two crops, drawn from ``seed``), and ``score = RankMe x max(agreement, 0)``."""
+    """RankMe, alpha-ReQ and embedding std of un-augmented samples; the agreement and the retrieval of
+    two views made by ``views`` (its first two crops, drawn from ``seed``); ``score`` = the retrieval."""
     rows = fixed_rows(len(samples), seed=seed)
     x = torch.from_numpy(np.ascontiguousarray(samples[rows])).float()
     plain = embed_samples(backbone, x, device)
@@ -48,11 +50,14 @@ def label_free_scores(
         torch.random.set_rng_state(state)
     first = embed_samples(backbone, torch.cat([m[0].cpu() for m in made]), device)
     second = embed_samples(backbone, torch.cat([m[1].cpu() for m in made]), device)
-    rank, agreement = rankme(plain), view_agreement(first, second)
+    rank, agreement, retrieval = rankme(plain), view_agreement(first, second), view_retrieval(first, second)
     return {
         "rankme": rank,
         "agreement": agreement,
+        "retrieval": retrieval,
+        "rank_x_agreement": rank * max(agreement, 0.0),
         "alpha": alpha_req(plain),
         "embedding_std": embedding_std(plain),
-        "score": rank * max(agreement, 0.0),
+        "score": retrieval,
+        "scored_samples": len(rows),
     }

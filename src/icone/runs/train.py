@@ -17,6 +17,7 @@ from icone.errors import Interrupted, OutOfMemory, UserError, is_out_of_memory
 from icone.evaluate.plots import plot_training
 from icone.export import export_backbone
 from icone.run_folder import RunFolder, check_replaceable, has_contents, is_inside, settle_before_use
+from icone.runs import choose_method
 from icone.runs.evaluate import evaluate_method
 from icone.runs.tune import tune_lr
 from icone.runtime import Runtime
@@ -137,6 +138,15 @@ def _check_checkpoint(checkpoint: dict[str, Any], config: Config, dataset: Datas
         )
 
 
+def _resolve(config: Config, dataset: Dataset) -> Resolved:
+    """The config resolved for the data; ``method=auto`` checked, its choice still to make (train_run)."""
+    return (
+        choose_method.pending(config, dataset)
+        if config.method == choose_method.AUTO
+        else build.resolve(config, dataset)
+    )
+
+
 def prepare_training(
     config: Config, out: str | Path | None, resume: bool, overwrite: bool, explicit: dict[str, Any] | None = None
 ) -> tuple[Resolved, Dataset, Path, dict[str, Any] | None]:
@@ -147,7 +157,7 @@ def prepare_training(
     run_dir = Path(out) if out is not None else None
     config = _run_dir_config(config, run_dir, resume, overwrite, explicit)
     dataset = build.load_data(config)
-    resolved = build.resolve(config, dataset)
+    resolved = _resolve(config, dataset)
     config, checkpoint = resolved.config, None
     if resume and (run_dir / "checkpoints" / "last.pt").is_file():  # (without one: optim.lr=auto's trials ran)
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -181,7 +191,7 @@ def prepare_on_main(
     if resolved is None and shared is not None:
         try:
             dataset = build.load_data(shared[0])
-            resolved = build.resolve(shared[0], dataset)
+            resolved = _resolve(shared[0], dataset)
         except UserError as err:
             message = str(err)
     message = distributed.first_error(message)
@@ -275,14 +285,19 @@ def _finish(result: Any, config: Config, dataset: Dataset, run_dir: Path, traine
 
 
 def _tune(resolved: Resolved, dataset: Dataset, run_dir: Path, folder: RunFolder | None) -> Resolved:
-    """``optim.lr=auto``'s trials, kept from their start (Ctrl-C keeps what finished: ``--resume`` goes on)."""
+    """``method=auto``'s then ``optim.lr=auto``'s trials, kept from their start (Ctrl-C keeps what finished:
+    ``--resume`` goes on)."""
     if folder is not None:
         folder.started()
+    what = "method=auto" if resolved.config.method == choose_method.AUTO else "optim.lr=auto"
     try:
-        return tune_lr(resolved, dataset, run_dir, log=_say)
+        if resolved.config.method == choose_method.AUTO:
+            resolved = choose_method.choose_method(resolved, dataset, run_dir, log=_say)
+        what = "optim.lr=auto"
+        return tune_lr(resolved, dataset, run_dir, log=_say) if resolved.config.optim.lr == "auto" else resolved
     except (KeyboardInterrupt, Interrupted):  # in a trial's training, or between trials
         raise Interrupted(
-            f"interrupted in optim.lr=auto's trials; the finished ones are kept in {run_dir / 'trials'}: continue "
+            f"interrupted in {what}'s trials; the finished ones are kept in {run_dir / 'trials'}: continue "
             f"with '{distributed.resume_command(run_dir)}'"
         ) from None
 
@@ -316,7 +331,7 @@ def train_run(
     trainer: Trainer | None = None
     try:
         resolved, dataset, run_dir, checkpoint, folder = prepare_on_main(config, out, resume, overwrite, explicit)
-        if resolved.config.optim.lr == "auto":
+        if resolved.config.method == choose_method.AUTO or resolved.config.optim.lr == "auto":
             resolved = _tune(resolved, dataset, run_dir, folder)
         trainer = _trainer(resolved, dataset, run_dir, checkpoint, folder, progress)
         result = _fit(trainer, dataset)

@@ -27,6 +27,7 @@ LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # times the method's default (or optim.
 TRIAL_SHARE = 0.2  # of the run's epochs (at least one)
 TRIAL_SAMPLES = 10_000  # per trial epoch at most: large data are tuned on a part of each epoch
 SCORE_FILE = "score.json"
+SCORE_KEY = "retrieval"  # a trial's score.json without it was scored by an earlier version
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,23 +77,70 @@ def cost_line(plan: TrialPlan) -> str:
     )
 
 
-def choose(scores: dict[float, dict[str, Any]]) -> tuple[float, str]:
-    """The factor with the best label-free score among the trials that neither diverged nor collapsed."""
-    usable = {f: s for f, s in scores.items() if s.get("status") == "ok" and s.get("verdict") != "collapsed"}
+def usable_trials(scores: dict[Any, dict[str, Any]], what: str, advice: str) -> dict[Any, dict[str, Any]]:
+    """The trials that neither diverged nor collapsed; none: a one-line error naming ``what`` chose, and ``advice``."""
+    usable = {k: s for k, s in scores.items() if s.get("status") == "ok" and s.get("verdict") != "collapsed"}
     if not usable:
-        raise UserError(
-            "optim.lr=auto: every trial diverged or collapsed ("
-            + ", ".join(f"x{f:g}: {s.get('verdict') or s.get('status')}" for f, s in sorted(scores.items()))
-            + "); give optim.lr yourself, lower than the method's default, or try another method"
-        )
-    best = max(usable, key=lambda f: (usable[f]["score"], -abs(math.log(f))))
-    s = usable[best]
-    out = len(scores) - len(usable)
-    reason = (
-        f"x{best:g} has the best label-free score {s['score']:.2f} (RankMe {s['rankme']:.1f} x view agreement "
-        f"{s['agreement']:.2f})" + (f"; {out} trial(s) diverged or collapsed" if out else "")
+        shown = ", ".join(f"{_label(k)}: {s.get('verdict') or s.get('status')}" for k, s in scores.items())
+        raise UserError(f"{what}: every trial diverged or collapsed ({shown}); {advice}")
+    return usable
+
+
+def _label(key: Any) -> str:
+    return f"x{key:g}" if isinstance(key, float) else str(key)
+
+
+def choose(scores: dict[float, dict[str, Any]]) -> tuple[float, str]:
+    """The factor with the best label-free score among the trials that neither diverged nor collapsed;
+    scores within the noise of the best are ties, won by the factor nearest 1 (:func:`pick_best`)."""
+    usable = usable_trials(
+        scores, "optim.lr=auto", "give optim.lr yourself, lower than the method's default, or try another method"
     )
+    best, reason = pick_best(usable, preference=lambda f: abs(math.log(f)), default="the default lr")
+    return best, reason + (
+        f"; {len(scores) - len(usable)} trial(s) diverged or collapsed" if len(usable) < len(scores) else ""
+    )
+
+
+def retrieval_noise(s: dict[str, Any]) -> float:
+    """The binomial standard error of a view retrieval ``p`` over both directions of ``N`` samples:
+    ``sqrt(p (1 - p) / 2N)`` (``N``: ``scored_samples``, 1,024 where not recorded)."""
+    p, n = float(s["score"]), int(s.get("scored_samples", 1024))
+    return math.sqrt(max(p * (1 - p), 0.0) / (2 * max(n, 1)))
+
+
+def pick_best(usable: dict[Any, dict[str, Any]], preference: Callable[[Any], float], default: str) -> tuple[Any, str]:
+    """The trial with the best score, except that scores within one standard error of the best
+    (:func:`retrieval_noise`) are ties, won by the lowest ``preference`` (nearest the ``default``); its reason."""
+    top = max(usable, key=lambda k: (usable[k]["score"], -preference(k)))
+    margin = retrieval_noise(usable[top])
+    best = min((k for k in usable if usable[k]["score"] >= usable[top]["score"] - margin), key=preference)
+    s = usable[best]
+    reason = (
+        f"the best label-free score, its views retrieving each other in {s['score']:.1%} of the samples "
+        f"(RankMe {s['rankme']:.1f})"
+    )
+    if best != top:
+        reason = (
+            f"its label-free score ({s['score']:.1%} of the samples' views retrieve each other, RankMe "
+            f"{s['rankme']:.1f}) is within the noise (± {margin:.1%}) of the best ({_label(top)}: "
+            f"{usable[top]['score']:.1%}), and a tie goes to {default}"
+        )
     return best, reason
+
+
+VERDICT_WORDS = {"none": "no collapse", "partial": "partly collapsed", "collapsed": "collapsed"}
+
+
+def trial_line(position: int, total: int, label: str, s: dict[str, Any]) -> str:
+    """One trial's progress line."""
+    shown = (
+        f"views retrieve each other in {s['score']:.1%}, RankMe {s['rankme']:.1f}, "
+        f"{VERDICT_WORDS.get(s['verdict'], s['verdict'])}"
+        if s.get("status") == "ok"
+        else s["status"]
+    )
+    return f"[trial {position}/{total}] {label}: {shown}"
 
 
 def run_trials(
@@ -105,10 +153,9 @@ def run_trials(
     scores: dict[float, dict[str, Any]] = {}
     for position, factor in enumerate(plan.factors, 1):
         folder = plan.folder(run_dir, factor)
-        scores[factor] = _trial(config, plan, factor, folder, train, score)
-        s = scores[factor]
-        shown = f"score {s['score']:.2f}, {s['verdict']}" if s.get("status") == "ok" else s["status"]
-        log(f"[trial {position}/{len(plan.factors)}] lr x{factor:g} ({plan.base_lr * factor:.3g} at batch 64): {shown}")
+        scores[factor] = run_trial(trial_config(config, plan, factor), folder, train, score)
+        label = f"lr x{factor:g} ({plan.base_lr * factor:.3g} at batch 64)"
+        log(trial_line(position, len(plan.factors), label, scores[factor]))
     best, reason = choose(scores)
     log(f"optim.lr=auto chose x{best:g}: {reason}")
     return {
@@ -118,16 +165,18 @@ def run_trials(
     }  # fmt: skip
 
 
-def _trial(
-    config: Config, plan: TrialPlan, factor: float, folder: Path, train: Callable[[Config, Path, bool], None],
-    score: Callable[[Path], dict[str, Any]],
-) -> dict[str, Any]:  # fmt: skip
+def run_trial(
+    trial: Config, folder: Path, train: Callable[[Config, Path, bool], None], score: Callable[[Path], dict[str, Any]]
+) -> dict[str, Any]:
+    """One trial in ``folder``: read back when scored, resumed when interrupted, else trained; then scored."""
     done = folder / SCORE_FILE
-    if done.is_file():
-        return json.loads(done.read_text())
+    saved = json.loads(done.read_text()) if done.is_file() else None
+    if saved is not None and (saved.get("status") != "ok" or SCORE_KEY in saved):
+        return saved
     resume = (folder / "checkpoints" / "last.pt").is_file()
     try:
-        train(trial_config(config, plan, factor), folder, resume)
+        if saved is None:  # else finished, but scored by an earlier version: scored again, not trained
+            train(trial, folder, resume)
         result = {"status": "ok", **score(folder)}
     except TrainingDiverged as err:
         result = {"status": "diverged", "detail": str(err).split(";")[0]}
@@ -143,29 +192,40 @@ def tune_lr(resolved: Any, dataset: Any, run_dir: Path, log: Callable[[str], Non
     """``optim.lr=auto``: the trials under ``run_dir/trials`` (the run's ``config.yaml`` says ``auto`` until
     the choice is made, so ``--resume`` finds them), then the run's config resolved at the chosen lr, with
     every trial's score in ``config.tuning``."""
-    from icone import build, distributed
+    from icone import build
+
+    config = resolved.config
+    begin_trials(config, run_dir, "optim.lr=auto", "optim.lr")
+    baseline = untrained_rankme(config, dataset)
+    plan = plan_trials(config, len(dataset.train), float(config.optim.base_lr))
+    tuning = run_trials(config, run_dir, plan, train_trial, lambda folder: score_trial(folder, dataset, baseline), log)
+    chosen = copy.deepcopy(config)
+    chosen.optim.lr, chosen.optim.base_lr = None, tuning["base_lr"]
+    chosen.tuning = {**config.tuning, **tuning}  # method=auto's choice, when it ran first, is kept
+    return build.resolve(chosen, dataset)
+
+
+def begin_trials(config: Config, run_dir: Path, what: str, choice: str) -> None:
+    """Before a tuner's trials: one process only, and the run's ``config.yaml`` saying ``auto`` (so that
+    ``--resume`` finds the trials)."""
+    from icone import distributed
     from icone.config import save_config
     from icone.run_folder import record_written
-    from icone.runs.train import train_run
 
     if distributed.world_size() > 1:
         raise UserError(
-            "optim.lr=auto runs its trials in one process: tune with one (icone train ... optim.lr=auto), then "
-            "give torchrun the chosen optim.lr from the run's config.yaml"
+            f"{what} runs its trials in one process: choose with one (icone train ... {what}), then give "
+            f"torchrun the chosen {choice} from the run's config.yaml"
         )
-    config = resolved.config
     save_config(config, run_dir / "config.yaml")
     record_written(run_dir, ["config.yaml", "trials"])
-    baseline = _untrained_rankme(config, dataset)
 
-    def train(trial: Config, folder: Path, resume: bool) -> None:
-        train_run(trial, out=folder, resume=resume, overwrite=False, progress=False)
 
-    plan = plan_trials(config, len(dataset.train), float(config.optim.base_lr))
-    tuning = run_trials(config, run_dir, plan, train, lambda folder: score_trial(folder, dataset, baseline), log)
-    chosen = copy.deepcopy(config)
-    chosen.optim.lr, chosen.optim.base_lr, chosen.tuning = None, tuning["base_lr"], tuning
-    return build.resolve(chosen, dataset)
+def train_trial(trial: Config, folder: Path, resume: bool) -> None:
+    """Train one trial run in ``folder`` (quietly: its progress line is the tuner's)."""
+    from icone.runs.train import train_run
+
+    train_run(trial, out=folder, resume=resume, overwrite=False, progress=False)
 
 
 def scoring_views(config: Config) -> Any:
@@ -177,8 +237,9 @@ def scoring_views(config: Config) -> Any:
     return ViewMaker(spec, int(config.model.spatial_dims))
 
 
-def score_trial(folder: Path, dataset: Any, baseline_rankme: float) -> dict[str, Any]:
-    """The label-free scores of a finished trial's evaluated backbone and the verdict on collapse."""
+def score_trial(folder: Path, dataset: Any, baseline_rankme: float, views: Any = None) -> dict[str, Any]:
+    """The label-free scores of a finished trial's evaluated backbone and the verdict on collapse, on
+    ``views`` (default: the trial's own, :func:`scoring_views`)."""
     from icone.config import build_config
     from icone.evaluate.label_free import label_free_scores
     from icone.evaluate.verdict import collapse_verdict
@@ -190,12 +251,13 @@ def score_trial(folder: Path, dataset: Any, baseline_rankme: float) -> dict[str,
     config = build_config(checkpoint["config"])
     backbone = method_from_checkpoint(checkpoint).evaluation_backbone()
     device = Runtime.resolve(config.train.device).device
-    scores = label_free_scores(backbone.to(device), dataset.train.samples, scoring_views(config), device)
+    views = views if views is not None else scoring_views(config)
+    scores = label_free_scores(backbone.to(device), dataset.train.samples, views, device)
     verdict = collapse_verdict({**scores, "baseline": {"rankme": baseline_rankme}}, int(backbone.feature_dim))
     return {**scores, "verdict": verdict["verdict"]}
 
 
-def _untrained_rankme(config: Config, dataset: Any) -> float:
+def untrained_rankme(config: Config, dataset: Any) -> float:
     """RankMe of the untrained encoder (the run's seed) on the trials' sample: the verdict's reference."""
     import torch
 
