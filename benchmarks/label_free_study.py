@@ -122,19 +122,19 @@ def _factor(cell: str) -> float:
     return float(cell.rsplit("-lr", 1)[1])
 
 
-RULES = {"label-free": "rule", "best retrieval": "score", "first score": "rank_x_agreement"}
+RULES = {"label-free": "score", "retrieval, ties to x1": "rule", "first score": "rank_x_agreement"}
 
 
 def _pick(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """The row with the best ``key`` (a tie: the factor nearest 1); x1's for ``"x1"``; ``optim.lr=auto``'s
-    choice (the best retrieval, ties within its noise going to the factor nearest 1) for ``"rule"``."""
-    from icone.runs.tune import pick_best
-
+    """The row with the best ``key`` (a tie: the factor nearest 1); x1's for ``"x1"``; for ``"rule"`` the
+    variant we measured and did not keep: retrievals within one binomial standard error of the best are
+    ties, won by the factor nearest 1."""
     if key == "x1":
         return next(r for r in rows if _factor(r["cell"]) == 1)
     if key == "rule":
-        usable = {_factor(r["cell"]): r for r in rows if r.get("verdict", "none") != "collapsed"}
-        return usable[pick_best(usable, lambda f: abs(math.log(f)), "the default")[0]]
+        top = max(r["score"] for r in rows)
+        noise = math.sqrt(top * (1 - top) / (2 * rows[0].get("scored_samples", 1024)))
+        return min((r for r in rows if r["score"] >= top - noise), key=lambda r: abs(math.log(_factor(r["cell"]))))
     return max(rows, key=lambda r: (r[key], -abs(math.log(_factor(r["cell"])))))
 
 

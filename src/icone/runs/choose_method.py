@@ -95,8 +95,7 @@ def _run_trials(
         )
         log(tune.trial_line(position, len(fits), name, scores[name]))
     usable = tune.usable_trials(scores, "method=auto", "give --method yourself, with a lower optim.lr than its default")
-    order = list(fits)
-    best, reason = tune.pick_best(usable, preference=order.index, default="the earlier candidate")
-    reason += f"; {len(scores) - len(usable)} trial(s) diverged or collapsed" if len(usable) < len(scores) else ""
+    best = max(usable, key=lambda name: usable[name]["score"])  # a tie: the earlier candidate
+    reason = tune.why_chosen(usable[best], len(scores) - len(usable))
     log(f"method=auto chose {best}: {reason}")
     return {"method": best, "reason": reason, "trials": scores}

@@ -91,42 +91,21 @@ def _label(key: Any) -> str:
 
 
 def choose(scores: dict[float, dict[str, Any]]) -> tuple[float, str]:
-    """The factor with the best label-free score among the trials that neither diverged nor collapsed;
-    scores within the noise of the best are ties, won by the factor nearest 1 (:func:`pick_best`)."""
+    """The factor with the best label-free score among the trials that neither diverged nor collapsed
+    (a tie: the factor nearest 1)."""
     usable = usable_trials(
         scores, "optim.lr=auto", "give optim.lr yourself, lower than the method's default, or try another method"
     )
-    best, reason = pick_best(usable, preference=lambda f: abs(math.log(f)), default="the default lr")
-    return best, reason + (
-        f"; {len(scores) - len(usable)} trial(s) diverged or collapsed" if len(usable) < len(scores) else ""
-    )
+    best = max(usable, key=lambda f: (usable[f]["score"], -abs(math.log(f))))
+    return best, why_chosen(usable[best], len(scores) - len(usable))
 
 
-def retrieval_noise(s: dict[str, Any]) -> float:
-    """The binomial standard error of a view retrieval ``p`` over both directions of ``N`` samples:
-    ``sqrt(p (1 - p) / 2N)`` (``N``: ``scored_samples``, 1,024 where not recorded)."""
-    p, n = float(s["score"]), int(s.get("scored_samples", 1024))
-    return math.sqrt(max(p * (1 - p), 0.0) / (2 * max(n, 1)))
-
-
-def pick_best(usable: dict[Any, dict[str, Any]], preference: Callable[[Any], float], default: str) -> tuple[Any, str]:
-    """The trial with the best score, except that scores within one standard error of the best
-    (:func:`retrieval_noise`) are ties, won by the lowest ``preference`` (nearest the ``default``); its reason."""
-    top = max(usable, key=lambda k: (usable[k]["score"], -preference(k)))
-    margin = retrieval_noise(usable[top])
-    best = min((k for k in usable if usable[k]["score"] >= usable[top]["score"] - margin), key=preference)
-    s = usable[best]
-    reason = (
+def why_chosen(s: dict[str, Any], out: int) -> str:
+    """The reason a trial won, in words; ``out``: how many trials were excluded."""
+    return (
         f"the best label-free score, its views retrieving each other in {s['score']:.1%} of the samples "
-        f"(RankMe {s['rankme']:.1f})"
+        f"(RankMe {s['rankme']:.1f})" + (f"; {out} trial(s) diverged or collapsed" if out else "")
     )
-    if best != top:
-        reason = (
-            f"its label-free score ({s['score']:.1%} of the samples' views retrieve each other, RankMe "
-            f"{s['rankme']:.1f}) is within the noise (± {margin:.1%}) of the best ({_label(top)}: "
-            f"{usable[top]['score']:.1%}), and a tie goes to {default}"
-        )
-    return best, reason
 
 
 VERDICT_WORDS = {"none": "no collapse", "partial": "partly collapsed", "collapsed": "collapsed"}
