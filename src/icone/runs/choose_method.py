@@ -29,8 +29,8 @@ def with_method(config: Config, name: str) -> Config:
     return candidate
 
 
-def fitting_candidates(config: Config, dataset: Any) -> tuple[dict[str, Config], list[str]]:
-    """The candidates resolved for the data (name -> resolved config), and why each other one was left out."""
+def fitting_candidates(config: Config, dataset: Any) -> tuple[dict[str, Any], list[str]]:
+    """The candidates resolved for the data (name -> ``Resolved``), and why each other one was left out."""
     from icone import build
 
     fits, left_out = {}, []
@@ -38,7 +38,7 @@ def fitting_candidates(config: Config, dataset: Any) -> tuple[dict[str, Config],
         if name == AUTO:
             raise UserError("method_candidates names methods to try; 'auto' is not one")
         try:
-            fits[name] = build.resolve(with_method(config, name), dataset).config
+            fits[name] = build.resolve(with_method(config, name), dataset)
         except UserError as err:
             if str(err).startswith("unknown method"):
                 raise UserError(f"method_candidates: {err}") from None
@@ -51,11 +51,8 @@ def fitting_candidates(config: Config, dataset: Any) -> tuple[dict[str, Config],
 def pending(config: Config, dataset: Any) -> Any:
     """``method=auto`` before its trials, checked: the first fitting candidate's resolution, holding the
     config as given (``method: auto``, so ``config.yaml`` says it and ``--resume`` finds the trials)."""
-    from icone import build
-
     fits, _ = fitting_candidates(config, dataset)
-    first = build.resolve(with_method(config, next(iter(fits))), dataset)
-    return dataclasses.replace(first, config=copy.deepcopy(config))
+    return dataclasses.replace(next(iter(fits.values())), config=copy.deepcopy(config))
 
 
 def choose_method(resolved: Any, dataset: Any, run_dir: Path, log: Callable[[str], None] = print) -> Any:
@@ -65,7 +62,8 @@ def choose_method(resolved: Any, dataset: Any, run_dir: Path, log: Callable[[str
 
     config = resolved.config
     begin_trials(config, run_dir, "method=auto", "method")
-    fits, left_out = fitting_candidates(config, dataset)
+    resolved_fits, left_out = fitting_candidates(config, dataset)
+    fits = {name: r.config for name, r in resolved_fits.items()}
     first = next(iter(fits.values()))
     plan = plan_trials(first, len(dataset.train), 1.0)
     log(
